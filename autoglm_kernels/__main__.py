@@ -1,0 +1,3 @@
+from autoglm_kernels.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""GPU timing shared by every benchmark.
+
+Kernel figures are GPU time, not launch overhead: each measured function is captured into a
+CUDA graph that calls it once per input set, over enough input sets (rotation) that the
+weights/caches are not served from the 50 MB L2; replays are timed with CUDA events and the
+median per call is reported. Read bandwidth is measured in the same run by a large read-only
+reduction, so "% of bandwidth" compares against this GPU as it is now.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Callable, Sequence
+
+import torch
+
+L2_ROTATE_BYTES = 50 * 2**20 * 8  # rotate over > 8x the L2 so every call reads from HBM
+
+
+def copies_for(bytes_per_set: int, min_copies: int = 2, max_copies: int = 64) -> int:
+    """How many input sets to rotate over so their total exceeds L2_ROTATE_BYTES."""
+    need = -(-L2_ROTATE_BYTES // max(1, bytes_per_set))
+    return max(min_copies, min(max_copies, need))
+
+
+class GraphTimer:
+    """Captures `fn(*args)` for each args in `arg_sets` into one CUDA graph; times replays."""
+
+    def __init__(self, fn: Callable, arg_sets: Sequence[tuple], warmup: int = 2):
+        self.calls = len(arg_sets)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm up (compiles Triton kernels, creates cuBLAS handles)
+            for _ in range(warmup):
+                for a in arg_sets:
+                    fn(*a)
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            for a in arg_sets:
+                fn(*a)
+        torch.cuda.synchronize()
+
+    def replay(self) -> None:
+        self.graph.replay()
+        torch.cuda.synchronize()
+
+    def time_us(self, reps: int = 20) -> float:
+        """Median GPU time per call, in microseconds."""
+        self.graph.replay()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e3 / self.calls)
+        return statistics.median(times)
+
+
+def read_bandwidth(nbytes: int = 2**30) -> float:
+    """Achievable read bandwidth in bytes/s: a 1 GiB read-only reduction, GPU-timed."""
+    x = torch.randn(nbytes // 2, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty((), device="cuda", dtype=torch.float32)
+    timer = GraphTimer(lambda: torch.sum(x, dtype=torch.float32, out=out), [()])
+    return nbytes / (timer.time_us(reps=30) * 1e-6)
+
+
+def record(benchmark, timer: GraphTimer, *, impl: str, bandwidth: float, bytes_moved: int = 0,
+           flops: int = 0, **extra) -> float:
+    """Run pytest-benchmark over graph replays and store the GPU-time figures in extra_info."""
+    us = timer.time_us()
+    benchmark.extra_info.update(impl=impl, gpu_us=round(us, 3), **extra)
+    if bytes_moved:
+        gbs = bytes_moved / (us * 1e-6) / 1e9
+        benchmark.extra_info.update(bytes=bytes_moved, gb_per_s=round(gbs, 1),
+                                    pct_of_read_bw=round(100 * gbs * 1e9 / bandwidth, 1),
+                                    read_bw_gb_per_s=round(bandwidth / 1e9, 1))
+    if flops:
+        benchmark.extra_info.update(tflop_per_s=round(flops / (us * 1e-6) / 1e12, 1))
+    benchmark.pedantic(timer.replay, rounds=10, iterations=1, warmup_rounds=1)
+    return us

@@ -1,0 +1,36 @@
+// The op registry: every native op's schema lives here, in one TORCH_LIBRARY block.
+// Implementations register per device at the end of their own files
+// (TORCH_LIBRARY_IMPL(autoglm, CPU|CUDA, m)); fake (meta) implementations are in
+// autoglm_kernels/ops.py. Importing autoglm_kernels._C registers everything: there is
+// no pybind layer.
+#include <Python.h>
+#include <torch/library.h>
+
+#ifndef AUTOGLM_ARCH_LIST
+#define AUTOGLM_ARCH_LIST ""
+#endif
+
+extern "C" {
+// Empty module: importing _C runs the static registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+// Build facts read by `python -m autoglm_kernels doctor` (through ctypes), so that it
+// reports what this binary was built with, not what the environment says now.
+const char* autoglm_arch_list() { return AUTOGLM_ARCH_LIST; }
+int autoglm_built_with_cuda() {
+#ifdef AUTOGLM_WITH_CUDA
+  return 1;
+#else
+  return 0;
+#endif
+}
+}
+
+TORCH_LIBRARY(autoglm, m) {
+  // y = act(x @ weight^T + bias). activation: none | relu | gelu (tanh) | silu | gated_silu.
+  // gated_silu: weight is [gate; up] stacked along N (gate first); y = silu(gate) * up, width N/2.
+  m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias=None, str activation='none') -> Tensor");
+}

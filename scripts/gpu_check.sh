@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# GPU check workflow (`make gpu-check`), for a machine with a CUDA GPU whose python3 has torch:
+# build in place, doctor, `pytest -m gpu`, the kernel benchmarks; results (JSON with device,
+# versions, git commit) go under bench/results/<date>_<gpu>_<commit>/ and, if $OUT is set, a
+# tarball of them to $OUT. Options (environment):
+#   PYTHON=python3  BENCH_FILTER=<pytest -k expr>  SANITIZE=1 (compute-sanitizer memcheck on
+#   the fused-linear GPU tests)  SKIP_BUILD=1  SKIP_TESTS=1  SKIP_BENCH=1  EXTRA="cmd" (run after)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo "${AUTOGLM_GIT_COMMIT:-unknown}")
+gpu=$($PY -c "import torch;print(torch.cuda.get_device_name(0).replace(' ','-'))" 2>/dev/null || echo nogpu)
+cap=$($PY -c "import torch;print('%d.%d'%torch.cuda.get_device_capability(0))" 2>/dev/null || echo "")
+res="bench/results/$(date -u +%Y%m%dT%H%M)_${gpu}_${commit}"
+mkdir -p "$res"
+status=0
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  # Build only for this GPU (9.0 -> sm_90a for the Hopper paths) to keep the build short.
+  arch=${TORCH_CUDA_ARCH_LIST:-$cap}
+  [ "$arch" = "9.0" ] && arch="9.0a"
+  echo "== build (TORCH_CUDA_ARCH_LIST=$arch)"
+  start=$(date +%s)
+  TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps -e . \
+    >"$res/build.log" 2>&1 || { echo "BUILD FAILED"; tail -60 "$res/build.log"; status=1; }
+  echo "build took $(( $(date +%s) - start )) s"
+fi
+
+$PY -m autoglm_kernels doctor --json >"$res/doctor.json" 2>"$res/doctor.err"
+$PY -m autoglm_kernels doctor
+$PY - "$res/env.json" "$commit" <<'PYEOF'
+import json, sys, platform, subprocess, torch, importlib.metadata as md
+def v(p):
+    try: return md.version(p)
+    except Exception: return None
+p = torch.cuda.get_device_properties(0)
+dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip() != "" if subprocess.run(["git", "rev-parse"], capture_output=True).returncode == 0 else None
+json.dump({"device": p.name, "capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
+           "memory_gib": round(p.total_memory / 2**30, 1), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "triton": v("triton"), "transformers": v("transformers"), "python": platform.python_version(),
+           "git_commit": sys.argv[2], "tree_dirty": dirty}, open(sys.argv[1], "w"), indent=2)
+PYEOF
+
+if [ -z "${SKIP_TESTS:-}" ]; then
+  echo "== pytest -m gpu"
+  $PY -m pytest tests -m gpu -q -p no:cacheprovider --junitxml="$res/tests.xml" 2>&1 | tee "$res/tests.log" | tail -40
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+
+if [ -n "${SANITIZE:-}" ]; then
+  echo "== compute-sanitizer memcheck (fused linear GPU tests)"
+  compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest tests/test_linear.py -m gpu -q -p no:cacheprovider \
+    -k "${SANITIZE_FILTER:-not opcheck}" >"$res/sanitizer.log" 2>&1
+  echo "compute-sanitizer exit code: $?" | tee -a "$res/sanitizer.log"
+  grep -E "ERROR SUMMARY|passed|failed" "$res/sanitizer.log" | tail -5
+fi
+
+if [ -z "${SKIP_BENCH:-}" ]; then
+  echo "== benchmarks"
+  $PY -m pytest bench --benchmark-only -q -p no:cacheprovider ${BENCH_FILTER:+-k "$BENCH_FILTER"} \
+    --benchmark-json="$res/bench.json" --benchmark-columns=median,rounds 2>&1 | tee "$res/bench.log" | tail -15
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  [ -f bench/report.py ] && $PY bench/report.py "$res" 2>&1 | tail -80
+fi
+
+[ -n "${EXTRA:-}" ] && bash -c "$EXTRA" 2>&1 | tee "$res/extra.log"
+
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/results.tgz" bench/results
+  cp "$res/tests.log" "$OUT/" 2>/dev/null || true
+fi
+echo "results in $res (status $status)"
+exit $status
