@@ -1,0 +1,159 @@
+"""Decode engine: a static KV cache and a CUDA-graph-captured decode step behind unchanged
+`model.generate(...)`.
+
+`install(model)` wraps this model instance's `generate` (to hand it a bucketed StaticCache that
+is reused across calls) and `forward` (to replay a captured graph for decode steps, query length
+1, over that cache). Prefill, and everything the engine does not cover (beam search, a cache the
+user passed that is not static, output_attentions, batch > max_batch, lengths beyond the cache),
+runs the model's eager forward - the patched layers where patch_model bound them - with a
+one-time log message saying why. No architecture is named here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+import torch
+
+from .cache import StaticCachePool, bucket_len
+from .graphs import DecodeGraphs, cache_counters
+
+__all__ = ["DecodeEngine", "install", "uninstall", "engine_of", "bucket_len", "cache_counters"]
+
+log = logging.getLogger("autoglm_kernels.engine")
+_ATTR = "_autoglm_engine"
+
+
+class DecodeEngine:
+    """Per-model state: the cache pool, the captured graphs, the wrapped methods."""
+
+    def __init__(self, model, *, min_cache_len: int = 256, max_cache_len: int | None = None,
+                 max_batch: int = 16, max_graphs: int = 8, capture: bool | None = None,
+                 static_cache_unsupported: str | None = None):
+        self.model = model
+        # Why this architecture's forward cannot run over a StaticCache (from patch/'s table), or None.
+        self.static_cache_unsupported = static_cache_unsupported
+        params = inspect.signature(model.forward).parameters
+        # transformers renamed the forward/generate argument past_key_values -> cache (5.2x).
+        self.cache_name = "cache" if "cache" in params else "past_key_values"
+        text_config = model.config.get_text_config(decoder=True)
+        self.caches = StaticCachePool(text_config, min_len=min_cache_len, max_len=max_cache_len,
+                                      max_slots=max(1, max_graphs // 2))
+        self.max_batch = max_batch
+        self.capture = model.device.type == "cuda" if capture is None else capture
+        # The instance attributes we replace (None: the class method was in use).
+        self._saved = {name: model.__dict__.get(name) for name in ("forward", "generate")}
+        self._eager_forward = model.forward
+        self._generate = model.generate
+        self.graphs = DecodeGraphs(self._eager_forward, capture=self.capture, max_graphs=max_graphs)
+        self._told: set[str] = set()
+
+    # --- what the engine covers ----------------------------------------------------------------
+    def _fallback(self, why: str) -> None:
+        if why not in self._told:
+            self._told.add(why)
+            log.warning("autoglm_kernels: decode engine not used (%s); running the eager patched path", why)
+
+    def _generate_plan(self, args, kwargs):
+        """(batch, tokens needed) when this generate call can use an engine cache, else (None, reason)."""
+        if self.static_cache_unsupported:
+            return None, self.static_cache_unsupported
+        if kwargs.get(self.cache_name) is not None or kwargs.get("past_key_values") is not None:
+            return None, "a cache was passed to generate"
+        gen_cfg = kwargs.get("generation_config") or self.model.generation_config
+
+        def opt(name, default=None):
+            return kwargs[name] if name in kwargs else getattr(gen_cfg, name, default)
+
+        if (opt("num_beams", 1) or 1) > 1:
+            return None, "beam search"
+        if kwargs.get("assistant_model") is not None or opt("prompt_lookup_num_tokens") is not None:
+            return None, "assisted decoding"
+        if opt("output_attentions", False) or opt("output_hidden_states", False):
+            return None, "output_attentions/output_hidden_states"
+        if opt("cache_implementation") is not None or opt("use_cache", True) is False:
+            return None, "generate was given its own cache_implementation/use_cache"
+        ids = args[0] if args and torch.is_tensor(args[0]) else kwargs.get("input_ids", kwargs.get("inputs"))
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is None:
+            return None, "no input_ids"
+        batch, prompt = ids.shape[0], ids.shape[1]
+        batch *= opt("num_return_sequences", 1) or 1
+        if batch > self.max_batch:
+            return None, f"batch {batch} > max_batch {self.max_batch}"
+        new = opt("max_new_tokens")
+        if new is None:
+            new = max(0, (opt("max_length", 20) or 20) - prompt)
+        needed = prompt + new
+        if needed > self.caches.max_len:
+            return None, f"prompt + new tokens = {needed} exceeds the static cache limit {self.caches.max_len}"
+        return (batch, needed), ""
+
+    def _is_decode_step(self, args, kwargs) -> bool:
+        from transformers import StaticCache
+
+        if args or not isinstance(kwargs.get(self.cache_name), StaticCache):
+            return False
+        ids = kwargs.get("input_ids")
+        return (
+            torch.is_tensor(ids) and ids.dim() == 2 and ids.shape[1] == 1 and ids.shape[0] <= self.max_batch
+            and kwargs.get("inputs_embeds") is None
+            and not kwargs.get("output_attentions") and not kwargs.get("output_hidden_states")
+            and (not self.capture or ids.is_cuda)
+        )
+
+    # --- the wrapped methods ---------------------------------------------------------------------
+    def generate(self, *args, **kwargs):
+        plan, why = self._generate_plan(args, kwargs)
+        if plan is None:
+            self._fallback(why)
+            return self._generate(*args, **kwargs)
+        kwargs[self.cache_name] = self.caches.get(*plan)
+        return self._generate(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        if self._is_decode_step(args, kwargs):
+            return self.graphs(kwargs[self.cache_name], kwargs)
+        return self._eager_forward(*args, **kwargs)
+
+    def stats(self) -> dict:
+        slots = self.graphs.slots.values()
+        return {
+            "captures": self.graphs.captures,
+            "graphs": len(self.graphs.slots),
+            "replays": sum(s.replays for s in slots),
+            "capture_s": round(sum(s.capture_s for s in slots), 4),
+            "caches": len(self.caches._caches),
+            "fallbacks": sorted(self._told),
+        }
+
+
+def engine_of(model) -> DecodeEngine | None:
+    return model.__dict__.get(_ATTR)
+
+
+def install(model, **options) -> DecodeEngine:
+    """Put the decode engine on this model instance (idempotent)."""
+    engine = engine_of(model)
+    if engine is None:
+        engine = DecodeEngine(model, **options)
+        model.__dict__[_ATTR] = engine
+        model.__dict__["forward"] = engine.forward
+        model.__dict__["generate"] = engine.generate
+    return engine
+
+
+def uninstall(model) -> None:
+    """Remove the engine: the instance's forward/generate are what they were before install."""
+    engine = model.__dict__.pop(_ATTR, None)
+    if engine is None:
+        return
+    for name, saved in engine._saved.items():
+        if saved is None:
+            model.__dict__.pop(name, None)
+        else:
+            model.__dict__[name] = saved
+    engine.graphs.clear()
+    engine.caches.clear()

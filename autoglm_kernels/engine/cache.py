@@ -1,0 +1,55 @@
+"""Static KV caches for the decode engine, bucketed so CUDA graphs can be reused.
+
+A captured decode step bakes in the addresses of the cache buffers, so generate must see the
+same cache object call after call. Caches are keyed by (batch size, capacity bucket): capacity
+is the next power of two >= prompt + new tokens (at least `min_len`), capped at the model's
+maximum. At most `max_slots` caches are kept (least recently used evicted), so 1,000 generate
+calls with varying lengths allocate a bounded set of caches.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+def bucket_len(needed: int, min_len: int, max_len: int) -> int:
+    """Smallest power of two >= needed (and >= min_len), capped at max_len."""
+    size = max(min_len, 1 << max(0, needed - 1).bit_length())
+    return min(size, max_len)
+
+
+class StaticCachePool:
+    """Hands out transformers StaticCache objects per (batch, capacity bucket), reset for reuse."""
+
+    def __init__(self, config, *, min_len: int = 256, max_len: int | None = None, max_slots: int = 4):
+        self.config = config
+        self.min_len = min_len
+        self.max_len = max_len or getattr(config, "max_position_embeddings", None) or 4096
+        self.max_slots = max_slots
+        self._caches: OrderedDict[tuple[int, int], object] = OrderedDict()
+
+    def get(self, batch: int, needed: int):
+        """A reset StaticCache holding at least `needed` positions for `batch` sequences.
+
+        Raises ValueError naming the limit when `needed` exceeds the model's maximum length.
+        """
+        from transformers import StaticCache
+
+        if needed > self.max_len:
+            raise ValueError(
+                f"prompt + max_new_tokens = {needed} tokens exceeds the maximum static cache length {self.max_len} "
+                "(the model's max_position_embeddings, or patch_model(..., max_cache_len=...))"
+            )
+        key = (batch, bucket_len(needed, self.min_len, self.max_len))
+        cache = self._caches.pop(key, None)
+        if cache is None:
+            cache = StaticCache(config=self.config, max_cache_len=key[1])
+            while len(self._caches) >= self.max_slots:
+                self._caches.popitem(last=False)
+        else:
+            cache.reset()
+        self._caches[key] = cache
+        return cache
+
+    def clear(self) -> None:
+        self._caches.clear()

@@ -1,0 +1,138 @@
+"""CUDA-graph capture and replay of one decode step (query length 1) of a model's forward.
+
+The step is whatever the model's forward does (the patched fused layers, or stock modules):
+this file knows no architecture. Every tensor argument of the step gets a static buffer; a
+replay copies the caller's tensors into them and replays the captured kernels, so the decode
+step costs one graph launch instead of hundreds of kernel launches. Positions and cache
+lengths live on the device (StaticCache keeps its length in a device tensor), so nothing in
+the captured step syncs with the host.
+
+Graphs are keyed by the cache object (the buffers it captured) and the shapes/dtypes of the
+tensor arguments; non-tensor arguments must match those at capture. All graphs of one model
+share one memory pool.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger("autoglm_kernels.engine")
+
+
+def cache_counters(cache) -> list[torch.Tensor]:
+    """The cache's device-side length counters (StaticCache layers keep `cumulative_length` as a
+    0-d tensor that each update advances in place)."""
+    counters = []
+    for layer in getattr(cache, "layers", ()):
+        t = getattr(layer, "cumulative_length", None)
+        if torch.is_tensor(t):
+            counters.append(t)
+    return counters
+
+
+def _signature(kwargs: dict) -> tuple:
+    """What must be equal for a captured graph to serve a call: tensor shapes/dtypes, other values."""
+    items = []
+    for k in sorted(kwargs):
+        v = kwargs[k]
+        if torch.is_tensor(v):
+            items.append((k, "T", tuple(v.shape), v.dtype, v.device))
+        elif isinstance(v, (int, float, bool, str, type(None))):
+            items.append((k, "V", v))
+        else:  # the cache object: identity, held in the slot
+            items.append((k, "O", id(v)))
+    return tuple(items)
+
+
+@dataclass
+class _Slot:
+    graph: torch.cuda.CUDAGraph | None
+    inputs: dict  # name -> static tensor
+    output: object  # the model output whose tensors the graph writes
+    cache_ref: weakref.ref | None
+    capture_s: float = 0.0
+    replays: int = field(default=0)
+
+
+class DecodeGraphs:
+    """Captures `forward(**kwargs)` once per signature and replays it.
+
+    `capture=False` runs the same static-buffer path eagerly (no graph): used to test the
+    buffer logic on machines without a GPU.
+    """
+
+    def __init__(self, forward, *, capture: bool = True, max_graphs: int = 8):
+        self.forward = forward
+        self.capture = capture
+        self.max_graphs = max_graphs
+        self.slots: dict[tuple, _Slot] = {}
+        self.pool = torch.cuda.graph_pool_handle() if capture else None
+        self.captures = 0
+
+    def __call__(self, cache, kwargs: dict):
+        key = _signature(kwargs)
+        slot = self.slots.get(key)
+        if slot is None or (slot.cache_ref is not None and slot.cache_ref() is None):
+            slot = self._capture(key, cache, kwargs)
+        else:
+            for name, buf in slot.inputs.items():
+                buf.copy_(kwargs[name], non_blocking=True)
+            if slot.graph is not None:
+                slot.graph.replay()
+            else:
+                slot.output = self.forward(**{**kwargs, **slot.inputs})
+        slot.replays += 1
+        out = copy.copy(slot.output)
+        # generate keeps the logits of a step after the next replay overwrites the buffer: hand out a copy.
+        out["logits"] = slot.output["logits"].clone()
+        return out
+
+    def _evict(self) -> None:
+        dead = [k for k, s in self.slots.items() if s.cache_ref is not None and s.cache_ref() is None]
+        for k in dead:
+            del self.slots[k]
+        while len(self.slots) >= self.max_graphs:
+            del self.slots[next(iter(self.slots))]
+
+    def _capture(self, key, cache, kwargs) -> _Slot:
+        self._evict()
+        start = time.perf_counter()
+        inputs = {k: v.clone() for k, v in kwargs.items() if torch.is_tensor(v)}
+        static_kwargs = {**kwargs, **inputs}
+        cache_ref = weakref.ref(cache) if cache is not None else None
+        if not self.capture:
+            slot = _Slot(None, inputs, self.forward(**static_kwargs), cache_ref)
+        else:
+            # Warm-up on a side stream (lazy inits, Triton compiles, cuBLAS handles) computes this
+            # step for real; the capture records it; the replay recomputes it. Re-running the step
+            # writes the same K/V at the same position, but it also advances the cache's length
+            # counters: put them back before the replay.
+            counters = cache_counters(cache)
+            saved = [c.clone() for c in counters]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.forward(**static_kwargs)
+            torch.cuda.current_stream().wait_stream(stream)
+            for c, s in zip(counters, saved):
+                c.copy_(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                output = self.forward(**static_kwargs)
+            graph.replay()
+            slot = _Slot(graph, inputs, output, cache_ref)
+        slot.capture_s = time.perf_counter() - start
+        self.captures += 1
+        self.slots[key] = slot
+        log.info("captured decode graph #%d in %.3f s (batch %s)", self.captures, slot.capture_s,
+                 next((v.shape[0] for v in inputs.values()), "?"))
+        return slot
+
+    def clear(self) -> None:
+        self.slots.clear()

@@ -1,0 +1,98 @@
+"""Decode engine: bucketing, cache reuse, static-buffer replay (eager on CPU, graphs on GPU)."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from autoglm_kernels import engine
+from autoglm_kernels.models import reference_config
+
+
+def _model(name="llama3.2-1b", device="cpu", dtype=torch.float32):
+    torch.manual_seed(0)
+    cfg = reference_config(name, tiny=True)
+    return AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval()
+
+
+def test_bucket_len():
+    assert engine.bucket_len(1, 256, 4096) == 256
+    assert engine.bucket_len(256, 256, 4096) == 256
+    assert engine.bucket_len(257, 256, 4096) == 512
+    assert engine.bucket_len(5000, 256, 4096) == 4096
+
+
+@pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b"])
+def test_static_buffer_path_matches_eager_generate(name):
+    """The engine's path (static cache + static-buffer decode step, replayed eagerly on CPU)
+    gives exactly the tokens of plain generate, across calls of different lengths."""
+    model = _model(name)
+    ids = torch.randint(1, 500, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    ref = [model.generate(input_ids=ids[:, :n], attention_mask=mask[:, :n], max_new_tokens=12, do_sample=False)
+           for n in (9, 5)]
+    eng = engine.install(model, capture=False, min_cache_len=32)
+    try:
+        for n, r in zip((9, 5, 9), ref + ref[:1]):
+            out = model.generate(input_ids=ids[:, :n], attention_mask=mask[:, :n], max_new_tokens=12, do_sample=False)
+            torch.testing.assert_close(out, r, rtol=0, atol=0)
+        stats = eng.stats()
+        assert stats["replays"] >= 3 * 11 - 1, stats  # every decode step went through the engine
+        assert stats["caches"] == 1, stats  # one (batch, bucket) cache reused by all three calls
+    finally:
+        engine.uninstall(model)
+    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
+
+
+def test_fallbacks_are_correct_and_logged(caplog):
+    model = _model()
+    ids = torch.randint(1, 500, (1, 6))
+    ref = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=2)
+    eng = engine.install(model, capture=False)
+    with caplog.at_level("WARNING", logger="autoglm_kernels.engine"):
+        out = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=2)
+        model.generate(input_ids=ids, max_new_tokens=5, do_sample=False, num_beams=2)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert eng.stats()["fallbacks"] == ["beam search"]
+    assert sum("beam search" in r.message for r in caplog.records) == 1  # logged once
+    engine.uninstall(model)
+
+
+def test_length_beyond_cache_falls_back():
+    model = _model()
+    eng = engine.install(model, capture=False, max_cache_len=16)
+    ids = torch.randint(1, 500, (1, 10))
+    out = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+    assert out.shape == (1, 18)
+    assert any("exceeds the static cache limit 16" in f for f in eng.stats()["fallbacks"])
+    engine.uninstall(model)
+
+
+def test_unsupported_architecture_runs_eager():
+    model = _model("opt-1.3b")
+    ids = torch.randint(1, 500, (1, 6))
+    ref = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+    eng = engine.install(model, capture=False, static_cache_unsupported="positions come from the attention mask")
+    torch.testing.assert_close(model.generate(input_ids=ids, max_new_tokens=5, do_sample=False), ref, rtol=0, atol=0)
+    assert eng.stats()["fallbacks"] == ["positions come from the attention mask"] and eng.stats()["replays"] == 0
+    engine.uninstall(model)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b"])
+def test_cuda_graph_decode_matches_eager(name):
+    model = _model(name, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(1, 500, (3, 17), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+                         cache_implementation="static")
+    eng = engine.install(model)
+    try:
+        for _ in range(2):
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False)
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        st = eng.stats()
+        assert st["captures"] == 1 and st["replays"] >= 2 * 23 - 1, st
+    finally:
+        engine.uninstall(model)
