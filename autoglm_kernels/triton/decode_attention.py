@@ -1,0 +1,258 @@
+"""Split-KV (flash-decoding) attention for decode steps: a few new query tokens against a KV cache.
+
+torch op `autoglm::decode_attention(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits) -> out`
+  q        [B, Sq, Hq, D]   1 <= Sq <= 16, last dim contiguous (a view into the qkv projection is fine)
+  k_cache  [B, Hk, C, D]    C = cache capacity; last dim contiguous
+  v_cache  [B, Hk, C, D]
+  kv_lens  [B] or [1] int   valid positions per sequence, including the Sq new tokens (its last Sq)
+  kv_mask  [B, M] or None   0 = padding key (transformers' 2-D attention_mask); positions >= M count as valid
+  out      [B, Sq, Hq, D]   contiguous, q's dtype
+Query i sees keys j < kv_len - Sq + i + 1 (bottom-right causal) that kv_mask does not exclude.
+
+Two kernels. `_split_kernel` runs one program per (KV split, batch x KV head, block of query rows):
+all G = Hq/Hk query heads and all Sq rows of a KV head are rows of one [G*Sq, D] x [D, BLOCK_N]
+tl.dot, so each K/V tile is read from HBM once for all of them (once per 64 rows when G*Sq > 64,
+e.g. GLM-4's G=16 with Sq > 4). It writes the split's partial
+(running max, sum, unnormalized output) in fp32; `_reduce_kernel` merges the splits.
+
+The grid is sized on the host from the capacity C and the SM count only; kv_lens is read on the
+device, where each program derives the same split layout from its kv_len (blocks of BLOCK_N keys
+divided evenly over at most `max_splits` splits); splits past the last used one exit at once.
+So time follows the valid length, not the capacity, with no host sync: CUDA-graph capturable.
+kv_lens above C are clamped to C on the device (there is no way to raise without a host sync).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+_NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
+_LOG2E = 1.4426950408889634
+
+TARGET_PROGRAMS_PER_SM = 2  # split count aims at this many split programs per SM
+MIN_BLOCKS_PER_SPLIT = 2  # a split reads at least this many BLOCK_N-key tiles (bounds partial-result traffic)
+MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
+
+
+def _triton_can_run(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def block_n(head_dim: int) -> int:
+    """Keys per tile: 16 KB of bf16 K (or V) per tile for head_dim 64 and 128."""
+    return 8192 // head_dim
+
+
+def rows_block(rows: int) -> int:
+    """Query rows per program (tl.dot needs >= 16), a power of two."""
+    return min(MAX_ROWS_PER_PROGRAM, max(16, triton.next_power_of_2(rows)))
+
+
+def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
+    """Most KV splits per (batch, KV head, row block): enough programs to fill the GPU at full
+    capacity C, each still reading >= MIN_BLOCKS_PER_SPLIT tiles. Depends on shapes only."""
+    B, Sq, Hq, D = q.shape
+    Hk, C = k_cache.shape[1], k_cache.shape[2]
+    n_rb = triton.cdiv((Hq // Hk) * Sq, rows_block((Hq // Hk) * Sq))
+    sms = _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device()) \
+        if q.device.type == "cuda" else 4  # interpreter: a few splits, to exercise the reduction
+    want = triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, B * Hk * n_rb)
+    cap = triton.cdiv(max(C, 1), block_n(D) * MIN_BLOCKS_PER_SPLIT)
+    return max(1, min(want, cap))
+
+
+# Lengths/capacities change as a cache grows: no per-value specialization (avoids recompiles).
+@triton.jit(do_not_specialize=["sm_b", "mask_len", "C", "MAX_SPLITS"])
+def _split_kernel(
+    Q, K, V, KV_LENS, MASK, PART_O, PART_M, PART_L,
+    sq_b, sq_s, sq_h,
+    sk_b, sk_h, sk_n,
+    sv_b, sv_h, sv_n,
+    s_lens, sm_b, mask_len,
+    C, Hk, Sq, qk_scale, MAX_SPLITS,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
+):
+    split = tl.program_id(0)
+    bh = tl.program_id(1)  # b * Hk + hk
+    rb = tl.program_id(2)  # block of query rows
+    b = bh // Hk
+    hk = bh % Hk
+
+    kv_len = tl.load(KV_LENS + b * s_lens).to(tl.int32)
+    kv_len = tl.minimum(tl.maximum(kv_len, 0), C)
+    # Split layout from kv_len (the reduce kernel derives the same): n_blocks tiles, bps per split.
+    n_blocks = (kv_len + BLOCK_N - 1) // BLOCK_N
+    bps = tl.maximum((n_blocks + MAX_SPLITS - 1) // MAX_SPLITS, MIN_BLOCKS)
+    n_used = (n_blocks + bps - 1) // bps
+    if split >= n_used:
+        return
+    lo = split * bps * BLOCK_N
+    hi = tl.minimum(lo + bps * BLOCK_N, kv_len)
+
+    # Row r of this program is query token i = r // G of head hk*G + r % G.
+    r = rb * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = r < G * Sq
+    i = r // G
+    h = hk * G + r % G
+    d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + b.to(tl.int64) * sq_b + (i * sq_s + h * sq_h)[:, None] + d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    limit = kv_len - Sq + i + 1  # keys j < limit are causally visible to row r
+
+    k_base = K + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h
+    v_base = V + b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h
+    m_i = tl.full([BLOCK_M], _NEG, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        col_ok = n < hi
+        k = tl.load(k_base + n[:, None] * sk_n + d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(v_base + n[:, None] * sv_n + d[None, :], mask=col_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        ok = col_ok[None, :] & (n[None, :] < limit[:, None])
+        if HAS_MASK:
+            keep = tl.load(MASK + b.to(tl.int64) * sm_b + n, mask=col_ok & (n < mask_len), other=1)
+            ok = ok & (keep != 0)[None, :]
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    # Partials are indexed by the output row (b, i, h) so the reduce kernel reads them contiguously.
+    row = (b * Sq + i).to(tl.int64) * (Hk * G) + h
+    tl.store(PART_M + row * MAX_SPLITS + split, m_i, mask=row_ok)
+    tl.store(PART_L + row * MAX_SPLITS + split, l_i, mask=row_ok)
+    o_ptrs = PART_O + (row * MAX_SPLITS + split)[:, None] * HEAD_DIM + d[None, :]
+    tl.store(o_ptrs, acc, mask=row_ok[:, None])
+
+
+@triton.jit(do_not_specialize=["C", "MAX_SPLITS"])
+def _reduce_kernel(
+    PART_O, PART_M, PART_L, OUT, KV_LENS, s_lens, C, SqHq, MAX_SPLITS,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """out[row, dims of this program] = sum_s w_s * o_s / sum_s w_s * l_s, w_s = 2^(m_s - max m)."""
+    row = tl.program_id(0).to(tl.int64)  # (b * Sq + i) * Hq + h
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    b = row // SqHq
+    kv_len = tl.load(KV_LENS + b * s_lens).to(tl.int32)
+    kv_len = tl.minimum(tl.maximum(kv_len, 0), C)
+    n_blocks = (kv_len + BLOCK_N - 1) // BLOCK_N
+    bps = tl.maximum((n_blocks + MAX_SPLITS - 1) // MAX_SPLITS, MIN_BLOCKS)
+    n_used = (n_blocks + bps - 1) // bps
+
+    m_run = tl.full([BLOCK_S], _NEG, tl.float32)
+    for s0 in range(0, n_used, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        m_run = tl.maximum(m_run, tl.load(PART_M + row * MAX_SPLITS + s, mask=s < n_used, other=_NEG))
+    m_max = tl.max(m_run, 0)
+
+    l_run = tl.zeros([BLOCK_S], tl.float32)
+    o = tl.zeros([BLOCK_D], tl.float32)
+    for s0 in range(0, n_used, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        ok = s < n_used
+        w = tl.math.exp2(tl.load(PART_M + row * MAX_SPLITS + s, mask=ok, other=_NEG) - m_max)
+        w = tl.where(ok, w, 0.0)
+        l_run += w * tl.load(PART_L + row * MAX_SPLITS + s, mask=ok, other=0.0)
+        part = tl.load(PART_O + (row * MAX_SPLITS + s)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        o += tl.sum(w[:, None] * part, 0)
+    l_tot = tl.sum(l_run, 0)
+    o = o / tl.where(l_tot > 0, l_tot, 1.0)  # a row with no visible key gives zeros (its o is 0)
+    tl.store(OUT + row * HEAD_DIM + d, o.to(OUT.dtype.element_ty))
+
+
+def decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask=None, scale=None) -> torch.Tensor:
+    """Plain-torch fp32 decode attention with the op's semantics (CPU fallback); no host sync."""
+    B, Sq, Hq, D = q.shape
+    Hk, C = k_cache.shape[1], k_cache.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    dev = q.device
+    lens = kv_lens.to(device=dev, dtype=torch.int64).expand(B).clamp(0, C)
+    j = torch.arange(C, device=dev)
+    limit = lens[:, None] - Sq + torch.arange(Sq, device=dev)[None, :] + 1  # [B, Sq]
+    allowed = j[None, None, :] < limit[:, :, None]  # [B, Sq, C]
+    if kv_mask is not None:
+        keep = torch.ones(B, C, dtype=torch.bool, device=dev)
+        w = min(C, kv_mask.shape[1])
+        keep[:, :w] = kv_mask[:, :w] != 0
+        allowed = allowed & keep[:, None, :]
+    k = k_cache.float().repeat_interleave(Hq // Hk, dim=1)  # [B, Hq, C, D]
+    v = v_cache.float().repeat_interleave(Hq // Hk, dim=1)
+    s = torch.einsum("bshd,bhcd->bhsc", q.float(), k) * scale
+    s = s.masked_fill(~allowed[:, None], float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no visible key -> zeros
+    out = torch.einsum("bhsc,bhcd->bshd", p, v)
+    return out.to(q.dtype).contiguous()
+
+
+@torch.library.triton_op("autoglm::decode_attention", mutates_args=())
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_lens: torch.Tensor,
+    kv_mask: Optional[torch.Tensor],
+    scale: float,
+    num_splits: int,
+) -> torch.Tensor:
+    """See the module docstring. Inputs are validated by autoglm_kernels.ops.decode_attention;
+    num_splits <= 0 picks default_num_splits."""
+    if not _triton_can_run(q.device):
+        return decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask, scale)
+    B, Sq, Hq, D = q.shape
+    Hk, C = k_cache.shape[1], k_cache.shape[2]
+    G = Hq // Hk
+    BLOCK_M = rows_block(G * Sq)
+    BLOCK_N = block_n(D)
+    n_rb = triton.cdiv(G * Sq, BLOCK_M)
+    max_splits = num_splits if num_splits > 0 else default_num_splits(q, k_cache)
+
+    out = torch.empty((B, Sq, Hq, D), dtype=q.dtype, device=q.device)
+    rows = B * Sq * Hq
+    part_o = torch.empty((rows, max_splits, D), dtype=torch.float32, device=q.device)
+    part_m = torch.empty((rows, max_splits), dtype=torch.float32, device=q.device)
+    part_l = torch.empty((rows, max_splits), dtype=torch.float32, device=q.device)
+    s_lens = kv_lens.stride(0) if kv_lens.shape[0] > 1 else 0
+    if kv_mask is not None:
+        mask = kv_mask.view(torch.uint8) if kv_mask.dtype == torch.bool else kv_mask
+        sm_b, mask_len = mask.stride(0), mask.shape[1]
+    else:
+        mask, sm_b, mask_len = kv_lens, 0, 0  # unused pointer (HAS_MASK=False)
+
+    torch.library.wrap_triton(_split_kernel)[(max_splits, B * Hk, n_rb)](
+        q, k_cache, v_cache, kv_lens, mask, part_o, part_m, part_l,
+        q.stride(0), q.stride(1), q.stride(2),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        s_lens, sm_b, mask_len,
+        C, Hk, Sq, scale * _LOG2E, max_splits,
+        G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None,
+        num_warps=4, num_stages=3,
+    )
+    # (row, 32-dim slice) programs: 4x the parallelism of one program per row, each loading
+    # [64 splits x 128 B] per step, so the merge costs about one memory latency.
+    torch.library.wrap_triton(_reduce_kernel)[(rows, D // 32)](
+        part_o, part_m, part_l, out, kv_lens, s_lens, C, Sq * Hq, max_splits,
+        HEAD_DIM=D, BLOCK_N=BLOCK_N, MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT,
+        BLOCK_S=64, BLOCK_D=32, num_warps=2,
+    )
+    return out

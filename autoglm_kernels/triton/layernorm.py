@@ -1,0 +1,100 @@
+"""LayerNorm with bias, and residual-add + LayerNorm (OPT's decoder norms): one launch each.
+
+torch ops (x [..., H] with a contiguous last dim; rows may be strided; outputs contiguous, x.dtype):
+  autoglm::layer_norm(x, weight, bias, eps) -> out
+      out = (x - mean) * rsqrt(var + eps) * weight + bias, statistics and math in fp32, one
+      rounding to x.dtype at the end, as F.layer_norm does on CUDA. bias may be None.
+  autoglm::fused_add_layer_norm(x, residual, weight, bias, eps) -> (out, new_residual)
+      new_residual = x + residual (x.dtype, as stock `residual + hidden_states`);
+      out = layer_norm(new_residual, weight, bias)
+
+Same layout and launch scheme as rmsnorm.py: ROWS whole rows per program, row in registers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .rmsnorm import MAX_HIDDEN, _triton_can_run, launch_config, row_view  # noqa: F401  (MAX_HIDDEN re-exported)
+
+
+@triton.jit
+def _layer_norm_kernel(
+    X, R, W, B, OUT, NEW_R,
+    n_rows, n_inner, H,
+    sx_o, sx_i, sr_o, sr_i,
+    eps,
+    ADD: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    col_ok = cols < H
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    outer, inner = rows // n_inner, rows % n_inner
+    x = tl.load(X + (outer * sx_o + inner * sx_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+    out_offs = rows[:, None] * H + cols[None, :]
+    if ADD:
+        r = tl.load(R + (outer * sr_o + inner * sr_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        tl.store(NEW_R + out_offs, x, mask=mask)
+    xf = x.to(tl.float32)
+    mean = tl.sum(xf, axis=1) / H
+    xc = tl.where(mask, xf - mean[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / H + eps)
+    y = xc * rstd[:, None] * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _launch(x, residual, weight, bias, out, new_residual, eps):
+    H = x.shape[-1]
+    n_rows = x.numel() // H if H else 0
+    if n_rows == 0 or H == 0:
+        return
+    sx_o, sx_i, x = row_view(x)
+    sr_o, sr_i = 0, 0
+    if residual is not None:
+        sr_o, sr_i, residual = row_view(residual)
+    n_inner = x.shape[-2] if x.dim() >= 2 else 1
+    block_h, rows, num_warps = launch_config(H)
+    wrap_triton(_layer_norm_kernel)[(triton.cdiv(n_rows, rows),)](
+        x, residual if residual is not None else x, weight, bias if bias is not None else weight,
+        out, new_residual if new_residual is not None else out,
+        n_rows, n_inner, H, sx_o, sx_i, sr_o, sr_i, eps,
+        ADD=residual is not None, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_H=block_h, num_warps=num_warps,
+    )
+
+
+def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """fp32 math, one rounding to x.dtype (what F.layer_norm does on CUDA for half types)."""
+    b = bias.float() if bias is not None else None
+    return F.layer_norm(x.float(), (x.shape[-1],), weight.float(), b, eps).to(x.dtype)
+
+
+@triton_op("autoglm::layer_norm", mutates_args={})
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    if not _triton_can_run(x.device):
+        return layer_norm_reference(x, weight, bias, eps).contiguous()
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, None, weight, bias, out, None, eps)
+    return out
+
+
+@triton_op("autoglm::fused_add_layer_norm", mutates_args={})
+def fused_add_layer_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not _triton_can_run(x.device):
+        h = (residual + x).contiguous()
+        return layer_norm_reference(h, weight, bias, eps).contiguous(), h
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    new_residual = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _launch(x, residual, weight, bias, out, new_residual, eps)
+    return out, new_residual

@@ -1,0 +1,74 @@
+"""RoPE on q and k (bf16): transformers' apply_rotary_pos_emb vs one in-place autoglm launch.
+
+Models: Llama-3.1-8B (32/8 heads x 128, full rotate_half), GLM-4-9B (32/2 x 128, partial 0.5,
+interleaved), AutoGLM-Phone-9B / GLM-4.1V (as GLM-4-9B with mrope [8, 12, 12]); at decode (B=1,
+S=1) and prefill (B=1, S=4096). cos/sin come from the model's own rotary embedding module.
+  stock: the model file's apply_rotary_pos_emb on q/k projections viewed [B, S, H, D] and
+         transposed to [B, H, S, D], as the attention forward calls it (returns new tensors)
+  fused: ops.apply_rope_ on q/k views of one fused qkv output, in place
+bytes = the rotary dims of q and k read and written plus cos/sin read, for both impls.
+"""
+
+import pytest
+import torch
+
+MODELS = ("llama3.1-8b", "glm4-9b", "autoglm-phone-9b")
+PHASES = {"decode": (1, 1), "prefill": (1, 4096)}
+CASES = [(m, p, impl) for m in MODELS for p in PHASES for impl in ("stock", "fused")]
+
+
+def _setup(name, B, S, dt):
+    """(Hq, Hk, D, cos, sin, stock apply fn, interleaved, mrope_section)."""
+    from autoglm_kernels.models import reference_config
+
+    cfg = reference_config(name)
+    Hq, Hk = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
+    x = torch.empty(1, device="cuda", dtype=dt)
+    pos = torch.arange(1000, 1000 + S, device="cuda").view(1, S).expand(B, S)
+    if name == "llama3.1-8b":
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+        cos, sin = LlamaRotaryEmbedding(cfg).to("cuda")(x, pos)
+        return Hq, Hk, D, cos, sin, apply_rotary_pos_emb, False, None
+    if name == "glm4-9b":
+        from transformers.models.glm4.modeling_glm4 import Glm4RotaryEmbedding, apply_rotary_pos_emb
+        cos, sin = Glm4RotaryEmbedding(cfg).to("cuda")(x, pos)
+        return Hq, Hk, D, cos, sin, apply_rotary_pos_emb, True, None
+    from transformers.models.glm4v.modeling_glm4v import Glm4vTextRotaryEmbedding, apply_rotary_pos_emb
+    cos, sin = Glm4vTextRotaryEmbedding(cfg).to("cuda")(x, pos.unsqueeze(0).expand(3, B, S))
+    return Hq, Hk, D, cos, sin, apply_rotary_pos_emb, True, list(cfg.rope_parameters["mrope_section"])
+
+
+@pytest.mark.parametrize("name,phase,impl", CASES, ids=[f"{m}-{p}-{i}" for m, p, i in CASES])
+def test_rope(benchmark, bandwidth, name, phase, impl):
+    from common import GraphTimer, copies_for, record
+
+    from autoglm_kernels import ops
+
+    dt = torch.bfloat16
+    B, S = PHASES[phase]
+    Hq, Hk, D, cos, sin, stock_apply, interleaved, mrope = _setup(name, B, S, dt)
+    R = cos.shape[-1]
+    benchmark.group = f"rope {name} {phase} B={B} S={S}"
+    bytes_moved = B * S * (2 * (Hq + Hk) * R * 2 + 2 * R * 2)
+    W = (Hq + 2 * Hk) * D
+
+    if impl == "stock":
+        sets = [(torch.randn(B, S, Hq * D, device="cuda", dtype=dt), torch.randn(B, S, Hk * D, device="cuda", dtype=dt))
+                for _ in range(copies_for(bytes_moved))]
+
+        def fn(q, k):
+            return stock_apply(q.view(B, S, Hq, D).transpose(1, 2), k.view(B, S, Hk, D).transpose(1, 2), cos, sin)
+    else:
+        sets = []
+        for _ in range(copies_for(bytes_moved)):
+            qkv = torch.randn(B, S, W, device="cuda", dtype=dt)
+            sets.append((qkv[..., : Hq * D].view(B, S, Hq, D), qkv[..., Hq * D: (Hq + Hk) * D].view(B, S, Hk, D)))
+
+        def fn(q, k):
+            ops.apply_rope_(q, k, cos, sin, interleaved=interleaved, mrope_section=mrope)
+
+    with torch.no_grad():
+        timer = GraphTimer(fn, sets)
+        record(benchmark, timer, impl=impl, bandwidth=bandwidth, bytes_moved=bytes_moved, model=name, phase=phase,
+               tokens=B * S, rotary_dim=R)

@@ -1,0 +1,253 @@
+"""autoglm::decode_attention (triton/decode_attention.py) against an fp32 SDPA reference.
+
+The reference repeats K/V explicitly and builds the boolean mask from the op's semantics with
+plain loops: query i of sequence b sees key j iff j < min(kv_len, C) - Sq + i + 1 and kv_mask[b, j]
+!= 0. Low-precision results must stay within 2x the stock SDPA error at the same precision.
+On CPU the kernel runs in the Triton interpreter (fp32/fp16, small shapes); bf16 and the real
+model shapes are GPU tests.
+"""
+
+import pytest
+import torch
+
+from autoglm_kernels import ops
+
+HAS_CUDA = torch.cuda.is_available()
+DEV = "cuda" if HAS_CUDA else "cpu"
+
+
+def _allowed(B, Sq, C, kv_lens, kv_mask):
+    """[B, Sq, C] bool: which keys each query sees (loops, independent of the kernel's arithmetic)."""
+    lens = kv_lens.cpu().expand(B).tolist()
+    allowed = torch.zeros(B, Sq, C, dtype=torch.bool)
+    for b in range(B):
+        n = max(0, min(int(lens[b]), C))
+        for i in range(Sq):
+            allowed[b, i, : max(0, n - Sq + i + 1)] = True
+        if kv_mask is not None:
+            w = min(C, kv_mask.shape[1])
+            allowed[b, :, :w] &= kv_mask[b, :w].cpu() != 0
+    return allowed
+
+
+def _sdpa(q, k, v, allowed, scale, dtype):
+    """SDPA in `dtype` with explicit GQA repeat; rows with no visible key -> 0."""
+    G = q.shape[2] // k.shape[1]
+    kr = k.to(dtype).repeat_interleave(G, dim=1)
+    vr = v.to(dtype).repeat_interleave(G, dim=1)
+    mask = allowed[:, None].to(q.device)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    out = sdpa(q.to(dtype).transpose(1, 2), kr, vr, attn_mask=mask, scale=scale)
+    out = out.transpose(1, 2).float().nan_to_num(0.0)
+    return out.masked_fill(~allowed.any(-1).to(q.device)[:, :, None, None], 0.0)
+
+
+def _check(q, k, v, kv_lens, kv_mask=None, scale=None, **kw):
+    out = ops.decode_attention(q, k, v, kv_lens, kv_mask, scale, **kw)
+    B, Sq, Hq, D = q.shape
+    assert out.shape == (B, Sq, Hq, D) and out.dtype == q.dtype and out.is_contiguous()
+    allowed = _allowed(B, Sq, k.shape[2], kv_lens, kv_mask)
+    s = D**-0.5 if scale is None else scale
+    ref = _sdpa(q, k, v, allowed, s, torch.float32)
+    err = (out.float() - ref).abs().max().item()
+    if q.dtype == torch.float32:
+        assert err < 2e-5, err
+    else:
+        stock = (_sdpa(q, k, v, allowed, s, q.dtype) - ref).abs().max().item()
+        eps = torch.finfo(q.dtype).eps * ref.abs().max().item() + 1e-6
+        assert err <= 2 * stock + eps, f"kernel error {err} vs stock {q.dtype} SDPA error {stock}"
+    return out
+
+
+def _inputs(B, Sq, Hq, Hk, D, C, dtype, device=DEV):
+    q = torch.randn(B, Sq, Hq, D, device=device, dtype=dtype)
+    k = torch.randn(B, Hk, C, D, device=device, dtype=dtype)
+    v = torch.randn(B, Hk, C, D, device=device, dtype=dtype)
+    return q, k, v
+
+
+# (B, Sq, Hq, Hk, D, C, kv_lens, masked)
+CPU_CASES = [
+    (1, 1, 4, 2, 64, 1, [1], False),
+    (1, 1, 4, 2, 64, 97, [97], False),
+    (1, 3, 8, 2, 128, 97, [61], True),
+    (2, 16, 4, 1, 64, 300, [300, 17], False),
+    (5, 1, 4, 4, 64, 131, [131, 1, 64, 65, 100], True),
+    (3, 2, 6, 3, 64, 1025, [1025, 513, 2], True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "B{}_Sq{}_H{}-{}_D{}_C{}".format(*c[:6]))
+def test_matches_reference(case, dtype):
+    B, Sq, Hq, Hk, D, C, lens, masked = case
+    q, k, v = _inputs(B, Sq, Hq, Hk, D, C, dtype)
+    kv_lens = torch.tensor(lens, dtype=torch.int32, device=DEV)
+    kv_mask = None
+    if masked:  # left padding of a different length per row, and one hole
+        kv_mask = torch.ones(B, C, dtype=torch.int64, device=DEV)
+        for b in range(B):
+            kv_mask[b, : (3 * b) % max(1, lens[b])] = 0
+        kv_mask[0, C // 2] = 0
+    _check(q, k, v, kv_lens, kv_mask)
+
+
+def test_split_count_does_not_change_result():
+    q, k, v = _inputs(2, 2, 8, 2, 64, 700, torch.float32)
+    kv_lens = torch.tensor([700, 301], device=DEV)
+    outs = [_check(q, k, v, kv_lens, num_splits=n) for n in (1, 3, 64)]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[0], outs[2], atol=1e-5, rtol=1e-5)
+
+
+def test_views_broadcast_lens_bool_mask_scale():
+    """q as a slice of a fused qkv output, cache as a [B, C, Hk, D] buffer viewed [B, Hk, C, D],
+    kv_lens int64 of shape [1] (broadcast), bool mask narrower than kv_len, custom scale."""
+    B, Sq, Hq, Hk, D, C = 2, 2, 4, 2, 64, 77
+    qkv = torch.randn(B, Sq, (Hq + 2 * Hk) * D, device=DEV)
+    q = qkv[..., : Hq * D].view(B, Sq, Hq, D)
+    k = torch.randn(B, C, Hk, D, device=DEV).transpose(1, 2)
+    v = torch.randn(B, C, Hk, D, device=DEV).transpose(1, 2)
+    kv_mask = torch.ones(B, 40, dtype=torch.bool, device=DEV)
+    kv_mask[1, :9] = False
+    _check(q, k, v, torch.tensor([70], device=DEV), kv_mask, scale=0.3)
+
+
+def test_lens_above_capacity_are_clamped():
+    q, k, v = _inputs(2, 1, 4, 2, 64, 50, torch.float32)
+    a = ops.decode_attention(q, k, v, torch.tensor([50, 50], device=DEV))
+    b = ops.decode_attention(q, k, v, torch.tensor([10**6, 51], device=DEV))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_query_without_visible_key_is_zero():
+    q, k, v = _inputs(2, 4, 4, 2, 64, 30, torch.float32)
+    kv_mask = torch.ones(2, 30, dtype=torch.int32, device=DEV)
+    kv_mask[1] = 0  # sequence 1 is all padding
+    out = _check(q, k, v, torch.tensor([2, 30], device=DEV), kv_mask)  # seq 0: queries 0, 1 see nothing
+    assert torch.isfinite(out).all()
+    assert out[0, :2].abs().max() == 0 and out[1].abs().max() == 0
+
+
+def test_cpu_fallback_without_interpreter(monkeypatch):
+    if HAS_CUDA:
+        pytest.skip("the plain-torch fallback is for CPU tensors")
+    q, k, v = _inputs(2, 3, 4, 2, 64, 90, torch.float32)
+    kv_lens = torch.tensor([90, 40])
+    kernel = ops.decode_attention(q, k, v, kv_lens)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    torch.testing.assert_close(ops.decode_attention(q, k, v, kv_lens), kernel, atol=2e-5, rtol=1e-5)
+
+
+def test_opcheck_cpu():
+    q, k, v = _inputs(2, 2, 4, 2, 64, 37, torch.float32)
+    args = (q, k, v, torch.tensor([37, 5], device=DEV), torch.ones(2, 37, dtype=torch.bool, device=DEV), 0.125, 0)
+    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def _bad(**over):
+    base = dict(q=torch.randn(1, 1, 4, 64), k_cache=torch.randn(1, 2, 8, 64), v_cache=torch.randn(1, 2, 8, 64),
+                kv_lens=torch.tensor([8]))
+    base.update(over)
+    return base
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (_bad(q=torch.randn(1, 1, 4, 96), k_cache=torch.randn(1, 2, 8, 96), v_cache=torch.randn(1, 2, 8, 96)),
+     ValueError, "head_dim"),
+    (_bad(k_cache=torch.randn(1, 2, 8, 64, dtype=torch.float16)), TypeError, "dtype"),
+    (_bad(k_cache=torch.randn(1, 2, 8, 64, device="meta")), ValueError, "device"),
+    (_bad(k_cache=torch.randn(1, 3, 8, 64), v_cache=torch.randn(1, 3, 8, 64)), ValueError, "multiple of KV heads"),
+    (_bad(q=torch.randn(1, 17, 4, 64)), ValueError, "prefill_attention"),
+    (_bad(v_cache=torch.randn(1, 2, 9, 64)), ValueError, "one shape"),
+    (_bad(k_cache=torch.randn(2, 2, 8, 64), v_cache=torch.randn(2, 2, 8, 64)), ValueError, "B=1"),
+    (_bad(q=torch.randn(1, 1, 4, 128)[..., ::2]), ValueError, "contiguous last dim"),
+    (_bad(q=torch.randn(1, 4, 64)), ValueError, "4 dims"),
+    (_bad(kv_lens=torch.tensor([8.0])), TypeError, "kv_lens"),
+    (_bad(kv_lens=torch.tensor([8, 8])), ValueError, "kv_lens must be"),
+    (_bad(kv_lens=8), TypeError, "kv_lens"),
+    (_bad(kv_mask=torch.ones(2, 8)), TypeError, "kv_mask"),
+    (_bad(kv_mask=torch.ones(2, 8, dtype=torch.bool)), ValueError, "kv_mask must be"),
+    (_bad(num_splits=0), ValueError, "num_splits"),
+])
+def test_bad_input_raises(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ops.decode_attention(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: bf16/fp16 at the reference shapes, full opcheck, CUDA-graph capture with changing kv_lens
+# ------------------------------------------------------------------------------------------------
+GPU_CASES = [  # (B, Sq, Hq, Hk, D, C, kv_lens, masked)
+    (1, 1, 32, 2, 128, 1024, [1024], False),  # GLM-4
+    (1, 1, 32, 8, 128, 8191, [8191], False),  # Llama-8B, prime capacity
+    (1, 1, 32, 2, 128, 32768, [32768], False),
+    (1, 1, 32, 2, 128, 16384, [4099], False),  # static cache, L << C
+    (1, 3, 32, 2, 128, 1025, [1025], False),
+    (1, 16, 32, 2, 128, 4099, [3000], False),  # 16*16 rows: several row blocks
+    (1, 16, 32, 8, 128, 97, [97], False),
+    (4, 1, 32, 8, 64, 2053, [2053, 1, 97, 1500], True),  # Llama-1B heads, left padding
+    (5, 2, 32, 2, 128, 1031, [1031, 640, 2, 1000, 64], True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "B{}_Sq{}_H{}-{}_D{}_C{}".format(*c[:6]))
+def test_gpu_matches_reference(case, dtype):
+    B, Sq, Hq, Hk, D, C, lens, masked = case
+    q, k, v = _inputs(B, Sq, Hq, Hk, D, C, dtype, "cuda")
+    kv_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    kv_mask = None
+    if masked:
+        kv_mask = torch.ones(B, C, dtype=torch.int64, device="cuda")
+        for b in range(B):
+            kv_mask[b, : (7 * b) % max(1, lens[b])] = 0
+    _check(q, k, v, kv_lens, kv_mask)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_rejected():
+    q, k, v = _inputs(1, 1, 4, 2, 64, 8, torch.float32, "cuda")
+    with pytest.raises(TypeError, match="bfloat16 or float16"):
+        ops.decode_attention(q, k, v, torch.tensor([8], device="cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_full():
+    q, k, v = _inputs(2, 2, 8, 2, 128, 300, torch.bfloat16, "cuda")
+    args = (q, k, v, torch.tensor([300, 77], device="cuda"), torch.ones(2, 300, dtype=torch.bool, device="cuda"),
+            128**-0.5, 0)
+    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_follows_kv_lens():
+    """Captured once over a static cache; replays with new kv_lens (written in place) match the reference."""
+    B, Sq, Hq, Hk, D, C = 2, 1, 32, 2, 128, 4096
+    q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
+    kv_lens = torch.tensor([100, 4096], dtype=torch.int32, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        ops.decode_attention(q, k, v, kv_lens)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = ops.decode_attention(q, k, v, kv_lens)
+    for lens in ([100, 4096], [4096, 1], [2500, 3001]):
+        kv_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        g.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, ops.decode_attention(q, k, v, kv_lens), atol=0, rtol=0)
+        ref = _sdpa(q, k, v, _allowed(B, Sq, C, kv_lens, None), D**-0.5, torch.float32)
+        assert (out.float() - ref).abs().max().item() < 2e-2
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_fullgraph():
+    q, k, v = _inputs(1, 1, 32, 2, 128, 1024, torch.bfloat16, "cuda")
+    kv_lens = torch.tensor([700], device="cuda")
+    fn = torch.compile(lambda *a: ops.decode_attention(*a), fullgraph=True)
+    torch.testing.assert_close(fn(q, k, v, kv_lens), ops.decode_attention(q, k, v, kv_lens), atol=1e-2, rtol=1e-2)

@@ -1,0 +1,139 @@
+"""layer_norm and fused_add_layer_norm against nn.LayerNorm as OPT's decoder layers use it
+(self_attn_layer_norm / final_layer_norm, with bias; `residual + hidden_states` before them).
+
+CPU: the Triton kernels in the interpreter (fp32 tight, fp16 by the 2x-stock-error rule), the
+plain-torch fallback, opcheck, input errors. GPU: bf16/fp16 at OPT sizes, full opcheck.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from autoglm_kernels import ops
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+CPU_OPCHECK = ("test_schema", "test_autograd_registration", "test_faketensor")
+
+
+def make_ln(hidden, dtype, *, bias=True, eps=1e-5, device=DEV):
+    m = nn.LayerNorm(hidden, eps=eps, bias=bias).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        m.weight.copy_(1 + 0.5 * torch.randn(hidden))
+        if bias:
+            m.bias.copy_(0.5 * torch.randn(hidden))
+    return m
+
+
+def ref64(m, x):
+    b = m.bias.double() if m.bias is not None else None
+    return torch.nn.functional.layer_norm(x.double(), m.normalized_shape, m.weight.double(), b, m.eps)
+
+
+def assert_stock_close(out, stock, ref, *, slack=2.0):
+    """fp32: tight; fp16/bf16: max error vs the float64 reference <= slack x stock's error (+ eps)."""
+    assert out.dtype == stock.dtype and out.shape == stock.shape
+    if out.dtype == torch.float32:
+        torch.testing.assert_close(out, stock, atol=3e-5, rtol=3e-5)
+        return
+    err = (out.double() - ref).abs().max().item()
+    stock_err = (stock.double() - ref).abs().max().item()
+    tiny = torch.finfo(out.dtype).eps * ref.abs().max().item()
+    assert err <= slack * stock_err + tiny, f"kernel error {err:.3g} > {slack} x stock error {stock_err:.3g}"
+
+
+# bf16 is GPU-only: the interpreter truncates fp32 -> bf16 instead of rounding to nearest
+CPU_DTYPES = [torch.float32, torch.float16]
+
+
+@pytest.mark.parametrize("shape", [(1, 111), (19, 4097), (2, 3, 64), (99, 40), (1, 1)])
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_matches_module(shape, dtype, bias):
+    m = make_ln(shape[-1], dtype, bias=bias)
+    x = torch.randn(shape, device=DEV, dtype=dtype) * 2 + 0.5
+    with torch.no_grad():
+        stock = m(x)
+    assert_stock_close(ops.layer_norm(x, m.weight, m.bias, m.eps), stock, ref64(m, x))
+
+
+@pytest.mark.parametrize("shape", [(1, 111), (19, 4097), (3, 7, 64)])
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_fused_add_layer_norm(shape, dtype):
+    """OPT: hidden_states = residual + hidden_states; then the next layer norm."""
+    m = make_ln(shape[-1], dtype)
+    x, res = (torch.randn(shape, device=DEV, dtype=dtype) for _ in range(2))
+    with torch.no_grad():
+        h = res + x
+        stock = m(h)
+    out, new_res = ops.fused_add_layer_norm(x, res, m.weight, m.bias, m.eps)
+    torch.testing.assert_close(new_res, h, atol=0, rtol=0)
+    assert_stock_close(out, stock, ref64(m, h))
+
+
+def test_strided_rows():
+    x = torch.randn(4, 6, 3 * 48, device=DEV)[..., 48:96]  # rows 144 apart, last dim contiguous
+    m = make_ln(48, torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(ops.layer_norm(x, m.weight, m.bias, m.eps), m(x), atol=3e-5, rtol=3e-5)
+
+
+def test_plain_torch_fallback(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    m = make_ln(50, torch.float32, device="cpu")
+    x, res = torch.randn(3, 50), torch.randn(3, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(ops.layer_norm(x, m.weight, m.bias, m.eps), m(x))
+        out, h = ops.fused_add_layer_norm(x, res, m.weight, None, m.eps)
+        torch.testing.assert_close(h, x + res)
+        torch.testing.assert_close(out, torch.nn.functional.layer_norm(x + res, (50,), m.weight, None, m.eps))
+
+
+def _opcheck_args():
+    x, res = torch.randn(3, 5, 37, device=DEV), torch.randn(3, 5, 37, device=DEV)
+    w, b = torch.randn(37, device=DEV), torch.randn(37, device=DEV)
+    return [(torch.ops.autoglm.layer_norm, (x, w, b, 1e-5)),
+            (torch.ops.autoglm.layer_norm, (x, w, None, 1e-5)),
+            (torch.ops.autoglm.fused_add_layer_norm, (x, res, w, b, 1e-5))]
+
+
+def test_opcheck_cpu():
+    for op, args in _opcheck_args():
+        torch.library.opcheck(op, args, test_utils=CPU_OPCHECK)
+
+
+def test_errors():
+    x, w, b = torch.randn(4, 64), torch.randn(64), torch.randn(64)
+    with pytest.raises(ValueError, match=r"bias must be \[64\]"):
+        ops.layer_norm(x, w, torch.randn(65), 1e-5)
+    with pytest.raises(ValueError, match="weight must have 1 dims"):
+        ops.layer_norm(x, torch.randn(8, 8), b, 1e-5)
+    with pytest.raises(ValueError, match=r"weight must be \[64\]"):
+        ops.layer_norm(x, torch.randn(32), b, 1e-5)
+    with pytest.raises(TypeError, match="dtype"):
+        ops.layer_norm(x.long(), w, b, 1e-5)
+    with pytest.raises(ValueError, match="device"):
+        ops.layer_norm(x, w, b.to("meta"), 1e-5)
+    with pytest.raises(ValueError, match="residual must have x's shape"):
+        ops.fused_add_layer_norm(x, x[:2], w, b, 1e-5)
+    with pytest.raises(TypeError, match="share one dtype"):
+        ops.fused_add_layer_norm(x, x.half(), w, b, 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("hidden", [2048, 4097, 111])
+@pytest.mark.parametrize("rows", [1, 16, 4096])
+def test_gpu_vs_stock(dtype, hidden, rows):
+    m = make_ln(hidden, dtype)
+    x, res = (torch.randn(rows, hidden, device="cuda", dtype=dtype) for _ in range(2))
+    with torch.no_grad():
+        assert_stock_close(ops.layer_norm(x, m.weight, m.bias, m.eps), m(x), ref64(m, x))
+        out, h = ops.fused_add_layer_norm(x, res, m.weight, m.bias, m.eps)
+        torch.testing.assert_close(h, res + x, atol=0, rtol=0)
+        assert_stock_close(out, m(res + x), ref64(m, res + x))
+
+
+@pytest.mark.gpu
+def test_gpu_opcheck_full():
+    for op, args in _opcheck_args():
+        torch.library.opcheck(op, args)
