@@ -1,0 +1,257 @@
+"""MemoryPool (autoglm_kernels/memory.py) against torch's CUDA caching allocator ("stock").
+
+1. generate: llama3.2-1b shapes with 4 layers (random weights, bf16, batch 1, prompt 128,
+   128 new tokens), each generate in its own `with pool:` region. Targets: tokens identical to
+   stock; zero backing cudaMalloc during the decode steps after the first (a LogitsProcessor
+   snapshots the pool's stats once per step); tok/s >= 0.98x stock.
+2. alloc_free: host time of torch.empty + del over the tensor sizes of one decode step, inside
+   vs outside the pool. Target: <= 1.5x stock.
+3. peak_reserved: 20 generates with prompt lengths 16..4096 (shuffled). Stock: torch's
+   max_memory_reserved over the trace (minus what was reserved before it: the weights). Pool:
+   the pool's peak reserved bytes, one region per generate. Target: pool <= stock.
+
+Figures go to extra_info (the `fused` entry also holds the stock figure measured in the same
+test and the ratio) and one summary line per benchmark is printed.
+"""
+
+import random
+import statistics
+import time
+
+import pytest
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+MODEL, NUM_LAYERS = "llama3.2-1b", 4
+PROMPT_LEN, NEW_TOKENS = 128, 128
+# Tensor sizes (bytes) allocated in one decode step of llama3.2-1b, batch 1, bf16: hidden states,
+# fp32 norm temporaries, q/k/v, KV-cache concatenation at ~256 tokens, MLP, logits (bf16, fp32).
+DECODE_STEP_SIZES = (4096, 8192, 4096, 4096, 1024, 1024, 262144, 262144, 4096, 4096, 16384, 16384, 16384,
+                     16384, 4096, 8192, 4096, 256512, 513024, 8)
+TRACE_PROMPTS = [round(16 * 256 ** (i / 19)) for i in range(20)]  # 16 .. 4096, geometric
+random.Random(0).shuffle(TRACE_PROMPTS)
+TRACE_NEW_TOKENS = 16
+IMPLS = ("stock", "fused")
+MiB = 2**20
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The reference model with NUM_LAYERS layers, random weights built on the GPU."""
+    from transformers import AutoModelForCausalLM
+
+    from autoglm_kernels.models import reference_config
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        m = AutoModelForCausalLM.from_config(reference_config(MODEL, num_layers=NUM_LAYERS), dtype=torch.bfloat16)
+    m.eval()
+    m.generation_config.eos_token_id = None  # always generate every token
+    m.generation_config.pad_token_id = 0
+    yield m
+    del m
+    torch.cuda.empty_cache()
+
+
+def _prompt(model, length, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return torch.randint(1, model.config.vocab_size, (1, length), device="cuda", generator=g)
+
+
+def _generate(model, ids, new_tokens, processors=None):
+    return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                          logits_processor=LogitsProcessorList(processors or []))
+
+
+def _timed(fn):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def _summary(capsys, line):
+    with capsys.disabled():
+        print(f"\n[bench_memory] {line}")
+
+
+class _BackingAllocsPerStep(LogitsProcessor):
+    """A LogitsProcessor (called once per generated token, after that step's forward) that records
+    the pool's backing-allocation count: entry 0 follows the prefill, entry 1 the first decode step."""
+
+    def __init__(self, pool):
+        self.pool, self.counts = pool, []
+
+    def __call__(self, input_ids, scores):
+        self.counts.append(self.pool.stats()["backing_allocs"])
+        return scores
+
+
+def _pool_generate(pool, model, ids):
+    """One generate in its own region; (seconds, tokens, backing allocs: prefill, first step, later steps)."""
+    probe = _BackingAllocsPerStep(pool)
+    start = pool.stats()["backing_allocs"]
+    with pool:
+        seconds, out = _timed(lambda: _generate(model, ids, NEW_TOKENS, [probe]))
+        end = pool.stats()["backing_allocs"]
+    c = probe.counts
+    return seconds, out, (c[0] - start, c[1] - c[0], end - c[1])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_generate(benchmark, model, capsys, impl):
+    benchmark.group = f"memory_pool generate {MODEL}x{NUM_LAYERS}L prompt {PROMPT_LEN} new {NEW_TOKENS}"
+    ids = _prompt(model, PROMPT_LEN)
+    ref_s, ref = _timed(lambda: _generate(model, ids, NEW_TOKENS))  # also the warm-up
+    info = dict(impl=impl, model=MODEL, num_layers=NUM_LAYERS, batch=1, prompt_len=PROMPT_LEN, new_tokens=NEW_TOKENS)
+    if impl == "stock":
+        runs = []
+        benchmark.pedantic(lambda: runs.append(_timed(lambda: _generate(model, ids, NEW_TOKENS))[0]),
+                           rounds=3, iterations=1)
+        info.update(tok_per_s=round(NEW_TOKENS / statistics.median(runs), 1))
+        benchmark.extra_info.update(info)
+        _summary(capsys, f"generate stock: {info['tok_per_s']} tok/s")
+        return
+
+    from autoglm_kernels.memory import MemoryPool
+
+    pool = MemoryPool()
+    try:
+        cold_s, cold_out, cold = _pool_generate(pool, model, ids)  # first region: the arena grows here
+        stock_runs, pool_runs, steady = [], [], []
+
+        def one_pool_run():
+            seconds, out, allocs = _pool_generate(pool, model, ids)
+            pool_runs.append(seconds)
+            steady.append(allocs)
+            assert torch.equal(out, ref), "tokens differ inside the pool"
+
+        for _ in range(3):
+            stock_runs.append(_timed(lambda: _generate(model, ids, NEW_TOKENS))[0])
+        benchmark.pedantic(one_pool_run, rounds=3, iterations=1)
+        s = pool.stats()
+    finally:
+        pool.close()
+    stock_tps = NEW_TOKENS / statistics.median(stock_runs)
+    pool_tps = NEW_TOKENS / statistics.median(pool_runs)
+    decode_allocs = max(a[2] for a in steady)
+    info.update(
+        tok_per_s=round(pool_tps, 1), stock_tok_per_s=round(stock_tps, 1), speed_vs_stock=round(pool_tps / stock_tps, 3),
+        tokens_identical=bool(torch.equal(cold_out, ref)),
+        backing_allocs_decode_after_first_step=decode_allocs,
+        backing_allocs_per_generate=max(sum(a) for a in steady),
+        cold_backing_allocs_prefill=cold[0], cold_backing_allocs_first_step=cold[1],
+        cold_backing_allocs_later_steps=cold[2],
+        pool_reserved_mib=round(s["reserved_bytes"] / MiB, 1), pool_segments=s["segments"],
+        target_met=bool(decode_allocs == 0 and pool_tps >= 0.98 * stock_tps and torch.equal(cold_out, ref)),
+    )
+    benchmark.extra_info.update(info)
+    _summary(capsys, f"generate pool: {info['tok_per_s']} tok/s vs stock {info['stock_tok_per_s']} "
+                     f"({info['speed_vs_stock']}x), tokens identical {info['tokens_identical']}, backing cudaMalloc in "
+                     f"decode after step 1: {decode_allocs} (cold run: prefill {cold[0]}, step 1 {cold[1]}, later "
+                     f"{cold[2]}), arena {info['pool_reserved_mib']} MiB in {s['segments']} segments")
+
+
+def _churn(iterations):
+    """torch.empty + del over one decode step's tensor sizes; host seconds per alloc+free pair."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        ts = [torch.empty(n, dtype=torch.uint8, device="cuda") for n in DECODE_STEP_SIZES]
+        del ts
+    return (time.perf_counter() - t0) / (iterations * len(DECODE_STEP_SIZES))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_alloc_free(benchmark, capsys, impl):
+    benchmark.group = f"memory_pool alloc+free decode-step sizes x{len(DECODE_STEP_SIZES)}"
+    iterations = 2000
+    _churn(200)  # warm torch's cache
+    info = dict(impl=impl, tensors_per_step=len(DECODE_STEP_SIZES), iterations=iterations)
+    if impl == "stock":
+        per_op = []
+        benchmark.pedantic(lambda: per_op.append(_churn(iterations)), rounds=5, iterations=1)
+        info.update(ns_per_alloc_free=round(1e9 * statistics.median(per_op), 1))
+        benchmark.extra_info.update(info)
+        _summary(capsys, f"alloc+free stock: {info['ns_per_alloc_free']} ns per pair")
+        return
+
+    from autoglm_kernels.memory import MemoryPool
+
+    pool = MemoryPool()
+    try:
+        stock = [_churn(iterations) for _ in range(5)]
+        fused = []
+        with pool:
+            _churn(200)
+            benchmark.pedantic(lambda: fused.append(_churn(iterations)), rounds=5, iterations=1)
+            assert pool.stats()["allocs"] > 0
+    finally:
+        pool.close()
+    ratio = statistics.median(fused) / statistics.median(stock)
+    info.update(ns_per_alloc_free=round(1e9 * statistics.median(fused), 1),
+                stock_ns_per_alloc_free=round(1e9 * statistics.median(stock), 1),
+                time_vs_stock=round(ratio, 3), target_met=bool(ratio <= 1.5))
+    benchmark.extra_info.update(info)
+    _summary(capsys, f"alloc+free pool: {info['ns_per_alloc_free']} ns per pair vs stock "
+                     f"{info['stock_ns_per_alloc_free']} ns ({info['time_vs_stock']}x)")
+
+
+def _trace(model, pool=None):
+    for i, length in enumerate(TRACE_PROMPTS):
+        ids = _prompt(model, length, seed=i)
+        if pool is None:
+            _generate(model, ids, TRACE_NEW_TOKENS)
+        else:
+            with pool:  # the output dies inside the region, so all its memory returns at the exit
+                _generate(model, ids, TRACE_NEW_TOKENS)
+    torch.cuda.synchronize()
+
+
+def _stock_trace_peak(model):
+    """torch's peak reserved bytes over the trace, above what was reserved before it."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_reserved()
+    _trace(model)
+    return torch.cuda.max_memory_reserved() - base, torch.cuda.max_memory_reserved()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_peak_reserved(benchmark, model, capsys, impl):
+    benchmark.group = f"memory_pool peak reserved, {len(TRACE_PROMPTS)} generates prompt 16..4096"
+    _generate(model, _prompt(model, 64), 2)  # warm-up (cuBLAS workspaces etc.) outside any pool
+    info = dict(impl=impl, prompts=TRACE_PROMPTS, new_tokens=TRACE_NEW_TOKENS)
+    if impl == "stock":
+        out = []
+        benchmark.pedantic(lambda: out.append(_stock_trace_peak(model)), rounds=1, iterations=1)
+        delta, raw = out[0]
+        info.update(peak_reserved_mib=round(delta / MiB, 1), torch_max_memory_reserved_mib=round(raw / MiB, 1))
+        benchmark.extra_info.update(info)
+        _summary(capsys, f"peak reserved stock: {info['peak_reserved_mib']} MiB over the trace "
+                         f"(torch.cuda.max_memory_reserved incl. weights: {info['torch_max_memory_reserved_mib']} MiB)")
+        return
+
+    from autoglm_kernels.memory import MemoryPool
+
+    stock_delta, stock_raw = _stock_trace_peak(model)  # torch first, then empty_cache, then the pool
+    torch.cuda.empty_cache()
+    pool = MemoryPool()
+    try:
+        benchmark.pedantic(lambda: _trace(model, pool), rounds=1, iterations=1)
+        s = pool.stats()
+        pool.check()
+    finally:
+        pool.close()
+    info.update(peak_reserved_mib=round(s["peak_reserved_bytes"] / MiB, 1),
+                stock_peak_reserved_mib=round(stock_delta / MiB, 1),
+                stock_torch_max_memory_reserved_mib=round(stock_raw / MiB, 1),
+                vs_stock=round(s["peak_reserved_bytes"] / max(1, stock_delta), 3),
+                pool_backing_allocs=s["backing_allocs"], pool_segments=s["segments"],
+                target_met=bool(s["peak_reserved_bytes"] <= stock_delta))
+    benchmark.extra_info.update(info)
+    _summary(capsys, f"peak reserved pool: {info['peak_reserved_mib']} MiB vs stock {info['stock_peak_reserved_mib']} MiB "
+                     f"over the same trace ({info['vs_stock']}x; stock incl. weights "
+                     f"{info['stock_torch_max_memory_reserved_mib']} MiB), {s['backing_allocs']} cudaMalloc calls")
