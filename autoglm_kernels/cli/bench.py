@@ -1,0 +1,448 @@
+"""`autoglm-kernels bench`: end-to-end `model.generate` speed, stock vs patched (vs transformers'
+static cache + CUDA graph / torch.compile), on the reference shapes with random weights or on a
+local checkpoint.
+
+Per (model, mode): one warm-up generate, then --repeats timed ones (median). Each generates exactly
+--new-tokens tokens (min_new_tokens = max_new_tokens). TTFT is the time to the first new token
+(prefill); decode tok/s = batch * (new_tokens - 1) / (total - TTFT). The bandwidth limit of one
+decode step is (weight bytes read per step + mean KV-cache bytes read per step) / read bandwidth,
+with the read bandwidth measured in the same run; "% of limit" = limit step time / measured step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import CLIError
+
+MODES = ("stock", "graph-stock", "compile", "patched")  # the order they run in (patched last: it mutates)
+MODE_HELP = ("stock: transformers as is (sdpa, DynamicCache); graph-stock: stock modules under the package's decode "
+             "engine (static cache, decode step replayed as one CUDA graph, no fused kernels); compile: "
+             "cache_implementation='static' + torch.compile (inductor, reduce-overhead); patched: patch_model(model) "
+             "with default options")
+DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+          "float32": "float32", "fp32": "float32"}
+# Reference models AutoModelForCausalLM can build (autoglm-phone-9b's text decoder has no causal-LM class).
+CAUSAL_LM_MODELS = ("llama3.2-1b", "llama3.1-8b", "glm4-9b", "opt-1.3b")
+
+
+def int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def add_model_arguments(parser, default_models: str) -> None:
+    """Options shared with `profile`: which models, what shape of generate, which dtype/device."""
+    parser.add_argument("--models", default=default_models,
+                        help=f"comma list of reference models (random weights): {', '.join(CAUSAL_LM_MODELS)}"
+                             f" (default {default_models})")
+    parser.add_argument("--model", metavar="PATH", help="a local checkpoint directory instead of --models")
+    parser.add_argument("--layers", type=int_at_least(1), metavar="N",
+                        help="build the reference models with only N decoder layers (quick runs)")
+    parser.add_argument("--tiny", action="store_true", help="tiny versions of the reference models (smoke runs)")
+    parser.add_argument("--batch", type=int_at_least(1), default=1, metavar="N", help="sequences per generate (default 1)")
+    parser.add_argument("--prompt-len", type=int_at_least(1), default=128, metavar="N",
+                        help="prompt tokens (random ids; default 128)")
+    parser.add_argument("--dtype", default="bfloat16", choices=tuple(DTYPES), help="default bfloat16")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cuda (default); cpu only for a slow smoke run of the command itself")
+
+
+def add_arguments(parser) -> None:
+    add_model_arguments(parser, default_models=",".join(CAUSAL_LM_MODELS))
+    parser.add_argument("--new-tokens", type=int_at_least(2), default=128, metavar="N",
+                        help="tokens each generate produces, EOS ignored (default 128)")
+    parser.add_argument("--modes", default="stock,patched", help=f"comma list of: {', '.join(MODES)}. {MODE_HELP}")
+    parser.add_argument("--compile", action="store_true", help="also run the compile mode")
+    parser.add_argument("--repeats", type=int_at_least(1), default=3, metavar="N",
+                        help="timed generates per mode after one warm-up; the median is reported (default 3)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON (autoglm-kernels report reads it)")
+    parser.add_argument("--csv", metavar="PATH", help="write the results as CSV")
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks and model loading (shared with `profile`)
+# ---------------------------------------------------------------------------------------------
+def check_device(device: str, command: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"{command} needs a CUDA GPU and none is visible (torch.cuda.is_available() is False)")
+
+
+def model_names(args) -> list[str]:
+    """The models to run: [PATH] for --model, else the checked --models list."""
+    if args.model:
+        p = Path(args.model).expanduser()
+        if not p.is_dir() or not (p / "config.json").is_file():
+            raise CLIError(f"--model {args.model}: no checkpoint directory there (expected a config.json inside)")
+        return [str(p)]
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if not names:
+        raise CLIError("--models is empty; give a comma list such as llama3.2-1b,glm4-9b")
+    for n in names:
+        if n not in CAUSAL_LM_MODELS:
+            extra = " (its text decoder has no AutoModelForCausalLM class; glm4-9b has its decode shapes)" \
+                if n == "autoglm-phone-9b" else ""
+            raise CLIError(f"--models: unknown or unsupported model {n!r}{extra}; choose from {', '.join(CAUSAL_LM_MODELS)}")
+    return names
+
+
+def load_model(name: str, args):
+    """A model on args.device in args.dtype: from_pretrained for a path, else random_model for a reference name."""
+    import torch
+
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if Path(name).is_dir():
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"cannot load {name}: {str(e).splitlines()[0]}") from None
+        return model.to(args.device).eval()
+    from autoglm_kernels.demo_model import random_model
+
+    return random_model(name, dtype=dtype, device=args.device, num_layers=args.layers, tiny=args.tiny)
+
+
+def model_label(name: str, args) -> str:
+    """How a model is named in tables: the checkpoint folder, or the reference name (+ size changes)."""
+    if Path(name).is_dir():
+        return Path(name).name
+    return name + (" (tiny)" if args.tiny else "") + (f" ({args.layers} layers)" if args.layers else "")
+
+
+def prompt_ids(model, batch: int, prompt_len: int, seed: int = 0):
+    """(batch, prompt_len) random token ids (no tokenizer needed; random weights do not care)."""
+    import torch
+
+    vocab = model.config.get_text_config().vocab_size
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, prompt_len), generator=g).to(model.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# bandwidth limit
+# ---------------------------------------------------------------------------------------------
+def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 30) -> float:
+    """Achievable read bandwidth in bytes/s: a 1 GiB read-only sum, captured in a CUDA graph, GPU-timed."""
+    import torch
+
+    x = torch.ones(nbytes // 2, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty((), device="cuda", dtype=torch.float32)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.sum(x, dtype=torch.float32, out=out)  # warm up before capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.sum(x, dtype=torch.float32, out=out)
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    del graph, x
+    torch.cuda.empty_cache()
+    return nbytes / statistics.median(times)
+
+
+def weight_bytes_per_step(model) -> int:
+    """Bytes of parameters one decode step reads: all of them except embedding lookup tables (one row
+    per token), unless a table is tied to the output layer (then the lm_head reads it whole)."""
+    import torch
+
+    out = model.get_output_embeddings()
+    lm_head = getattr(out, "weight", None)
+    skip = {id(m.weight) for m in model.modules()
+            if isinstance(m, torch.nn.Embedding) and m.weight is not lm_head}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+
+
+def kv_bytes_per_position(model) -> int:
+    """KV-cache bytes one cached position costs across all layers (keys + values), per sequence."""
+    cfg = model.config.get_text_config()
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+
+
+def bytes_per_step(model, batch: int, prompt_len: int, new_tokens: int) -> tuple[int, int]:
+    """(weight bytes, mean KV-cache bytes) one decode step of this generate reads."""
+    mean_len = prompt_len + new_tokens / 2  # cached positions the average decode step attends over
+    return weight_bytes_per_step(model), int(kv_bytes_per_position(model) * batch * mean_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# timing one generate
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    model: str
+    mode: str
+    batch: int
+    prompt_len: int
+    new_tokens: int
+    dtype: str
+    tok_per_s: float | None = None  # decode tokens/s, all sequences of the batch together
+    ms_per_token: float | None = None  # per decode step
+    ttft_ms: float | None = None
+    pct_of_bw_limit: float | None = None
+    limit_tok_per_s: float | None = None
+    peak_mem_gib: float | None = None
+    compile_s: float | None = None
+    weight_bytes: int | None = None
+    kv_bytes_per_step: int | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_generate(model, ids, new_tokens: int, **gen_kwargs) -> tuple[float, float | None]:
+    """(total seconds, seconds to the first new token or None) of one greedy generate of exactly new_tokens."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):  # put() #1 is the prompt, #2 the first new token
+        def __init__(self):
+            self.puts, self.at = 0, None
+
+        def put(self, value):
+            self.puts += 1
+            if self.puts == 2:
+                _sync(ids.device)
+                self.at = time.perf_counter()
+
+        def end(self):
+            pass
+
+    clock = FirstToken()
+    _sync(ids.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, streamer=clock, **gen_kwargs)
+    _sync(ids.device)
+    end = time.perf_counter()
+    return end - start, (clock.at - start if clock.at is not None else None)
+
+
+def mode_kwargs(mode: str) -> dict:
+    """generate() keyword arguments of a mode (patching / the engine are set up by the caller)."""
+    if mode == "compile":
+        from transformers import CompileConfig
+
+        return {"cache_implementation": "static", "compile_config": CompileConfig()}
+    return {}
+
+
+def _setup(model, mode: str):
+    """Patch (patched) or install the decode engine on the stock modules (graph-stock); return the undo."""
+    if mode == "patched":
+        from tqdm import tqdm
+
+        from autoglm_kernels.patch import patch_model, unpatch_model
+
+        tqdm.write(str(patch_model(model)))
+        return lambda: unpatch_model(model)
+    if mode == "graph-stock":
+        from autoglm_kernels import engine
+
+        engine.install(model)
+        return lambda: engine.uninstall(model)
+    return lambda: None
+
+
+def _engine_stats(model) -> dict | None:
+    from autoglm_kernels import engine
+
+    eng = engine.engine_of(model)
+    return eng.stats() if eng is not None else None
+
+
+def run_mode(model, name: str, mode: str, args, bandwidth: float | None) -> Result:
+    """Warm up, time `args.repeats` generates, and fill a Result (error set instead of raising)."""
+    import torch
+
+    res = Result(model=model_label(name, args), mode=mode, batch=args.batch,
+                 prompt_len=args.prompt_len, new_tokens=args.new_tokens, dtype=DTYPES[args.dtype])
+    ids = prompt_ids(model, args.batch, args.prompt_len)
+    cuda = ids.device.type == "cuda"
+    undo = lambda: None  # noqa: E731
+    try:
+        undo = _setup(model, mode)
+        kwargs = mode_kwargs(mode)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        warm_s, _ = time_generate(model, ids, args.new_tokens, **kwargs)
+        runs = [time_generate(model, ids, args.new_tokens, **kwargs) for _ in range(args.repeats)]
+        if any(t is None for _, t in runs):  # generate did not stream: time the prefill on its own
+            runs = [(total, time_generate(model, ids, 1, **kwargs)[0]) for total, _ in runs]
+        total = statistics.median(r[0] for r in runs)
+        ttft = statistics.median(r[1] for r in runs)
+        steps = args.new_tokens - 1
+        decode = statistics.median(r[0] - r[1] for r in runs)
+        res.ttft_ms = round(1e3 * ttft, 2)
+        res.ms_per_token = round(1e3 * decode / steps, 3)
+        res.tok_per_s = round(args.batch * steps / decode, 1)
+        if mode == "compile":  # the warm-up generate compiled (and captured) the decode step
+            res.compile_s = round(max(0.0, warm_s - total), 1)
+        res.weight_bytes, res.kv_bytes_per_step = bytes_per_step(model, args.batch, args.prompt_len, args.new_tokens)
+        if bandwidth:
+            limit_s = (res.weight_bytes + res.kv_bytes_per_step) / bandwidth
+            res.limit_tok_per_s = round(args.batch / limit_s, 1)
+            res.pct_of_bw_limit = round(100 * limit_s / (decode / steps), 1)
+        if cuda:
+            res.peak_mem_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        stats = _engine_stats(model)
+        if stats:
+            res.extra["engine"] = stats
+    except Exception as e:  # noqa: BLE001  one failing mode must not stop the others
+        res.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    finally:
+        try:
+            undo()
+        except Exception as e:  # noqa: BLE001
+            res.error = res.error or f"restoring the model failed: {type(e).__name__}: {e}"[:300]
+        if mode == "compile":
+            torch._dynamo.reset()
+            model.__dict__.pop("_compiled_call", None)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_table(results: list[Result]) -> str:
+    head = ("model", "mode", "tok/s", "ms/token", "TTFT ms", "% of BW limit", "peak GiB", "note")
+    rows = [head]
+    for r in results:
+        note = r.error or (f"compile {r.compile_s:.1f} s" if r.compile_s is not None else "")
+        if r.limit_tok_per_s and not r.error:
+            note = (note + "; " if note else "") + f"limit {r.limit_tok_per_s:.0f} tok/s"
+        eng = r.extra.get("engine")
+        if eng and not r.error:  # shows whether decode really ran as graph replays
+            note += f"; graphs: {eng.get('captures')} captured, {eng.get('replays')} replays"
+            if eng.get("fallbacks"):
+                note += f", eager because: {'; '.join(eng['fallbacks'])}"
+        rows.append((r.model, r.mode, _fmt(r.tok_per_s, ".1f"), _fmt(r.ms_per_token, ".2f"), _fmt(r.ttft_ms, ".1f"),
+                     _fmt(r.pct_of_bw_limit, ".1f"), _fmt(r.peak_mem_gib, ".2f"), note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])] + [c.rjust(w) for c, w in zip(row[2:-1], widths[2:])]
+        lines.append("  ".join(cells + [row[-1]]).rstrip())
+        if i == 0:
+            lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    import platform
+
+    import torch
+    import transformers
+
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
+            "python": platform.python_version(), "device": "cpu"}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_outputs(results: list[Result], args, bandwidth: float | None) -> None:
+    rows = [asdict(r) for r in results]
+    if args.json:
+        doc = {"kind": "autoglm-kernels-generate-bench", "env": environment(),
+               "read_bw_gb_per_s": round(bandwidth / 1e9, 1) if bandwidth else None,
+               "settings": {k: getattr(args, k) for k in ("batch", "prompt_len", "new_tokens", "dtype", "repeats")},
+               "results": rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            fields = [k for k in rows[0] if k != "extra"] if rows else []
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+
+def parse_modes(args) -> list[str]:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.compile and "compile" not in modes:
+        modes.append("compile")
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise CLIError(f"--modes: unknown mode {', '.join(bad) or '(none given)'}; choose from {', '.join(MODES)}")
+    if args.device == "cpu" and any(m in ("graph-stock", "compile") for m in modes):
+        raise CLIError("--modes graph-stock/compile need a CUDA GPU; on --device cpu use stock,patched")
+    return [m for m in MODES if m in modes]
+
+
+def run(args) -> int:
+    import torch
+    import transformers
+    from tqdm import tqdm
+
+    check_device(args.device, "bench")
+    modes = parse_modes(args)
+    names = model_names(args)
+    if (args.json and Path(args.json).is_dir()) or (args.csv and Path(args.csv).is_dir()):
+        raise CLIError("--json/--csv take a file path, not a directory")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    bandwidth = measure_read_bandwidth() if args.device == "cuda" else None
+    if bandwidth:
+        print(f"read bandwidth (1 GiB read-only sum): {bandwidth / 1e9:.0f} GB/s on {torch.cuda.get_device_name(0)}")
+    results: list[Result] = []
+    with tqdm(total=len(names) * len(modes), unit="run", dynamic_ncols=True) as bar:
+        for name in names:
+            bar.set_description(f"{Path(name).name}: building")
+            model = load_model(name, args)
+            for mode in modes:
+                bar.set_description(f"{Path(name).name}: {mode}")
+                results.append(run_mode(model, name, mode, args, bandwidth))
+                bar.update(1)
+            del model
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+    print(f"\nbatch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, {DTYPES[args.dtype]}; "
+          "tok/s and ms/token are decode only (after the first token)")
+    print(format_table(results))
+    write_outputs(results, args, bandwidth)
+    return 1 if all(r.error for r in results) else 0
