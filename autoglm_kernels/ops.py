@@ -79,3 +79,438 @@ def _native_reason(device_type: str) -> tuple[bool, str]:
 # fused linear + activation (csrc/linear/)
 # ---------------------------------------------------------------------------------------------
 ACTIVATIONS = ("none", "relu", "gelu", "silu", "gated_silu")
+LINEAR_GEMV_MAX_ROWS = 16  # rows of x up to which CUDA runs the handwritten GEMV (else cuBLAS + fused epilogue)
+
+if NATIVE_OK:
+
+    @torch.library.register_fake("autoglm::fused_linear")
+    def _fused_linear_fake(x, weight, bias=None, activation="none"):
+        torch._check(weight.dim() == 2 and x.shape[-1] == weight.shape[1], lambda: "fused_linear: K mismatch")
+        n = weight.shape[0] // 2 if activation == "gated_silu" else weight.shape[0]
+        return x.new_empty((*x.shape[:-1], n))
+
+
+_FUSED_LINEAR_NATIVE = {dev: _native_reason(dev) for dev in ("cpu", "cuda")}
+KERNELS["fused_linear (CUDA GEMV M<=16 / cuBLASLt epilogue)"] = _FUSED_LINEAR_NATIVE["cuda"]
+KERNELS["fused_linear (CPU reference)"] = _FUSED_LINEAR_NATIVE["cpu"]
+
+
+def _fused_linear_torch(x, weight, bias, activation: str) -> torch.Tensor:
+    """Plain-torch fused_linear (fp32 compute), used only where _C cannot run on x's device."""
+    y = torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    if activation == "relu":
+        y = torch.relu(y)
+    elif activation == "gelu":
+        y = torch.nn.functional.gelu(y, approximate="tanh")
+    elif activation == "silu":
+        y = torch.nn.functional.silu(y)
+    elif activation == "gated_silu":
+        gate, up = y.chunk(2, dim=-1)
+        y = torch.nn.functional.silu(gate) * up
+    return y.to(x.dtype)
+
+
+def fused_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, activation: str = "none"
+) -> torch.Tensor:
+    """y = act(x @ weight^T + bias), with the activation fused into the matmul's epilogue.
+
+    x: [..., K]; weight: [N, K] contiguous (nn.Linear layout); bias: [N] or None; all one dtype
+    (bf16/fp16 on CUDA, fp32 accumulate; any float dtype on CPU, computed in fp32).
+    activation: none | relu | gelu (tanh approximation) | silu | gated_silu. gated_silu: weight
+    is [gate; up] stacked along N (gate first, like GLM4's gate_up_proj) and
+    y = silu(x @ Wg^T + bg) * (x @ Wu^T + bu), of width N/2.
+    Returns [..., N] (gated_silu: [..., N/2]). On CUDA, up to 16 rows of x run a handwritten
+    weight-streaming GEMV (decode); more rows run cuBLAS with the epilogue fused where it can be.
+    """
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    check_tensor("weight", weight, dtypes=FLOAT_DTYPES, dim=2)
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=FLOAT_DTYPES, dim=1)
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"fused_linear: unknown activation {activation!r}; expected one of: {', '.join(ACTIVATIONS)}")
+    check_same("device", x=x, weight=weight, bias=bias)
+    check_same("dtype", x=x, weight=weight, bias=bias)
+    if x.dim() < 1:
+        raise ValueError("fused_linear: x must have at least 1 dim [..., K], got a 0-d tensor")
+    N, K = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"fused_linear: x has K={x.shape[-1]} (last dim of {tuple(x.shape)}) "
+                         f"but weight is [N, K] = {tuple(weight.shape)}")
+    if bias is not None and bias.shape[0] != N:
+        raise ValueError(f"fused_linear: bias must be [N] = [{N}], got {tuple(bias.shape)}")
+    if activation == "gated_silu" and N % 2:
+        raise ValueError(f"fused_linear: gated_silu needs weight = [gate; up] with an even N, got N={N}")
+    if not weight.is_contiguous():
+        raise ValueError(f"fused_linear: weight must be contiguous (got strides {weight.stride()} for shape "
+                         f"{tuple(weight.shape)}); call .contiguous() once at load time")
+    if _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0]:
+        return torch.ops.autoglm.fused_linear.default(x.contiguous(), weight, bias, activation)
+    return _fused_linear_torch(x, weight, bias, activation)
+
+
+# ---------------------------------------------------------------------------------------------
+# attention: split-KV decode and flash prefill (triton/decode_attention.py, triton/prefill_attention.py)
+# ---------------------------------------------------------------------------------------------
+from .triton import decode_attention as _decode_attn  # noqa: E402  (defines autoglm::decode_attention)
+from .triton import prefill_attention as _prefill_attn  # noqa: E402  (defines autoglm::prefill_attention)
+
+ATTENTION_HEAD_DIMS = (64, 128)
+DECODE_MAX_QUERIES = 16
+MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64)
+
+
+@torch.library.register_fake("autoglm::decode_attention")
+def _decode_attention_fake(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits):
+    return q.new_empty(q.shape)
+
+
+@torch.library.register_fake("autoglm::prefill_attention")
+def _prefill_attention_fake(q, k, v, kv_mask, scale, causal):
+    return q.new_empty(q.shape)
+
+
+def _check_attention(q, k, v, kv_mask, *, k_name: str, v_name: str):
+    """Shared checks of q [B, Sq, Hq, D], k/v [B, Hk, L, D] and kv_mask [B, M]; returns (B, Sq, Hq, Hk, L, D)."""
+    check_tensor("q", q, dtypes=FLOAT_DTYPES, dim=4)
+    check_tensor(k_name, k, dtypes=FLOAT_DTYPES, dim=4)
+    check_tensor(v_name, v, dtypes=FLOAT_DTYPES, dim=4)
+    check_same("device", q=q, **{k_name: k, v_name: v})
+    check_same("dtype", q=q, **{k_name: k, v_name: v})
+    if q.device.type == "cuda" and q.dtype == torch.float32:
+        raise TypeError("attention on CUDA takes bfloat16 or float16 (float32 is for CPU tests only); cast q/k/v")
+    B, Sq, Hq, D = q.shape
+    if D not in ATTENTION_HEAD_DIMS:
+        raise ValueError(f"head_dim (q.shape[-1]) is {D}; supported: {', '.join(map(str, ATTENTION_HEAD_DIMS))}")
+    if k.shape != v.shape:
+        raise ValueError(f"{k_name} and {v_name} must have one shape; got {tuple(k.shape)} and {tuple(v.shape)}")
+    Bk, Hk, L, Dk = k.shape
+    if Bk != B or Dk != D:
+        raise ValueError(f"{k_name} must be [B={B}, Hk, L, D={D}] to match q [B, Sq, Hq, D] = {tuple(q.shape)}; "
+                         f"got {tuple(k.shape)}")
+    if min(B, Sq, Hq, Hk, L) < 1:
+        raise ValueError(f"empty attention input: q {tuple(q.shape)}, {k_name} {tuple(k.shape)}")
+    if Hq % Hk:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of KV heads ({Hk}) for grouped-query attention")
+    for name, t in (("q", q), (k_name, k), (v_name, v)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dim (stride 1), got strides {t.stride()}")
+    if kv_mask is not None:
+        check_tensor("kv_mask", kv_mask, dtypes=MASK_DTYPES, dim=2)
+        check_same("device", q=q, kv_mask=kv_mask)
+        if kv_mask.shape[0] != B:
+            raise ValueError(f"kv_mask must be [B={B}, keys]; got {tuple(kv_mask.shape)}")
+    return B, Sq, Hq, Hk, L, D
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_lens: torch.Tensor,
+    kv_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    *,
+    num_splits: Optional[int] = None,
+) -> torch.Tensor:
+    """Attention of Sq (1..16) new query tokens over a KV cache, split-KV (flash-decoding).
+
+    q [B, Sq, Hq, D] (last dim contiguous), k_cache/v_cache [B, Hk, C, D] (C = capacity),
+    kv_lens [B] or [1] int32/int64 on q's device: valid cache positions including the Sq new
+    tokens (its last Sq); query i sees keys j < kv_len - Sq + i + 1 not excluded by kv_mask
+    [B, >= kv_len] (0 = padding; positions past its width count as valid). kv_lens is only read
+    on the device (CUDA-graph capturable; values above C are clamped to C). scale defaults to
+    D**-0.5. num_splits: most KV splits per (sequence, KV head); None = from C and the SM count.
+    Returns [B, Sq, Hq, D] contiguous in q's dtype; a query with no visible key gives zeros.
+    """
+    B, Sq, Hq, Hk, C, D = _check_attention(q, k_cache, v_cache, kv_mask, k_name="k_cache", v_name="v_cache")
+    if Sq > DECODE_MAX_QUERIES:
+        raise ValueError(f"decode_attention takes 1..{DECODE_MAX_QUERIES} query tokens, got Sq={Sq}; "
+                         "use prefill_attention for longer chunks")
+    check_tensor("kv_lens", kv_lens, dtypes=(torch.int32, torch.int64), dim=1)
+    check_same("device", q=q, kv_lens=kv_lens)
+    if kv_lens.shape[0] not in (1, B):
+        raise ValueError(f"kv_lens must be [B={B}] or [1] (broadcast); got shape {tuple(kv_lens.shape)}")
+    if kv_mask is not None and kv_mask.stride(-1) != 1:
+        kv_mask = kv_mask.contiguous()
+    if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
+        raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
+    scale = D**-0.5 if scale is None else float(scale)
+    return torch.ops.autoglm.decode_attention(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits or 0)
+
+
+# Dispatch policy of prefill_attention(impl="auto") on CUDA: torch SDPA (its flash backend) where
+# it applies exactly -- no kv_mask, and either non-causal or S == L (SDPA's is_causal is top-left
+# aligned, so a KV prefix needs our bottom-right kernel) -- and the prompt has at least this many
+# tokens; the Triton kernel otherwise (left-padded batches, chunked prefill over a cache prefix).
+# Set from bench/bench_prefill_attention.py (SDPA/FA2 measured 166-546 TFLOP/s at 512-8192 tokens).
+PREFILL_SDPA_MIN_TOKENS = 1
+
+
+def _prefill_sdpa(q, k, v, scale: float, causal: bool) -> torch.Tensor:
+    """Torch SDPA on our layouts: q [B, S, Hq, D] -> [B, Hq, S, D] view; output back to [B, S, Hq, D]."""
+    gqa = {"enable_gqa": True} if q.shape[2] != k.shape[1] else {}
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    out = sdpa(q.transpose(1, 2), k, v, is_causal=causal, scale=scale, **gqa)
+    return out.transpose(1, 2).contiguous()
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    causal: bool = True,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Flash attention of a prompt: q [B, S, Hq, D] (last dim contiguous) over k/v [B, Hk, L, D], L >= S.
+
+    The queries are the last S of the L positions; with causal, query i sees keys j <= L - S + i
+    (bottom-right). kv_mask [B, >= L] (0 = padding key, e.g. left-padded prompts; first L read).
+    GQA (Hq % Hk == 0) without repeating K/V. scale defaults to D**-0.5. A query that sees no key
+    gives zeros, never NaN. Returns [B, S, Hq, D] contiguous in q's dtype.
+    impl: "triton" (our kernel), "sdpa" (torch SDPA; only without kv_mask and with S == L or
+    causal=False), "auto" (see PREFILL_SDPA_MIN_TOKENS above).
+    """
+    B, S, Hq, Hk, L, D = _check_attention(q, k, v, kv_mask, k_name="k", v_name="v")
+    if L < S:
+        raise ValueError(f"k/v hold L={L} positions but q has S={S} queries; need L >= S (queries are the last S)")
+    if kv_mask is not None and kv_mask.shape[1] < L:
+        raise ValueError(f"kv_mask must cover all L={L} keys: [B={B}, >= {L}]; got {tuple(kv_mask.shape)}")
+    if kv_mask is not None and kv_mask.stride(-1) != 1:
+        kv_mask = kv_mask.contiguous()
+    if impl not in ("auto", "triton", "sdpa"):
+        raise ValueError(f"impl must be 'auto', 'triton' or 'sdpa', got {impl!r}")
+    scale = D**-0.5 if scale is None else float(scale)
+    sdpa_exact = kv_mask is None and (not causal or S == L)
+    if impl == "sdpa" and not sdpa_exact:
+        raise ValueError("impl='sdpa' needs kv_mask=None and S == L (or causal=False); use impl='triton' or 'auto'")
+    if impl == "sdpa" or (impl == "auto" and sdpa_exact and q.device.type == "cuda" and S >= PREFILL_SDPA_MIN_TOKENS):
+        return _prefill_sdpa(q, k, v, scale, causal)
+    return torch.ops.autoglm.prefill_attention(q, k, v, kv_mask, scale, bool(causal))
+
+
+_ATTN_WHY = "" if torch.cuda.is_available() else (
+    "no CUDA device: runs a plain-torch reference (the Triton kernel runs on CPU only under TRITON_INTERPRET=1)")
+KERNELS["decode_attention"] = (torch.cuda.is_available(), _ATTN_WHY)
+KERNELS["prefill_attention"] = (torch.cuda.is_available(), _ATTN_WHY)
+
+
+# ---------------------------------------------------------------------------------------------
+# norms: RMSNorm, residual-add + RMSNorm, GLM-4 norm-add-norm, LayerNorm (triton/rmsnorm.py, triton/layernorm.py)
+# ---------------------------------------------------------------------------------------------
+from .triton import layernorm as _layernorm  # noqa: E402  (defines autoglm::layer_norm, autoglm::fused_add_layer_norm)
+from .triton import rmsnorm as _rmsnorm  # noqa: E402  (defines autoglm::rms_norm, fused_add_rms_norm, norm_add_norm)
+
+NORM_MAX_HIDDEN = _rmsnorm.MAX_HIDDEN
+
+
+@torch.library.register_fake("autoglm::rms_norm")
+def _rms_norm_fake(x, weight, eps):
+    return x.new_empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype))
+
+
+@torch.library.register_fake("autoglm::fused_add_rms_norm")
+def _fused_add_rms_norm_fake(x, residual, weight, eps):
+    return x.new_empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype)), x.new_empty(x.shape)
+
+
+@torch.library.register_fake("autoglm::norm_add_norm")
+def _norm_add_norm_fake(x, residual, weight1, weight2, eps):
+    return x.new_empty(x.shape, dtype=torch.promote_types(weight2.dtype, x.dtype)), x.new_empty(x.shape)
+
+
+@torch.library.register_fake("autoglm::layer_norm")
+def _layer_norm_fake(x, weight, bias, eps):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("autoglm::fused_add_layer_norm")
+def _fused_add_layer_norm_fake(x, residual, weight, bias, eps):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+def _check_norm(x, residual=None, eps=0.0, **params) -> float:
+    """x [..., H] (last dim contiguous), residual like x, each param [H] (None skipped); returns eps as float."""
+    check_tensor("x", x, dtypes=FLOAT_DTYPES)
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dim [..., hidden]; got a 0-dim tensor")
+    H = x.shape[-1]
+    if not 1 <= H <= NORM_MAX_HIDDEN:
+        raise ValueError(f"hidden size (x.shape[-1]) is {H}; supported: 1..{NORM_MAX_HIDDEN}")
+    if x.stride(-1) != 1 and H > 1:
+        raise ValueError(f"x must have a contiguous last dim (stride 1), got strides {x.stride()}; rows may be strided")
+    if residual is not None:
+        check_tensor("residual", residual, dtypes=FLOAT_DTYPES)
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+        check_same("dtype", x=x, residual=residual)
+        if residual.stride(-1) != 1 and H > 1:
+            raise ValueError(f"residual must have a contiguous last dim (stride 1), got strides {residual.stride()}")
+    for name, p in params.items():
+        if p is None:
+            continue
+        check_tensor(name, p, dtypes=FLOAT_DTYPES, dim=1, contiguous=True)
+        if p.shape[0] != H:
+            raise ValueError(f"{name} must be [{H}] (x's last dim), got shape {tuple(p.shape)}")
+    check_same("device", x=x, residual=residual, **params)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    return float(eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm / Glm4RMSNorm / Qwen3RMSNorm (incl. per-head q_norm/k_norm on [B, S, heads, D]).
+
+    x [..., H]: any leading dims, rows may be strided, last dim contiguous. weight [H].
+    Returns weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype) (statistics in fp32), contiguous,
+    dtype promote(weight.dtype, x.dtype) as the module gives. One kernel launch.
+    """
+    eps = _check_norm(x, eps=eps, weight=weight)
+    return torch.ops.autoglm.rms_norm(x, weight, eps)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """new_residual = x + residual (x.dtype); out = rms_norm(new_residual, weight). One launch.
+
+    x, residual [..., H] of one shape and dtype. Returns (out, new_residual), both contiguous.
+    """
+    eps = _check_norm(x, residual, eps, weight=weight)
+    return torch.ops.autoglm.fused_add_rms_norm(x, residual, weight, eps)
+
+
+def norm_add_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GLM-4's sandwich norms in one launch: new_residual = residual + rms_norm(x, weight1);
+    out = rms_norm(new_residual, weight2). Intermediates are rounded to x.dtype as stock does.
+
+    x, residual [..., H] of one shape and dtype; weight1 [H] of x's dtype; weight2 [H].
+    Returns (out, new_residual), both contiguous.
+    """
+    eps = _check_norm(x, residual, eps, weight1=weight1, weight2=weight2)
+    if weight1.dtype != x.dtype:
+        raise TypeError(f"norm_add_norm needs weight1 in x's dtype ({str(x.dtype).replace('torch.', '')}), "
+                        f"got {str(weight1.dtype).replace('torch.', '')}; cast it or use rms_norm + add")
+    return torch.ops.autoglm.norm_add_norm(x, residual, weight1, weight2, eps)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    """nn.LayerNorm over the last dim (OPT): fp32 statistics and math, output x.dtype, contiguous.
+
+    x [..., H] (rows may be strided, last dim contiguous), weight [H], bias [H] or None. One launch.
+    """
+    eps = _check_norm(x, eps=eps, weight=weight, bias=bias)
+    return torch.ops.autoglm.layer_norm(x, weight, bias, eps)
+
+
+def fused_add_layer_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """new_residual = x + residual (x.dtype); out = layer_norm(new_residual, weight, bias). One launch.
+
+    Returns (out, new_residual), both contiguous, x.dtype.
+    """
+    eps = _check_norm(x, residual, eps, weight=weight, bias=bias)
+    return torch.ops.autoglm.fused_add_layer_norm(x, residual, weight, bias, eps)
+
+
+def _norm_rope_kernel_state() -> tuple[bool, str]:
+    if torch.cuda.is_available():
+        return True, ""
+    return False, "no CUDA device visible: plain-torch fallback (Triton interpreter on CPU under TRITON_INTERPRET=1)"
+
+
+for _name in ("rms_norm", "fused_add_rms_norm", "norm_add_norm", "layer_norm", "fused_add_layer_norm"):
+    KERNELS[_name] = _norm_rope_kernel_state()
+
+
+# ---------------------------------------------------------------------------------------------
+# rope: rotary embedding of q and k in place, one launch (triton/rope.py)
+# ---------------------------------------------------------------------------------------------
+from .triton import rope as _rope  # noqa: E402,F401  (defines autoglm::rope)
+
+
+@torch.library.register_fake("autoglm::rope")
+def _rope_fake(q, k, cos, sin, interleaved, mrope_section):
+    return None
+
+
+def apply_rope_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool,
+    mrope_section: Optional[list[int]] = None,
+) -> None:
+    """Rotate q [B, S, Hq, D] and k [B, S, Hk, D] in place, both in one launch.
+
+    q, k: any strides with a contiguous last dim (views into a fused qkv output are fine).
+    cos, sin: exactly what the model's rotary embedding module returns, [B or 1, S, R] with an
+    even rotary dim R <= D: the first R dims of each head rotate, the rest pass through untouched.
+    interleaved=False: Llama's rotate_half (pairs (i, i+R/2)). interleaved=True: GLM-4's form
+    (pairs (2i, 2i+1) with cos[..., i]). mrope_section (GLM-4.1V, e.g. [8, 12, 12], summing to
+    R/2): with interleaved=True and 3-D cos it marks transformers 5.x's merged, pair-duplicated
+    cos/sin (pair i uses cos[..., 2i]); with 4-D cos [3, B or 1, S, R] (transformers 4.x) the
+    kernel picks position stream t/h/w per frequency itself. No host sync: graph-capturable.
+    """
+    check_tensor("q", q, dtypes=FLOAT_DTYPES, dim=4)
+    check_tensor("k", k, dtypes=FLOAT_DTYPES, dim=4)
+    check_tensor("cos", cos, dtypes=FLOAT_DTYPES, dim=(3, 4))
+    check_tensor("sin", sin, dtypes=FLOAT_DTYPES, dim=(3, 4))
+    check_same("device", q=q, k=k, cos=cos, sin=sin)
+    check_same("dtype", q=q, k=k)
+    check_same("dtype", cos=cos, sin=sin)
+    if not isinstance(interleaved, bool):
+        raise TypeError(f"interleaved must be a bool, got {type(interleaved).__name__}")
+    B, S, Hq, D = q.shape
+    if k.shape[:2] != q.shape[:2]:
+        raise ValueError(f"q and k must share batch and sequence dims [B, S, heads, D]; "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if k.shape[3] != D:
+        raise ValueError(f"q and k must share head_dim; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    for name, t in (("q", q), ("k", k)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dim (stride 1), got strides {t.stride()}")
+    if q is k:  # (no data_ptr() check: it would break torch.compile tracing)
+        raise ValueError("q and k are the same tensor; they must be different (non-overlapping) heads")
+    if cos.shape != sin.shape:
+        raise ValueError(f"cos and sin must have one shape; got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    R = cos.shape[-1]
+    if R < 2 or R % 2 or R > D:
+        raise ValueError(f"rotary dim R = cos.shape[-1] = {R} is not supported: it must be even, >= 2 and "
+                         f"<= head_dim D = {D}")
+    if cos.shape[-2] != S or cos.shape[-3] not in (1, B):
+        raise ValueError(f"cos/sin must be [B={B} or 1, S={S}, R] (optionally with a leading 3 for mrope); "
+                         f"got {tuple(cos.shape)} for q {tuple(q.shape)}")
+    if cos.dim() == 4 and (mrope_section is None or cos.shape[0] != 3):
+        raise ValueError(f"4-D cos/sin {tuple(cos.shape)} are the multimodal [3, B, S, R] form: they need "
+                         "cos.shape[0] == 3 and mrope_section")
+    if mrope_section is not None:
+        sec = list(mrope_section)
+        if len(sec) != 3 or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in sec) or sum(sec) != R // 2:
+            raise ValueError(f"mrope_section must be 3 non-negative ints summing to R/2 = {R // 2} "
+                             f"(t, h, w frequencies), got {mrope_section!r}")
+        if cos.dim() == 3 and not interleaved:
+            raise ValueError("mrope_section with 3-D cos means GLM-4.1V's merged interleaved layout; "
+                             "pass interleaved=True (or the 4-D [3, B, S, R] cos/sin)")
+        mrope_section = sec
+    torch.ops.autoglm.rope(q, k, cos, sin, interleaved, mrope_section)
+
+
+KERNELS["apply_rope_"] = _norm_rope_kernel_state()
+
+
+# ---------------------------------------------------------------------------------------------
+# memory pool (csrc/pool/): availability only; the allocator's Python face is memory.py
+# ---------------------------------------------------------------------------------------------
+KERNELS["memory_pool"] = (
+    _native_reason("cuda") if hasattr(torch.cuda, "use_mem_pool") and hasattr(torch.cuda, "MemPool")
+    else (False, "this torch lacks torch.cuda.MemPool / use_mem_pool (needs torch >= 2.6)")
+)

@@ -1,0 +1,424 @@
+// CUDA implementation of autoglm::fused_linear: y = act(x @ weight^T + bias).
+//
+// Decode (M = rows of x <= 16, fp16/bf16): a weight-streaming GEMV on tensor cores. Each warp
+// owns a 16-row weight tile (for gated_silu: 8 gate rows + the 8 matching up rows) and a slice
+// of K (split-K across the warps of a block, reduced through shared memory). Per step a warp
+// reads 32 k of its 16 rows with one 16-byte load per lane and row half, and x for up to 8
+// (or 16) rows with one 16-byte load per lane, then issues mma.sync m16n8k16 with fp32
+// accumulators: the weight rows are the MMA's M side and the x rows its N side, so every
+// weight byte is read once for all M rows. The K order inside a 32-wide step is permuted the
+// same way for weight and x (a dot product does not care), which is what lets each lane use
+// one 16-byte load instead of four 4-byte loads. The epilogue (bias, activation, gating, cast)
+// runs on the fp32 sums before the single store.
+//
+// Prefill (M > 16) and anything the GEMV does not take (fp32, K % 8 != 0, misaligned weight):
+// the best stock path, with the epilogue fused where cuBLASLt can (relu/gelu + bias) and one
+// fused silu(g)*u kernel for gated_silu instead of chunk + silu + mul.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "linear/fused_linear.h"
+
+namespace autoglm {
+namespace linear {
+namespace {
+
+constexpr int kMaxGemvRows = 16;  // M above this goes to the GEMM path
+constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
+constexpr int kUnroll = 4;        // steps whose loads are in flight together (4 KB of weight per warp)
+constexpr int kMaxWarps = 16;     // split-K warps per block
+
+template <typename T>
+struct Num;
+template <>
+struct Num<__nv_bfloat16> {
+  static constexpr bool kBf16 = true;
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16(v); }
+};
+template <>
+struct Num<__half> {
+  static constexpr bool kBf16 = false;
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
+};
+
+// 16-byte weight load: read once, so bypass L1 and do not keep it there. volatile: the call
+// sits under a bounds predicate and must not be hoisted (speculated) out of it.
+__device__ __forceinline__ void load_weight(uint32_t (&r)[4], const void* p) {
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+      : "l"(p));
+}
+
+// 16-byte activation load: x is small and re-read by every block, so let it cache.
+__device__ __forceinline__ void load_x(uint32_t (&r)[4], const void* p) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+  r[0] = v.x;
+  r[1] = v.y;
+  r[2] = v.z;
+  r[3] = v.w;
+}
+
+// d += A(16x16, row) * B(16x8, col), fp32 accumulate. a: {row g k0-1, row g+8 k0-1, row g k8-9, row g+8 k8-9}.
+template <bool kBf16>
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+  if constexpr (kBf16) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(d[0]), "f"(d[1]), "f"(d[2]), "f"(d[3]));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%10, %11, %12, %13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(d[0]), "f"(d[1]), "f"(d[2]), "f"(d[3]));
+  }
+}
+
+__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + __expf(-v)); }
+
+template <Act ACT>
+__device__ __forceinline__ float activate(float v) {
+  if constexpr (ACT == Act::kRelu) return fmaxf(v, 0.0f);
+  if constexpr (ACT == Act::kGelu) {
+    // 0.5 v (1 + tanh(u)) == v * sigmoid(2u), u = sqrt(2/pi) (v + 0.044715 v^3): no tanh.approx error.
+    const float u2 = 1.5957691216057308f * (v + 0.044715f * v * v * v);
+    return v / (1.0f + __expf(-u2));
+  }
+  if constexpr (ACT == Act::kSilu) return silu_f(v);
+  return v;
+}
+
+// Grid: one block per 16-row weight tile (gated: 8 output columns = 8 gate + 8 up rows).
+// Block: S warps (blockDim.x = 32 * S), warp w sums k-steps [w * steps_per_warp, ...).
+// Lane (g = lane / 4, t = lane % 4) loads, for each step, physical k [32 s + 8 t, +8) of weight
+// rows g and g+8 of the tile and of x rows g (and g + 8 when MT = 2). In MMA k-step 2j + h
+// (h = 0, 1) those 8 elements play logical k {2t, 2t+1} (words 2h) and {2t+8, 2t+9} (word 2h+1)
+// for both A and B, so the permutation is consistent.
+// x: [M, K], w: [N, K], bias: [N] or null, y: [M, n_out]; K % 8 == 0, x and w 16-byte aligned.
+// Registers: MT = 1 fits 64 (two 512-thread blocks per SM); MT = 2 needs ~110 to keep all
+// kUnroll steps' loads in flight without spilling, so one 512-thread block per SM.
+template <typename T, int MT, Act ACT, bool HAS_BIAS>
+__global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
+    gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
+                int M, int N, int K, int n_out, int steps_per_warp) {
+  constexpr bool kGated = ACT == Act::kGatedSilu;
+  __shared__ float partial[kMaxWarps][MT * 4 * 32];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+
+  // Weight rows this lane loads: fragment row g (lo) and g + 8 (hi).
+  int row_lo, row_hi;
+  bool ok_lo, ok_hi;
+  if constexpr (kGated) {
+    const int n = blockIdx.x * 8 + g;
+    ok_lo = ok_hi = n < n_out;
+    row_lo = ok_lo ? n : 0;
+    row_hi = ok_hi ? n + n_out : 0;
+  } else {
+    const int n = blockIdx.x * 16 + g;
+    ok_lo = n < N;
+    ok_hi = n + 8 < N;
+    row_lo = ok_lo ? n : 0;
+    row_hi = ok_hi ? n + 8 : 0;
+  }
+  const T* w_lo = w + static_cast<int64_t>(row_lo) * K + 8 * t;
+  const T* w_hi = w + static_cast<int64_t>(row_hi) * K + 8 * t;
+  const T* x_row[MT];
+  bool ok_x[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int m = mt * 8 + g;
+    ok_x[mt] = m < M;
+    x_row[mt] = x + static_cast<int64_t>(ok_x[mt] ? m : 0) * K + 8 * t;
+  }
+
+  const int num_steps = (K + kStepK - 1) / kStepK;
+  const int step_begin = warp * steps_per_warp;
+  const int step_end = min(step_begin + steps_per_warp, num_steps);
+
+  float acc[MT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
+
+  for (int step = step_begin; step < step_end; step += kUnroll) {
+    uint32_t a_lo[kUnroll][4], a_hi[kUnroll][4], b[kUnroll][MT][4];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = (step + u) * kStepK;
+      // K % 8 == 0, so a lane's 8 elements are all in range or all out of range.
+      const bool ok = (step + u < step_end) && (k + 8 * t < K);
+      if (ok && ok_lo) {
+        load_weight(a_lo[u], w_lo + k);
+      } else {
+        a_lo[u][0] = a_lo[u][1] = a_lo[u][2] = a_lo[u][3] = 0u;
+      }
+      if (ok && ok_hi) {
+        load_weight(a_hi[u], w_hi + k);
+      } else {
+        a_hi[u][0] = a_hi[u][1] = a_hi[u][2] = a_hi[u][3] = 0u;
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        if (ok && ok_x[mt]) {
+          load_x(b[u][mt], x_row[mt] + k);
+        } else {
+          b[u][mt][0] = b[u][mt][1] = b[u][mt][2] = b[u][mt][3] = 0u;
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_16816<Num<T>::kBf16>(acc[mt], a_lo[u][2 * h], a_hi[u][2 * h], a_lo[u][2 * h + 1], a_hi[u][2 * h + 1],
+                                   b[u][mt][2 * h], b[u][mt][2 * h + 1]);
+        }
+      }
+    }
+  }
+
+  // Split-K reduction. Accumulator j of lane l in column tile mt is D[row][col] with
+  // row = g + 8 * (j / 2) and col (= row of x) = 8 * mt + 2 * t + j % 2.
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) partial[warp][(mt * 4 + j) * 32 + lane] = acc[mt][j];
+  }
+  __syncthreads();
+
+  constexpr int kOutputs = kGated ? MT * 2 * 32 : MT * 4 * 32;
+  for (int i = threadIdx.x; i < kOutputs; i += blockDim.x) {
+    const int l = i & 31, jj = i >> 5;
+    const int lg = l >> 2, lt = l & 3;
+    if constexpr (kGated) {
+      // gate is fragment row lg (j = 0, 1), up is row lg + 8 (j = 2, 3) of the same column.
+      const int mt = jj >> 1, j = jj & 1;
+      const int m = mt * 8 + 2 * lt + j, n = blockIdx.x * 8 + lg;
+      if (m < M && n < n_out) {
+        float gate = 0.0f, up = 0.0f;
+        for (int s = 0; s < nwarps; ++s) {
+          gate += partial[s][(mt * 4 + j) * 32 + l];
+          up += partial[s][(mt * 4 + j + 2) * 32 + l];
+        }
+        if constexpr (HAS_BIAS) {
+          gate += Num<T>::to_float(bias[n]);
+          up += Num<T>::to_float(bias[n + n_out]);
+        }
+        y[static_cast<int64_t>(m) * n_out + n] = Num<T>::from_float(silu_f(gate) * up);
+      }
+    } else {
+      const int mt = jj >> 2, j = jj & 3;
+      const int m = mt * 8 + 2 * lt + (j & 1), n = blockIdx.x * 16 + lg + 8 * (j >> 1);
+      if (m < M && n < N) {
+        float v = 0.0f;
+        for (int s = 0; s < nwarps; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
+        if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
+        y[static_cast<int64_t>(m) * N + n] = Num<T>::from_float(activate<ACT>(v));
+      }
+    }
+  }
+}
+
+// out[r, c] = silu(y[r, c]) * y[r, h + c] for y: [rows, 2h], out: [rows, h]; 8 elements per
+// thread with 16-byte accesses when VEC (h % 8 == 0), else one.
+template <typename T, bool VEC>
+__global__ void silu_mul_kernel(const T* __restrict__ y, T* __restrict__ out, int64_t rows, int64_t h) {
+  constexpr int kE = VEC ? 8 : 1;
+  const int64_t per_row = h / kE, total = rows * per_row;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row, c = (i - r * per_row) * kE;
+    const T* gp = y + r * 2 * h + c;
+    T* op = out + r * h + c;
+    if constexpr (VEC) {
+      const uint4 gv = *reinterpret_cast<const uint4*>(gp);
+      const uint4 uv = *reinterpret_cast<const uint4*>(gp + h);
+      uint4 ov;
+      const T* ge = reinterpret_cast<const T*>(&gv);
+      const T* ue = reinterpret_cast<const T*>(&uv);
+      T* oe = reinterpret_cast<T*>(&ov);
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        oe[e] = Num<T>::from_float(silu_f(Num<T>::to_float(ge[e])) * Num<T>::to_float(ue[e]));
+      *reinterpret_cast<uint4*>(op) = ov;
+    } else {
+      *op = Num<T>::from_float(silu_f(Num<T>::to_float(*gp)) * Num<T>::to_float(gp[h]));
+    }
+  }
+}
+
+template <typename T>
+struct CudaType;
+template <>
+struct CudaType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct CudaType<at::Half> {
+  using type = __half;
+};
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
+
+// SM count of the current device (cached; a host-side attribute query, safe during graph capture).
+// Not through ATen/cuda/CUDAContext.h, which needs the cuSPARSE/cuBLAS headers at build time.
+int sm_count() {
+  constexpr int kMaxDevices = 64;
+  static int cache[kMaxDevices] = {};
+  const int dev = c10::cuda::current_device();
+  if (dev < 0 || dev >= kMaxDevices) return 132;
+  if (cache[dev] == 0) {
+    int v = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    cache[dev] = v > 0 ? v : 132;
+  }
+  return cache[dev];
+}
+
+template <typename scalar_t, int MT, Act ACT>
+void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                     int64_t n_out) {
+  using T = typename CudaType<scalar_t>::type;
+  const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1)), N = static_cast<int>(w.size(0));
+  const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
+  const int num_steps = (K + kStepK - 1) / kStepK;
+  // Split K over more warps while the grid is small (aim for ~16 warps per SM), keeping at
+  // least two unrolled batches per warp.
+  const int64_t target_warps = 16LL * sm_count();
+  int warps = 1;
+  while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps) warps *= 2;
+  const int steps_per_warp = (num_steps + warps - 1) / warps;
+
+  const T* xp = reinterpret_cast<const T*>(x.data_ptr<scalar_t>());
+  const T* wp = reinterpret_cast<const T*>(w.data_ptr<scalar_t>());
+  T* yp = reinterpret_cast<T*>(y.data_ptr<scalar_t>());
+  const T* bp = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr<scalar_t>()) : nullptr;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
+  if (bp != nullptr) {
+    gemv_kernel<T, MT, ACT, true>
+        <<<grid, block, 0, stream>>>(xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp);
+  } else {
+    gemv_kernel<T, MT, ACT, false>
+        <<<grid, block, 0, stream>>>(xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, int MT>
+void launch_gemv_mt(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                    Act act, int64_t n_out) {
+  switch (act) {
+    case Act::kNone: return launch_gemv_act<scalar_t, MT, Act::kNone>(x, w, bias, y, n_out);
+    case Act::kRelu: return launch_gemv_act<scalar_t, MT, Act::kRelu>(x, w, bias, y, n_out);
+    case Act::kGelu: return launch_gemv_act<scalar_t, MT, Act::kGelu>(x, w, bias, y, n_out);
+    case Act::kSilu: return launch_gemv_act<scalar_t, MT, Act::kSilu>(x, w, bias, y, n_out);
+    case Act::kGatedSilu: return launch_gemv_act<scalar_t, MT, Act::kGatedSilu>(x, w, bias, y, n_out);
+  }
+}
+
+template <typename scalar_t>
+void launch_gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                 Act act, int64_t n_out) {
+  if (x.size(0) <= 8) {
+    launch_gemv_mt<scalar_t, 1>(x, w, bias, y, act, n_out);
+  } else {
+    launch_gemv_mt<scalar_t, 2>(x, w, bias, y, act, n_out);
+  }
+}
+
+// out = silu(y[:, :h]) * y[:, h:] for a fresh contiguous y [rows, 2h] of fp16/bf16.
+at::Tensor silu_mul(const at::Tensor& y) {
+  const int64_t rows = y.size(0), h = y.size(1) / 2;
+  at::Tensor out = at::empty({rows, h}, y.options());
+  if (out.numel() == 0) return out;
+  const bool vec = h % 8 == 0 && aligned16(y);
+  const int64_t items = rows * (vec ? h / 8 : h);
+  const int threads = 256;
+  const int64_t max_blocks = 32LL * sm_count();
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((items + threads - 1) / threads, max_blocks));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(y.scalar_type(), "fused_linear_silu_mul", [&] {
+    using T = typename CudaType<scalar_t>::type;
+    const T* yp = reinterpret_cast<const T*>(y.data_ptr<scalar_t>());
+    T* op = reinterpret_cast<T*>(out.data_ptr<scalar_t>());
+    if (vec) {
+      silu_mul_kernel<T, true><<<blocks, threads, 0, stream>>>(yp, op, rows, h);
+    } else {
+      silu_mul_kernel<T, false><<<blocks, threads, 0, stream>>>(yp, op, rows, h);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// The best stock path for x2 [M, K] (any M): cuBLAS(Lt) GEMM with what epilogue it can fuse.
+at::Tensor gemm_path(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& bias, Act act) {
+  const bool reduced = x2.scalar_type() == at::kHalf || x2.scalar_type() == at::kBFloat16;
+  switch (act) {
+    case Act::kRelu:
+    case Act::kGelu:
+      // cuBLASLt RELU_BIAS / GELU_BIAS epilogue (GELU there is the tanh approximation, as here).
+      if (bias.has_value() && x2.size(0) > 0 && x2.size(1) > 0)
+        return at::_addmm_activation(*bias, x2, weight.t(), 1, 1, act == Act::kGelu);
+      return apply_activation_(at::linear(x2, weight, bias), act);
+    case Act::kGatedSilu:
+      if (reduced) return silu_mul(at::linear(x2, weight, bias));
+      return apply_activation_(at::linear(x2, weight, bias), act);
+    default:
+      return apply_activation_(at::linear(x2, weight, bias), act);
+  }
+}
+
+at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             c10::string_view activation) {
+  const Act act = parse_activation(activation);
+  const int64_t n_out = check_args(x, weight, bias, act);
+  TORCH_CHECK_VALUE(x.is_cuda(), "fused_linear: x must be a CUDA tensor here, got ", x.device());
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+
+  const int64_t K = x.size(-1), N = weight.size(0);
+  at::Tensor x2 = rows_2d(x);
+  const int64_t M = x2.size(0);
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->contiguous();
+
+  const bool reduced = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
+  const bool gemv = reduced && M >= 1 && M <= kMaxGemvRows && N >= 1 && K >= 8 && K % 8 == 0 &&
+                    N <= INT32_MAX / 2 && K <= INT32_MAX / 2 && aligned16(weight);
+  at::Tensor y2;
+  if (gemv) {
+    x2 = x2.contiguous();
+    if (!aligned16(x2)) x2 = x2.clone(at::MemoryFormat::Contiguous);  // a fresh allocation is aligned
+    y2 = at::empty({M, n_out}, x.options());
+    if (x.scalar_type() == at::kBFloat16) {
+      launch_gemv<at::BFloat16>(x2, weight, b, y2, act, n_out);
+    } else {
+      launch_gemv<at::Half>(x2, weight, b, y2, act, n_out);
+    }
+  } else {
+    y2 = gemm_path(x2, weight, b, act);
+  }
+  return y2.reshape(out_shape(x, n_out));
+}
+
+}  // namespace
+}  // namespace linear
+}  // namespace autoglm
+
+TORCH_LIBRARY_IMPL(autoglm, CUDA, m) { m.impl("fused_linear", &autoglm::linear::fused_linear_cuda); }

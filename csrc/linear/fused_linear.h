@@ -1,0 +1,98 @@
+// Shared by the CPU and CUDA implementations of autoglm::fused_linear:
+// argument checks, activation parsing, and the plain-ATen path (reference on CPU, stock
+// fallback on CUDA). y = act(x @ weight^T + bias); gated_silu: weight = [gate; up] stacked
+// along N, y = silu(gate) * up of width N/2.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace autoglm {
+namespace linear {
+
+enum class Act : int { kNone = 0, kRelu = 1, kGelu = 2, kSilu = 3, kGatedSilu = 4 };
+
+inline Act parse_activation(c10::string_view name) {
+  if (name == "none") return Act::kNone;
+  if (name == "relu") return Act::kRelu;
+  if (name == "gelu") return Act::kGelu;
+  if (name == "silu") return Act::kSilu;
+  if (name == "gated_silu") return Act::kGatedSilu;
+  TORCH_CHECK_VALUE(false, "fused_linear: unknown activation '", std::string(name),
+                    "'; expected one of: none, relu, gelu, silu, gated_silu");
+  return Act::kNone;
+}
+
+// Checks shared by every device; returns the output width (N, or N/2 for gated_silu).
+inline int64_t check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          Act act) {
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fused_linear: x must be floating point, got ",
+                   x.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "fused_linear: weight dtype ", weight.scalar_type(),
+                   " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1, "fused_linear: x must have at least 1 dim");
+  TORCH_CHECK_VALUE(weight.dim() == 2, "fused_linear: weight must be 2-D [N, K], got ", weight.dim(), " dims");
+  TORCH_CHECK_VALUE(weight.is_contiguous(), "fused_linear: weight must be contiguous");
+  TORCH_CHECK_VALUE(x.device() == weight.device(), "fused_linear: x on ", x.device(), " but weight on ",
+                    weight.device());
+  const int64_t K = x.size(-1), N = weight.size(0);
+  TORCH_CHECK_VALUE(weight.size(1) == K, "fused_linear: x has K=", K, " but weight is [", N, ", ", weight.size(1),
+                    "]");
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "fused_linear: bias dtype ", b.scalar_type(),
+                     " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK_VALUE(b.device() == x.device(), "fused_linear: bias on ", b.device(), " but x on ", x.device());
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == N, "fused_linear: bias must be [", N, "], got ", b.sizes());
+  }
+  if (act == Act::kGatedSilu) {
+    TORCH_CHECK_VALUE(N % 2 == 0, "fused_linear: gated_silu needs an even N (gate and up halves), got N=", N);
+    return N / 2;
+  }
+  return N;
+}
+
+// x [..., K] as [M, K] (a view where possible); also right for K == 0, where reshape(-1, K) is not.
+inline at::Tensor rows_2d(const at::Tensor& x) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  return x.reshape({rows, x.size(-1)});
+}
+
+inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n_out) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n_out;
+  return shape;
+}
+
+// y (2-D [M, N], fresh, of the compute dtype) -> act(y), in place where the width is unchanged.
+inline at::Tensor apply_activation_(at::Tensor y, Act act) {
+  switch (act) {
+    case Act::kNone: return y;
+    case Act::kRelu: return y.relu_();
+    case Act::kGelu: return at::gelu_(y, "tanh");
+    case Act::kSilu: return at::silu_(y);
+    case Act::kGatedSilu: {
+      const int64_t h = y.size(-1) / 2;
+      return at::silu(y.narrow(-1, 0, h)).mul_(y.narrow(-1, h, h));
+    }
+  }
+  return y;
+}
+
+// Plain-ATen fused_linear on 2-D x [M, K], computed in `compute` dtype, returned as x's dtype.
+inline at::Tensor reference_2d(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               Act act, at::ScalarType compute) {
+  at::Tensor xc = x2.to(compute), wc = weight.to(compute);
+  std::optional<at::Tensor> bc;
+  if (bias.has_value()) bc = bias->to(compute);
+  at::Tensor y = at::linear(xc, wc, bc);
+  return apply_activation_(y, act).to(x2.scalar_type());
+}
+
+}  // namespace linear
+}  // namespace autoglm
