@@ -1,0 +1,416 @@
+"""The fused forwards that patch_model binds to module instances, shared by every architecture.
+
+Each function here is bound with `types.MethodType(fn, module)` to one module instance and reads
+what it needs from `module._autoglm` (a context built at patch time from the arch table) - no code
+per architecture. Every kernel is reached through autoglm_kernels.ops.
+
+The decoder-layer forward is free of host syncs (no .item(), no Python branching on tensor
+values; cache lengths come from device tensors), so a decode step over a StaticCache can be
+captured in a CUDA graph. Cross-layer fusion: the last residual add of layer i is fused with the
+norm that follows it (layer i+1's input norm, or the final norm); layer i hands that normed tensor
+on through `Runtime.stash`, and the consumer takes it only if it receives the very tensor object
+layer i returned (anything in between that replaces the hidden states just gets a fresh norm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .. import ops
+from .archs import ArchSpec
+
+ATTN_NAME = "autoglm"  # key in transformers' AttentionInterface / AttentionMaskInterface
+# queries per sequence up to which decode_attention (split-KV) is used; prefill_attention above
+DECODE_MAX_Q = getattr(ops, "DECODE_MAX_QUERIES", 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared per-model runtime state and per-module contexts
+# ---------------------------------------------------------------------------------------------
+class Runtime:
+    """Per-model state the fused forwards share within one forward pass."""
+
+    def __init__(self):
+        self.pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (residual, its next norm)
+        self._lens = None  # (length, device, int32 tensor [1]): kv length of a DynamicCache step
+
+    def stash(self, residual: torch.Tensor, normed: torch.Tensor) -> None:
+        self.pending = (residual, normed)
+
+    def take(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The stashed norm of `x` if `x` is the tensor the previous layer returned, else None."""
+        pending, self.pending = self.pending, None
+        return pending[1] if pending is not None and pending[0] is x else None
+
+    def lens(self, n: int, device: torch.device) -> torch.Tensor:
+        """`n` as an int32 device tensor [1], built once per decode step (reused by every layer)."""
+        c = self._lens
+        if c is None or c[0] != n or c[1] != device:
+            c = self._lens = (n, device, torch.full((1,), n, dtype=torch.int32, device=device))
+        return c[2]
+
+
+class FusedRows:
+    """The weights (and biases) of several nn.Linear stacked along N into one tensor.
+
+    Built once at patch time; each Linear's weight/bias then becomes a view into the stacked
+    tensor, so no memory is doubled and state_dict still shows the original keys and values.
+    If the parameters get new storage later (model.to(), .half(), load_state_dict(assign=True)),
+    `get()` notices and stacks again.
+    """
+
+    def __init__(self, linears: list[nn.Linear]):
+        self.linears = linears
+        self.weight = self.bias = None
+        self.build()
+
+    def _ptrs(self):
+        return [(lin.weight.data_ptr(), lin.bias.data_ptr() if lin.bias is not None else 0) for lin in self.linears]
+
+    def build(self) -> None:
+        with torch.inference_mode(False), torch.no_grad():
+            self.weight = self._stack([lin.weight for lin in self.linears])
+            biases = [lin.bias for lin in self.linears]
+            if all(b is None for b in biases):
+                self.bias = None
+            elif all(b is not None for b in biases):
+                self.bias = self._stack(biases)
+            else:  # some Linear has no bias: a small separate bias with zeros there
+                w = self.linears[0].weight
+                self.bias = torch.cat([b.detach() if b is not None else torch.zeros(lin.out_features, dtype=w.dtype,
+                                       device=w.device) for b, lin in zip(biases, self.linears)])
+        self.ptrs = self._ptrs()
+
+    @staticmethod
+    def _stack(params: list[nn.Parameter]) -> torch.Tensor:
+        stacked = torch.cat([p.detach() for p in params], dim=0)
+        offset = 0
+        for p in params:
+            p.data = stacked[offset: offset + p.shape[0]]
+            offset += p.shape[0]
+        return stacked
+
+    def get(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self._ptrs() != self.ptrs:
+            self.build()
+        return self.weight, self.bias
+
+    def release(self) -> None:
+        """Give every Linear its own storage again (same values), dropping the stacked tensor."""
+        with torch.inference_mode(False), torch.no_grad():
+            for lin in self.linears:
+                for p in (lin.weight, lin.bias):
+                    if p is not None and _shares(p, self.weight, self.bias):
+                        p.data = p.data.clone()
+        self.weight = self.bias = None
+
+
+def _shares(p: torch.Tensor, *tensors) -> bool:
+    return any(t is not None and p.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in tensors)
+
+
+@dataclass
+class LayerCtx:
+    """What the fused decoder-layer forward needs (one per decoder layer)."""
+
+    spec: ArchSpec
+    runtime: Runtime
+    fuse_norms: bool  # norms through ops (and fused with the residual adds)
+    fuse_mlp: bool  # inline MLP (OPT fc1/fc2) through fused_linear
+    activation: str  # fused_linear activation of the inline MLP
+    next_norm: Optional[nn.Module] = None  # the norm after this layer, fused into its last residual add
+    arg_names: tuple = ()  # names of the stock forward's positional parameters after hidden_states
+
+
+@dataclass
+class AttnCtx:
+    """What the fused attention forward needs (one per attention module)."""
+
+    runtime: Runtime
+    qkv: FusedRows
+    n_q: int
+    n_kv: int
+    head_dim: int
+    scale: float
+    rope: Optional[str]  # "half" | "interleaved" | "mrope" | None
+    fuse_rope: bool
+    stock_rope: Optional[Callable] = None  # the architecture's apply_rotary_pos_emb (rope=False)
+    mrope_section: Optional[list] = None
+    qk_norm: Optional[tuple[nn.Module, nn.Module]] = None
+    fuse_qk_norm: bool = False
+    o_proj: str = "o_proj"
+
+
+@dataclass
+class MlpCtx:
+    gate_up: FusedRows  # [gate; up] of a Llama-style MLP
+
+
+@dataclass
+class NormCtx:
+    runtime: Runtime
+    kind: str  # "rms" | "layer"
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers over ops (every op takes [..., features] with strided rows and a contiguous last dim)
+# ---------------------------------------------------------------------------------------------
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none"):
+    return ops.fused_linear(x, weight, bias, activation=activation)
+
+
+def _eps(norm: nn.Module) -> float:
+    eps = getattr(norm, "variance_epsilon", None)
+    return float(norm.eps if eps is None else eps)
+
+
+def norm(kind: str, fused: bool, mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """mod(x) - through ops when `fused`."""
+    if not fused:
+        return mod(x)
+    if kind == "rms":
+        return ops.rms_norm(x, mod.weight, _eps(mod))
+    return ops.layer_norm(x, mod.weight, mod.bias, _eps(mod))
+
+
+def add_norm(kind: str, fused: bool, mod: nn.Module, x: torch.Tensor, residual: torch.Tensor):
+    """(mod(residual + x), residual + x) - one kernel when `fused`."""
+    if not fused:
+        residual = residual + x
+        return mod(residual), residual
+    if kind == "rms":
+        return ops.fused_add_rms_norm(x, residual, mod.weight, _eps(mod))
+    return ops.fused_add_layer_norm(x, residual, mod.weight, mod.bias, _eps(mod))
+
+
+def norm_add_norm(fused: bool, mod1: nn.Module, mod2: nn.Module, x: torch.Tensor, residual: torch.Tensor):
+    """(mod2(residual + mod1(x)), residual + mod1(x)) - GLM-4's sandwich norms, one kernel when `fused`."""
+    if not fused:
+        residual = residual + mod1(x)
+        return mod2(residual), residual
+    return ops.norm_add_norm(x, residual, mod1.weight, mod2.weight, _eps(mod1))
+
+
+def no_training(module: nn.Module) -> None:
+    """The kernels have no backward: refuse a training forward instead of failing in backward."""
+    if module.training and torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()):
+        raise RuntimeError(
+            "autoglm_kernels: this model is patched for inference and its fused kernels have no backward. "
+            "Call autoglm_kernels.unpatch_model(model) before training (or run the forward under torch.no_grad() "
+            "/ torch.inference_mode(), or in model.eval())."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# attention
+# ---------------------------------------------------------------------------------------------
+def _cache_layer(cache, layer_idx: int):
+    layers = getattr(cache, "layers", None)
+    return layers[layer_idx] if layers is not None and layer_idx < len(layers) else None
+
+
+def _static_length(cache, layer_idx: int, k: torch.Tensor) -> Optional[torch.Tensor]:
+    """For a StaticCache layer: its valid length as a 0-d device tensor (after this step's update)."""
+    layer = _cache_layer(cache, layer_idx)
+    cum = getattr(layer, "cumulative_length", None)
+    if isinstance(cum, torch.Tensor) and getattr(layer, "max_cache_len", None) == k.shape[2]:
+        return cum
+    return None
+
+
+def _check_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if mask is not None and mask.dim() != 2:
+        raise ValueError(
+            f"autoglm_kernels attention takes a 2-D padding mask [batch, kv_len] (0 = padding); got a mask of shape "
+            f"{tuple(mask.shape)}. Pass a 2-D attention_mask, or call unpatch_model(model) to use custom 4-D masks."
+        )
+    return mask
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
+           *, runtime: Optional[Runtime] = None, cache=None, layer_idx: int = 0,
+           valid_len: Optional[int] = None) -> torch.Tensor:
+    """Causal attention of new queries over the cache, bottom-right aligned.
+
+    q [B, S, Hq, D]; k, v [B, Hk, L, D] (for a StaticCache L is its capacity and the valid length
+    comes from the cache's device-side counter); mask [B, >= valid length] or None -> [B, S, Hq, D].
+    decode_attention for S <= 16 with a cache (graph-capturable), prefill_attention otherwise.
+    """
+    mask = _check_mask(mask)
+    S = q.shape[1]
+    static_len = _static_length(cache, layer_idx, k) if cache is not None else None
+    if S <= DECODE_MAX_Q and (cache is not None or valid_len is not None):
+        if static_len is not None:
+            kv_lens = static_len.reshape(1)  # int64 device counter: no copy, no sync
+        else:
+            n = k.shape[2] if valid_len is None else valid_len
+            kv_lens = runtime.lens(n, k.device) if runtime is not None else torch.full(
+                (1,), n, dtype=torch.int32, device=k.device)
+        return ops.decode_attention(q, k, v, kv_lens, kv_mask=mask, scale=scale)
+    if static_len is not None:  # prefill into a static cache: attend over the valid prefix only
+        valid_len = int(static_len)
+    if valid_len is not None and valid_len < k.shape[2]:
+        k, v = k[:, :, :valid_len], v[:, :, :valid_len]
+    return ops.prefill_attention(q, k, v, kv_mask=mask, scale=scale, causal=True)
+
+
+def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                      cache=None, past_key_values=None, **kwargs):
+    """Fused attention: one qkv matmul, (q/k norm), in-place RoPE, cache update, attention, o_proj.
+
+    hidden_states [B, S, hidden] -> ([B, S, hidden], None). The cache gets k/v as [B, Hk, S, D],
+    as the stock forward gives them.
+    """
+    ctx: AttnCtx = self._autoglm
+    no_training(self)
+    cache = cache if cache is not None else past_key_values
+    B, S, _ = hidden_states.shape
+    hq, hk, d = ctx.n_q, ctx.n_kv, ctx.head_dim
+    w, b = ctx.qkv.get()
+    qkv = _linear(hidden_states, w, b).view(B, S, hq + 2 * hk, d)
+    q, k, v = qkv.split((hq, hk, hk), dim=2)  # views, last dim contiguous
+    if ctx.qk_norm is not None:
+        q = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[0], q)
+        k = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[1], k)
+    if ctx.rope is not None:
+        cos, sin = position_embeddings
+        if ctx.fuse_rope:
+            ops.apply_rope_(q, k, cos, sin, interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)
+        else:
+            q, k = ctx.stock_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+    k, v = k.transpose(1, 2), v.transpose(1, 2)
+    if cache is not None:
+        k, v = cache.update(k, v, self.layer_idx)
+    out = attend(q, k, v, attention_mask, ctx.scale, runtime=ctx.runtime, cache=cache, layer_idx=self.layer_idx)
+    o = getattr(self, ctx.o_proj)
+    return _linear(out.reshape(B, S, hq * d), o.weight, o.bias), None
+
+
+def attention_interface(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None, dropout: float = 0.0,
+                        **kwargs):
+    """transformers AttentionInterface entry "autoglm" (used by any stock attention forward).
+
+    query [B, Hq, S, D], key/value [B, Hk, L, D] (after the cache update) -> ([B, S, Hq, D], None).
+    With a StaticCache, L is the capacity and the valid length is the 2-D mask's length.
+    """
+    if kwargs.get("sliding_window"):
+        raise NotImplementedError("autoglm attention does not implement sliding-window attention")
+    no_training(module)
+    q = query.transpose(1, 2)
+    mask = _check_mask(attention_mask)
+    valid = min(key.shape[2], mask.shape[1]) if mask is not None else key.shape[2]
+    return attend(q, key, value, mask, scaling, valid_len=valid), None
+
+
+def mask_interface(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
+                   mask_function=None, attention_mask: Optional[torch.Tensor] = None, **kwargs):
+    """transformers AttentionMaskInterface entry "autoglm": the 2-D padding mask [B, seen + q] or None.
+
+    Like flash_attention_mask the causal part is left to the kernels, but the mask is returned as
+    is (no `.all()` check: that would sync with the host inside a decode step).
+    """
+    from transformers.masking_utils import causal_mask_function
+
+    if mask_function is not None and mask_function is not causal_mask_function:
+        raise NotImplementedError(
+            "autoglm attention implements causal attention with a 2-D padding mask only; this forward asks for "
+            f"another mask pattern ({getattr(mask_function, '__name__', mask_function)}, e.g. packed sequences). "
+            "Call autoglm_kernels.unpatch_model(model) for it."
+        )
+    return attention_mask
+
+
+def register_attention() -> None:
+    """Register "autoglm" with transformers (a name only models patched by us select)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_NAME, attention_interface)
+    AttentionMaskInterface.register(ATTN_NAME, mask_interface)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLP, decoder layer, final norm, lm_head
+# ---------------------------------------------------------------------------------------------
+def gate_up_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """GLM MLP: gate_up_proj [gate; up] -> silu(gate) * up -> down_proj, two fused_linear calls."""
+    no_training(self)
+    h = _linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias, "gated_silu")
+    return _linear(h, self.down_proj.weight, self.down_proj.bias)
+
+
+def split_gate_up_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Llama MLP: gate_proj and up_proj stacked once at patch time, then as gate_up_mlp_forward."""
+    no_training(self)
+    w, b = self._autoglm.gate_up.get()
+    h = _linear(x, w, b, "gated_silu")
+    return _linear(h, self.down_proj.weight, self.down_proj.bias)
+
+
+def _inline_mlp(layer: nn.Module, ctx: LayerCtx, x: torch.Tensor) -> torch.Tensor:
+    """OPT: fc1 + activation in one fused_linear (the headline fused matmul+ReLU), then fc2."""
+    if not ctx.fuse_mlp:
+        return layer.fc2(layer.activation_fn(layer.fc1(x)))
+    h = _linear(x, layer.fc1.weight, layer.fc1.bias, ctx.activation)
+    return _linear(h, layer.fc2.weight, layer.fc2.bias)
+
+
+def decoder_layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """One decoder layer with its norms fused into the residual adds.
+
+    Pre-norm (Llama, OPT):   h += attn(norm1(h));            h += mlp(norm2(h))
+    Sandwich (GLM-4):        h += norm2(attn(norm1(h)));     h += norm4(mlp(norm3(h)))
+    Each residual add is one kernel together with the norm that follows it; the last one also
+    computes the next layer's input norm (or the final norm), handed on through ctx.runtime.
+    hidden_states [B, S, hidden] -> [B, S, hidden] (the residual stream, as the stock layer returns).
+    """
+    ctx: LayerCtx = self._autoglm
+    spec = ctx.spec
+    no_training(self)
+    if args:
+        kwargs.update(zip(ctx.arg_names, args))
+    kind, fused = spec.norm, ctx.fuse_norms
+    residual = hidden_states
+    x = ctx.runtime.take(hidden_states) if fused else None
+    if x is None:
+        x = norm(kind, fused, getattr(self, spec.input_norm), hidden_states)
+    x = getattr(self, spec.attn)(hidden_states=x, **kwargs)[0]
+    post_attn = getattr(self, spec.post_attn_norm)
+    if spec.sandwich:
+        x, residual = norm_add_norm(fused, getattr(self, spec.post_self_attn_norm), post_attn, x, residual)
+    else:
+        x, residual = add_norm(kind, fused, post_attn, x, residual)
+    x = getattr(self, spec.mlp_module)(x) if spec.mlp_module else _inline_mlp(self, ctx, x)
+    nxt = ctx.next_norm
+    if spec.sandwich:
+        post_mlp = getattr(self, spec.post_mlp_norm)
+        if nxt is not None:
+            out, residual = norm_add_norm(True, post_mlp, nxt, x, residual)
+            ctx.runtime.stash(residual, out)
+        else:
+            residual = residual + norm(kind, fused, post_mlp, x)
+    elif nxt is not None:
+        out, residual = add_norm(kind, True, nxt, x, residual)
+        ctx.runtime.stash(residual, out)
+    else:
+        residual = residual + x
+    return residual
+
+
+def final_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """The model's final norm: already computed by the last layer's fused add+norm when it can be."""
+    no_training(self)
+    out = self._autoglm.runtime.take(x)
+    return out if out is not None else norm(self._autoglm.kind, True, self, x)
+
+
+def lm_head_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """lm_head through fused_linear: [..., hidden] -> [..., vocab]."""
+    no_training(self)
+    return _linear(x, self.weight, self.bias)
