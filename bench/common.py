@@ -64,7 +64,7 @@ def read_bandwidth(nbytes: int = 2**30) -> float:
     """Achievable read bandwidth in bytes/s: a 1 GiB read-only reduction, GPU-timed."""
     x = torch.randn(nbytes // 2, device="cuda", dtype=torch.bfloat16)
     out = torch.empty((), device="cuda", dtype=torch.float32)
-    timer = GraphTimer(lambda: torch.sum(x, dtype=torch.float32, out=out), [()])
+    timer = GraphTimer(lambda: torch.sum(x, dim=0, dtype=torch.float32, out=out), [()])
     return nbytes / (timer.time_us(reps=30) * 1e-6)
 
 
