@@ -44,6 +44,25 @@ def test_static_buffer_path_matches_eager_generate(name):
     assert "forward" not in model.__dict__ and "generate" not in model.__dict__
 
 
+@pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b"])
+def test_engine_over_patched_model_matches_stock(name):
+    """Fused layers + static cache + static-buffer decode step: the stock tokens, exactly (fp32)."""
+    from autoglm_kernels import patch_model, unpatch_model
+
+    model = _model(name)
+    ids = torch.randint(1, 500, (2, 7))
+    ref = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+    patch_model(model)
+    eng = engine.install(model, capture=False, min_cache_len=32)
+    try:
+        out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        assert eng.stats()["replays"] == 9
+    finally:
+        engine.uninstall(model)
+        unpatch_model(model)
+
+
 def test_fallbacks_are_correct_and_logged(caplog):
     model = _model()
     ids = torch.randint(1, 500, (1, 6))
@@ -86,7 +105,7 @@ def test_cuda_graph_decode_matches_eager(name):
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
     ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
-                         cache_implementation="static")
+                         cache_implementation="static", disable_compile=True)
     eng = engine.install(model)
     try:
         for _ in range(2):
@@ -96,3 +115,26 @@ def test_cuda_graph_decode_matches_eager(name):
         assert st["captures"] == 1 and st["replays"] >= 2 * 23 - 1, st
     finally:
         engine.uninstall(model)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b"])
+def test_patched_cuda_graph_decode_matches_eager_patched(name):
+    """patch_model's default on CUDA (fused layers + graph decode): the eager patched tokens."""
+    from autoglm_kernels import patch_model, unpatch_model
+
+    model = _model(name, device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(1, 500, (2, 13), device="cuda")
+    report = patch_model(model, cuda_graphs=False)
+    ref = model.generate(input_ids=ids, max_new_tokens=32, do_sample=False, cache_implementation="static",
+                         disable_compile=True)
+    unpatch_model(model)
+    report = patch_model(model)
+    assert "cuda_graphs" in str(report)
+    for _ in range(2):
+        out = model.generate(input_ids=ids, max_new_tokens=32, do_sample=False)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    st = engine.engine_of(model).stats()
+    assert st["captures"] == 1 and st["replays"] == 2 * 31, st
+    unpatch_model(model)
+    assert engine.engine_of(model) is None

@@ -111,6 +111,9 @@ class DecodeEngine:
             self._fallback(why)
             return self._generate(*args, **kwargs)
         kwargs[self.cache_name] = self.caches.get(*plan)
+        # transformers auto-compiles the forward for static caches; the engine replaces that with
+        # its own graph (capturing inside an inductor-compiled call fails).
+        kwargs.setdefault("disable_compile", True)
         return self._generate(*args, **kwargs)
 
     def forward(self, *args, **kwargs):

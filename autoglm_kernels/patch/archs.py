@@ -37,6 +37,8 @@ class ArchSpec:
     mlp: str = "gate_proj+up_proj"  # "gate_proj+up_proj" | "gate_up_proj" (already fused) | "fc1+fc2"
     mlp_module: str = "mlp"  # "" when the MLP's linears sit on the decoder layer itself (OPT)
     activation: str = "hidden_act"  # config attribute naming the MLP activation
+    # Why the decode engine (static cache + CUDA graph) cannot serve this architecture, or None.
+    no_static_cache: str | None = None
 
 
 _LLAMA = ArchSpec()
@@ -52,10 +54,12 @@ ARCHS: dict[str, ArchSpec] = {
     "glm4": _GLM4,
     # GLM-4.1V (AutoGLM-Phone): only the text decoder is patched; the vision tower stays stock.
     "glm4v": ArchSpec(layers="model.language_model.layers", final_norm="model.language_model.norm",
-                      text_config="text_config", rope="mrope", mlp="gate_up_proj", sandwich=True),
+                      text_config="text_config", rope="mrope", mlp="gate_up_proj", sandwich=True,
+                      no_static_cache="GLM-4.1V's M-RoPE position ids are recomputed per step from the whole prompt"),
     "opt": ArchSpec(layers="model.decoder.layers", final_norm="model.decoder.final_layer_norm", norm="layer",
                     input_norm="self_attn_layer_norm", post_attn_norm="final_layer_norm", o_proj="out_proj",
-                    rope=None, mlp="fc1+fc2", mlp_module="", activation="activation_function"),
+                    rope=None, mlp="fc1+fc2", mlp_module="", activation="activation_function",
+                    no_static_cache="OPT computes positions from the 2-D attention mask, which a static cache replaces"),
 }
 
 # MLP activation (config value) -> fused_linear activation. Gated MLPs need silu (gated_silu);

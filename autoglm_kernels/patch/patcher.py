@@ -44,6 +44,7 @@ class PatchState:
         self.layers: list[nn.Module] = []
         self.fused_rows: list[L.FusedRows] = []
         self.memory_pool = None  # autoglm_kernels.memory.MemoryPool each generate() runs in, if any
+        self.engine = None  # autoglm_kernels.engine.DecodeEngine when cuda_graphs is on
         self._undo: list[Callable[[], None]] = []
 
     def bind(self, module: nn.Module, fn: Callable, ctx=None) -> None:
@@ -415,8 +416,22 @@ def _apply(p: _Plan, state: PatchState) -> None:
 # ---------------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------------
+def _use_engine(model: nn.Module, state: PatchState, spec: ArchSpec) -> None:
+    """Put the decode engine (static cache + CUDA-graph decode step) on this CUDA model."""
+    from .. import engine
+
+    eng = engine.install(model, static_cache_unsupported=spec.no_static_cache, **state.engine_options)
+    if spec.no_static_cache:
+        state.report.add_stock("cuda_graphs", spec.no_static_cache)
+    else:
+        state.report.add_patched("cuda_graphs")
+    state._undo.append(lambda: engine.uninstall(model))
+    state.engine = eng
+
+
 def patch_model(model: nn.Module, attention: bool = True, mlp: bool = True, norm: bool = True, rope: bool = True,
-                memory_pool: bool = False, strict: bool = False, **engine_options) -> PatchReport:
+                memory_pool: bool = False, strict: bool = False, cuda_graphs: bool | None = None,
+                **engine_options) -> PatchReport:
     """Make this model's unchanged forward / generate run the fused kernels; everything else stays stock.
 
     attention: one qkv matmul, RoPE, decode/prefill attention kernels, o_proj (all layers or none).
@@ -425,7 +440,9 @@ def patch_model(model: nn.Module, attention: bool = True, mlp: bool = True, norm
     rope: in-place RoPE kernel inside the fused attention (else the architecture's stock RoPE).
     memory_pool: True (or an autoglm_kernels.memory.MemoryPool) runs each generate() of this model
         in the native pool allocator (CUDA only); unpatch_model closes a pool it created.
-    **engine_options: kept on the patch state (state_of(model).engine_options) for the decode engine.
+    cuda_graphs: generate uses a static KV cache and replays the decode step as a CUDA graph
+        (autoglm_kernels.engine); default: on for CUDA models.
+    **engine_options: options of the decode engine (min_cache_len, max_cache_len, max_batch, max_graphs).
     strict: raise ValueError (touching nothing) if anything requested cannot be fused.
     Returns a PatchReport (print it for a table). Patching a patched model returns its report.
     Training through a patched model raises RuntimeError (the kernels have no backward): unpatch first.
@@ -453,13 +470,21 @@ def patch_model(model: nn.Module, attention: bool = True, mlp: bool = True, norm
         if pool is not None and pool is not memory_pool:
             pool.close()
         raise ValueError(f"patch_model(strict=True) cannot fuse everything requested:\n{report}")
-    options = dict(attention=attention, mlp=mlp, norm=norm, rope=rope, memory_pool=memory_pool)
+    options = dict(attention=attention, mlp=mlp, norm=norm, rope=rope, memory_pool=memory_pool, cuda_graphs=cuda_graphs)
     state = PatchState(report, spec, options, engine_options)
     if plan is not None:
         try:
             _apply(plan, state)
             if pool is not None:
                 _use_memory_pool(model, state, pool, created=pool is not memory_pool)
+            param = next(model.parameters(), None)
+            on_cuda = param is not None and param.device.type == "cuda"
+            if cuda_graphs is None:
+                cuda_graphs = on_cuda
+            if cuda_graphs and not on_cuda:
+                report.add_stock("cuda_graphs", "CUDA graphs need a CUDA model")
+            elif cuda_graphs:
+                _use_engine(model, state, spec)
         except BaseException:
             state.undo()
             raise
