@@ -49,7 +49,7 @@ if [ -z "${SKIP_TESTS:-}" ]; then
   echo "== pytest -m gpu (one process per file)"
   : >"$res/tests.log"
   for f in ${TEST_FILES:-tests/test_*.py}; do
-    $PY -m pytest "$f" -m gpu -q -p no:cacheprovider -rfE --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} \
+    timeout "${TEST_TIMEOUT:-300}" $PY -m pytest "$f" -m gpu -q -p no:cacheprovider -rfE --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} \
       >"$res/tests_$(basename "$f" .py).log" 2>&1
     rc=$?
     line=$(grep -E "(passed|failed|error|skipped|deselected|no tests ran)" "$res/tests_$(basename "$f" .py).log" | tail -1)
@@ -61,7 +61,7 @@ fi
 
 if [ -n "${SANITIZE:-}" ]; then
   echo "== compute-sanitizer memcheck (fused linear GPU tests)"
-  compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest tests/test_linear.py -m gpu -q -p no:cacheprovider \
+  timeout "${SANITIZE_TIMEOUT:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest tests/test_linear.py -m gpu -q -p no:cacheprovider \
     -k "${SANITIZE_FILTER:-not opcheck}" >"$res/sanitizer.log" 2>&1
   echo "compute-sanitizer exit code: $?" | tee -a "$res/sanitizer.log"
   grep -E "ERROR SUMMARY|passed|failed" "$res/sanitizer.log" | tail -5
@@ -72,7 +72,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   : >"$res/bench.log"
   for f in ${BENCH_FILES:-bench/bench_*.py}; do
     name=$(basename "$f" .py)
-    $PY -m pytest "$f" --benchmark-only -q -p no:cacheprovider ${BENCH_FILTER:+-k "$BENCH_FILTER"} \
+    timeout "${BENCH_TIMEOUT:-300}" $PY -m pytest "$f" --benchmark-only -q -p no:cacheprovider ${BENCH_FILTER:+-k "$BENCH_FILTER"} \
       --benchmark-json="$res/$name.json" --benchmark-columns=median,rounds -rfE --tb=short >"$res/$name.log" 2>&1
     rc=$?
     echo "$f: rc=$rc $(grep -E "(passed|failed|error)" "$res/$name.log" | tail -1)" | tee -a "$res/bench.log"

@@ -130,7 +130,7 @@ def compare(arch: str, device: str = "cuda", dtype=torch.bfloat16, batch: int = 
         agree = (greedy[0][:, PROMPT:] == greedy[1][:, PROMPT:]).float().mean().item()
         print(f"  {arch} greedy agreement patched vs stock bf16 over 32 tokens: {agree:.1%}")
         static = fused.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
-                                cache_implementation="static")
+                                cache_implementation="static", disable_compile=True)
         assert static.shape == (batch, PROMPT + 8)
     unpatch_model(fused)
     with torch.no_grad():

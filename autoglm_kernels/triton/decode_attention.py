@@ -121,7 +121,7 @@ def _split_kernel(
         col_ok = n < hi
         k = tl.load(k_base + n[:, None] * sk_n + d[None, :], mask=col_ok[:, None], other=0.0)
         v = tl.load(v_base + n[:, None] * sv_n + d[None, :], mask=col_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k)) * tl.cast(qk_scale, tl.float32)  # inductor passes Python floats as fp64
         ok = col_ok[None, :] & (n[None, :] < limit[:, None])
         if HAS_MASK:
             keep = tl.load(MASK + b.to(tl.int64) * sm_b + n, mask=col_ok & (n < mask_len), other=1)

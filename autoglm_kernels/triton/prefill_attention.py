@@ -53,7 +53,7 @@ def _tile(acc, l_i, m_i, q, k_base, v_base, MASK_B, start, offs_m, mask_len, L, 
     else:
         k = tl.load(k_base + n[:, None] * sk_n + d[None, :])
         v = tl.load(v_base + n[:, None] * sv_n + d[None, :])
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k)) * tl.cast(qk_scale, tl.float32)  # inductor passes Python floats as fp64
     if EDGE:
         ok = col_ok[None, :]
         if CAUSAL:
