@@ -94,6 +94,13 @@ def test_unsupported_architecture_runs_eager():
     eng = engine.install(model, capture=False, static_cache_unsupported="positions come from the attention mask")
     torch.testing.assert_close(model.generate(input_ids=ids, max_new_tokens=5, do_sample=False), ref, rtol=0, atol=0)
     assert eng.stats()["fallbacks"] == ["positions come from the attention mask"] and eng.stats()["replays"] == 0
+    # A static cache the caller passes to forward itself is not graphed either.
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=16)
+    model(input_ids=ids, past_key_values=cache, use_cache=True)
+    model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)
+    assert eng.stats()["replays"] == 0 and eng.graphs.captures == 0
     engine.uninstall(model)
 
 

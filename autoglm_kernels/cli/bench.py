@@ -149,11 +149,11 @@ def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 30) -> float:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        torch.sum(x, dtype=torch.float32, out=out)  # warm up before capture
+        torch.sum(x, dim=0, dtype=torch.float32, out=out)  # warm up before capture
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        torch.sum(x, dtype=torch.float32, out=out)
+        torch.sum(x, dim=0, dtype=torch.float32, out=out)
     graph.replay()
     times = []
     for _ in range(reps):

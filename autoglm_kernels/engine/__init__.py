@@ -94,7 +94,9 @@ class DecodeEngine:
     def _is_decode_step(self, args, kwargs) -> bool:
         from transformers import StaticCache
 
-        if args or not isinstance(kwargs.get(self.cache_name), StaticCache):
+        if args or self.static_cache_unsupported or self.graphs.disabled:
+            return False
+        if not isinstance(kwargs.get(self.cache_name), StaticCache):
             return False
         ids = kwargs.get("input_ids")
         return (
@@ -129,7 +131,7 @@ class DecodeEngine:
             "replays": sum(s.replays for s in slots),
             "capture_s": round(sum(s.capture_s for s in slots), 4),
             "caches": len(self.caches._caches),
-            "fallbacks": sorted(self._told),
+            "fallbacks": sorted(self._told) + ([self.graphs.disabled] if self.graphs.disabled else []),
         }
 
 

@@ -74,12 +74,21 @@ class DecodeGraphs:
         self.slots: dict[tuple, _Slot] = {}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.captures = 0
+        self.disabled: str | None = None  # set when a capture failed: the step then runs eagerly
 
     def __call__(self, cache, kwargs: dict):
+        # A 2-D attention mask grows by one column per step; pad it to the cache capacity so the
+        # step keeps one shape (the columns past the valid length are beyond every query anyway).
+        layers = getattr(cache, "layers", None)
+        mask, cap = kwargs.get("attention_mask"), getattr(layers[0], "max_cache_len", None) if layers else None
+        if torch.is_tensor(mask) and mask.dim() == 2 and isinstance(cap, int) and mask.shape[1] < cap:
+            kwargs = dict(kwargs, attention_mask=torch.nn.functional.pad(mask, (0, cap - mask.shape[1])))
         key = _signature(kwargs)
         slot = self.slots.get(key)
         if slot is None or (slot.cache_ref is not None and slot.cache_ref() is None):
             slot = self._capture(key, cache, kwargs)
+            if self.disabled:
+                return slot.output
         else:
             for name, buf in slot.inputs.items():
                 buf.copy_(kwargs[name], non_blocking=True)
@@ -123,8 +132,16 @@ class DecodeGraphs:
             for c, s in zip(counters, saved):
                 c.copy_(s)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                output = self.forward(**static_kwargs)
+            try:
+                with torch.cuda.graph(graph, pool=self.pool):
+                    output = self.forward(**static_kwargs)
+            except Exception as e:  # the step syncs with the host somewhere: run it eagerly from now on
+                torch.cuda.synchronize()
+                self.disabled = f"decode step not capturable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                log.warning("autoglm_kernels: %s; decoding eagerly", self.disabled)
+                for c, s in zip(counters, saved):
+                    c.copy_(s)
+                return _Slot(None, {}, self.forward(**kwargs), None)
             graph.replay()
             slot = _Slot(graph, inputs, output, cache_ref)
         slot.capture_s = time.perf_counter() - start
