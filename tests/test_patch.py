@@ -377,3 +377,23 @@ def test_real_checkpoint_path(tmp_path):
     out = _generate(model, enc.input_ids, enc.attention_mask, n=10)
     assert torch.equal(out, ref)
     assert isinstance(tok.batch_decode(out, skip_special_tokens=True)[0], str)
+
+
+def test_tensor_parallel_model_stays_stock_with_a_reason():
+    """A tensor-parallel model (tp_plan shards) is left stock with a clear reason: the fused
+    q/k/v and gate/up stacks assume whole weights, so patching shards would give wrong answers."""
+    import transformers
+
+    from autoglm_kernels.models import reference_config
+
+    model = transformers.AutoModelForCausalLM.from_config(reference_config("llama3.2-1b", tiny=True)).eval()
+    model._tp_size = 2  # what transformers records for tp_plan="auto" under torchrun
+    ids = torch.randint(1, 500, (1, 6))
+    ref = model(input_ids=ids).logits
+    report = patch_model(model)
+    assert not report.supported  # nothing patched
+    assert "tensor-parallel" in str(report)
+    torch.testing.assert_close(model(input_ids=ids).logits, ref, rtol=0, atol=0)
+    unpatch_model(model)
+    with pytest.raises(ValueError, match="tensor-parallel"):
+        patch_model(model, strict=True)

@@ -127,6 +127,7 @@ class _Plan:
         self.attention = self.rope = self.qk_norm = self.mlp = self.norms = self.layer_forward = False
         self.final = self.head = False
         self.activation = "none"
+        self.unsupported: Optional[str] = None  # why the whole model stays stock (device, dtype, sharding)
 
 
 def _stock(report: PatchReport, kind: str, reason: str, n: int) -> None:
@@ -233,6 +234,19 @@ def _plan_attention(p: _Plan, want: bool) -> Optional[str]:
     return None
 
 
+def _sharding_reason(model: nn.Module) -> Optional[str]:
+    """Why a sharded model stays stock: the fused paths stack q/k/v and gate/up rows and assume
+    whole (unsharded) weights, so tensor-parallel shards would give wrong answers."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch built without distributed
+        DTensor = ()
+    tp = getattr(model, "_tp_size", None) or getattr(model, "tp_size", None)
+    if (isinstance(tp, int) and tp > 1) or any(isinstance(t, DTensor) for t in model.parameters()):
+        return "tensor-parallel (tp_plan) weights are not supported yet: the model stays stock"
+    return None
+
+
 def _plan_model(p: _Plan, *, attention: bool, mlp: bool, norm: bool, rope: bool) -> None:
     """Fill p's flags and p.report's rows."""
     spec, report, n = p.spec, p.report, len(p.layers)
@@ -241,6 +255,9 @@ def _plan_model(p: _Plan, *, attention: bool, mlp: bool, norm: bool, rope: bool)
     why = _device_dtype_reason(param.device, param.dtype)
     if why is None and any(hasattr(m, "_hf_hook") for m in p.model.modules()):
         why = "accelerate dispatch hooks (device_map over several devices or offload)"
+    if why is None:
+        why = _sharding_reason(p.model)
+    p.unsupported = why
     has_final = p.final_norm is not None
     head_ok = _is_linear(p.lm_head)
     if why:
@@ -483,6 +500,8 @@ def patch_model(model: nn.Module, attention: bool = True, mlp: bool = True, norm
                 cuda_graphs = on_cuda
             if cuda_graphs and not on_cuda:
                 report.add_stock("cuda_graphs", "CUDA graphs need a CUDA model")
+            elif cuda_graphs and plan.unsupported:
+                report.add_stock("cuda_graphs", plan.unsupported)
             elif cuda_graphs:
                 _use_engine(model, state, spec)
         except BaseException:
