@@ -10,6 +10,7 @@ model shapes are GPU tests.
 import pytest
 import torch
 
+from attention_reference import assert_within_stock_error, sdpa_reference
 from autoglm_kernels import ops
 
 HAS_CUDA = torch.cuda.is_available()
@@ -30,32 +31,12 @@ def _allowed(B, Sq, C, kv_lens, kv_mask):
     return allowed
 
 
-def _sdpa(q, k, v, allowed, scale, dtype):
-    """SDPA in `dtype` with explicit GQA repeat; rows with no visible key -> 0."""
-    G = q.shape[2] // k.shape[1]
-    kr = k.to(dtype).repeat_interleave(G, dim=1)
-    vr = v.to(dtype).repeat_interleave(G, dim=1)
-    mask = allowed[:, None].to(q.device)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    out = sdpa(q.to(dtype).transpose(1, 2), kr, vr, attn_mask=mask, scale=scale)
-    out = out.transpose(1, 2).float().nan_to_num(0.0)
-    return out.masked_fill(~allowed.any(-1).to(q.device)[:, :, None, None], 0.0)
-
-
 def _check(q, k, v, kv_lens, kv_mask=None, scale=None, **kw):
     out = ops.decode_attention(q, k, v, kv_lens, kv_mask, scale, **kw)
     B, Sq, Hq, D = q.shape
     assert out.shape == (B, Sq, Hq, D) and out.dtype == q.dtype and out.is_contiguous()
     allowed = _allowed(B, Sq, k.shape[2], kv_lens, kv_mask)
-    s = D**-0.5 if scale is None else scale
-    ref = _sdpa(q, k, v, allowed, s, torch.float32)
-    err = (out.float() - ref).abs().max().item()
-    if q.dtype == torch.float32:
-        assert err < 2e-5, err
-    else:
-        stock = (_sdpa(q, k, v, allowed, s, q.dtype) - ref).abs().max().item()
-        eps = torch.finfo(q.dtype).eps * ref.abs().max().item() + 1e-6
-        assert err <= 2 * stock + eps, f"kernel error {err} vs stock {q.dtype} SDPA error {stock}"
+    assert_within_stock_error(out, q, k, v, allowed, D**-0.5 if scale is None else scale)
     return out
 
 
@@ -241,7 +222,7 @@ def test_gpu_cuda_graph_follows_kv_lens():
         g.replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(out, ops.decode_attention(q, k, v, kv_lens), atol=0, rtol=0)
-        ref = _sdpa(q, k, v, _allowed(B, Sq, C, kv_lens, None), D**-0.5, torch.float32)
+        ref = sdpa_reference(q, k, v, _allowed(B, Sq, C, kv_lens, None), D**-0.5, torch.float32)
         assert (out.float() - ref).abs().max().item() < 2e-2
 
 

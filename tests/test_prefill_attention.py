@@ -10,6 +10,7 @@ the Triton interpreter with small tiles (fp32/fp16, small shapes); bf16 and long
 import pytest
 import torch
 
+from attention_reference import assert_within_stock_error, sdpa_reference
 from autoglm_kernels import ops
 
 HAS_CUDA = torch.cuda.is_available()
@@ -26,33 +27,13 @@ def _allowed(B, S, L, causal, kv_mask):
     return allowed
 
 
-def _sdpa(q, k, v, allowed, scale, dtype):
-    """SDPA in `dtype` with explicit GQA repeat; rows with no visible key -> 0."""
-    G = q.shape[2] // k.shape[1]
-    kr = k.to(dtype).repeat_interleave(G, dim=1)
-    vr = v.to(dtype).repeat_interleave(G, dim=1)
-    mask = allowed[:, None].to(q.device)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    out = sdpa(q.to(dtype).transpose(1, 2), kr, vr, attn_mask=mask, scale=scale)
-    out = out.transpose(1, 2).float().nan_to_num(0.0)
-    return out.masked_fill(~allowed.any(-1).to(q.device)[:, :, None, None], 0.0)
-
-
 def _check(q, k, v, kv_mask=None, scale=None, causal=True, impl="triton"):
     out = ops.prefill_attention(q, k, v, kv_mask, scale, causal, impl=impl)
     B, S, Hq, D = q.shape
     assert out.shape == (B, S, Hq, D) and out.dtype == q.dtype and out.is_contiguous()
     assert torch.isfinite(out).all()
     allowed = _allowed(B, S, k.shape[2], causal, kv_mask)
-    s = D**-0.5 if scale is None else scale
-    ref = _sdpa(q, k, v, allowed, s, torch.float32)
-    err = (out.float() - ref).abs().max().item()
-    if q.dtype == torch.float32:
-        assert err < 2e-5, err
-    else:
-        stock = (_sdpa(q, k, v, allowed, s, q.dtype) - ref).abs().max().item()
-        eps = torch.finfo(q.dtype).eps * ref.abs().max().item() + 1e-6
-        assert err <= 2 * stock + eps, f"kernel error {err} vs stock {q.dtype} SDPA error {stock}"
+    assert_within_stock_error(out, q, k, v, allowed, D**-0.5 if scale is None else scale)
     return out
 
 

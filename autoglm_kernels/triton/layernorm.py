@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .rmsnorm import MAX_HIDDEN, _triton_can_run, launch_config, row_view  # noqa: F401  (MAX_HIDDEN re-exported)
+from .rmsnorm import MAX_HIDDEN, _triton_can_run, row_launch  # noqa: F401  (MAX_HIDDEN re-exported)
 
 
 @triton.jit
@@ -54,21 +54,14 @@ def _layer_norm_kernel(
 
 
 def _launch(x, residual, weight, bias, out, new_residual, eps):
-    H = x.shape[-1]
-    n_rows = x.numel() // H if H else 0
-    if n_rows == 0 or H == 0:
+    geometry = row_launch(x, residual)
+    if geometry is None:
         return
-    sx_o, sx_i, x = row_view(x)
-    sr_o, sr_i = 0, 0
-    if residual is not None:
-        sr_o, sr_i, residual = row_view(residual)
-    n_inner = x.shape[-2] if x.dim() >= 2 else 1
-    block_h, rows, num_warps = launch_config(H)
-    wrap_triton(_layer_norm_kernel)[(triton.cdiv(n_rows, rows),)](
+    grid, args, x, residual, meta = geometry
+    wrap_triton(_layer_norm_kernel)[grid](
         x, residual if residual is not None else x, weight, bias if bias is not None else weight,
-        out, new_residual if new_residual is not None else out,
-        n_rows, n_inner, H, sx_o, sx_i, sr_o, sr_i, eps,
-        ADD=residual is not None, HAS_BIAS=bias is not None, ROWS=rows, BLOCK_H=block_h, num_warps=num_warps,
+        out, new_residual if new_residual is not None else out, *args, eps,
+        ADD=residual is not None, HAS_BIAS=bias is not None, **meta,
     )
 
 

@@ -103,23 +103,31 @@ def _rms_norm_kernel(
     tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
 
 
-def _launch(mode, x, residual, weight1, weight2, out, new_residual, eps):
+def row_launch(x: torch.Tensor, residual: torch.Tensor | None):
+    """The launch geometry shared by the row-wise norm kernels, or None for an empty input:
+    (grid, row args after the data pointers, x and residual as row views, meta-parameters)."""
     H = x.shape[-1]
     n_rows = x.numel() // H if H else 0
     if n_rows == 0 or H == 0:
-        return
+        return None
     sx_o, sx_i, x = row_view(x)
     sr_o, sr_i = 0, 0
     if residual is not None:
         sr_o, sr_i, residual = row_view(residual)
     n_inner = x.shape[-2] if x.dim() >= 2 else 1
     block_h, rows, num_warps = launch_config(H)
-    grid = (triton.cdiv(n_rows, rows),)
+    args = (n_rows, n_inner, H, sx_o, sx_i, sr_o, sr_i)
+    return (triton.cdiv(n_rows, rows),), args, x, residual, dict(ROWS=rows, BLOCK_H=block_h, num_warps=num_warps)
+
+
+def _launch(mode, x, residual, weight1, weight2, out, new_residual, eps):
+    geometry = row_launch(x, residual)
+    if geometry is None:
+        return
+    grid, args, x, residual, meta = geometry
     wrap_triton(_rms_norm_kernel)[grid](
         x, residual if residual is not None else x, weight1 if weight1 is not None else weight2, weight2,
-        out, new_residual if new_residual is not None else out,
-        n_rows, n_inner, H, sx_o, sx_i, sr_o, sr_i, eps,
-        MODE=mode, ROWS=rows, BLOCK_H=block_h, num_warps=num_warps,
+        out, new_residual if new_residual is not None else out, *args, eps, MODE=mode, **meta,
     )
 
 
