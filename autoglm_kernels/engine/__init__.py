@@ -131,6 +131,7 @@ class DecodeEngine:
             "replays": sum(s.replays for s in slots),
             "capture_s": round(sum(s.capture_s for s in slots), 4),
             "caches": len(self.caches._caches),
+            "last_recapture": self.graphs.recapture_reason,
             "fallbacks": sorted(self._told) + ([self.graphs.disabled] if self.graphs.disabled else []),
         }
 

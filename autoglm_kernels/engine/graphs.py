@@ -75,6 +75,7 @@ class DecodeGraphs:
         self.pool = torch.cuda.graph_pool_handle() if capture else None
         self.captures = 0
         self.disabled: str | None = None  # set when a capture failed: the step then runs eagerly
+        self.recapture_reason = ""  # what differed from the previous graph at the latest capture
 
     def __call__(self, cache, kwargs: dict):
         # A 2-D attention mask grows by one column per step; pad it to the cache capacity so the
@@ -110,6 +111,11 @@ class DecodeGraphs:
             del self.slots[next(iter(self.slots))]
 
     def _capture(self, key, cache, kwargs) -> _Slot:
+        if self.slots:  # say what differs from the newest graph: a step that keeps changing shape shows here
+            last = next(reversed(self.slots))
+            self.recapture_reason = ", ".join(f"{a[0]}: {a[2:]} -> {b[2:]}" for a, b in zip(last, key) if a != b) or (
+                "the cache the graph captured is gone" if last == key else f"argument names {len(last)} -> {len(key)}")
+            log.info("autoglm_kernels: new decode graph (%s)", self.recapture_reason)
         self._evict()
         start = time.perf_counter()
         inputs = {k: v.clone() for k, v in kwargs.items() if torch.is_tensor(v)}
