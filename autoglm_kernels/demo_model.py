@@ -24,16 +24,16 @@ import torch
 from .models import REFERENCE_MODELS, reference_config
 
 CORPUS = Path(__file__).parent / "data" / "corpus.txt"
-_FORMAT = 1  # bump when the checkpoint layout changes: invalidates cached checkpoints
+_FORMAT = 2  # bump when the checkpoint layout changes: invalidates cached checkpoints
 _MARKER = "autoglm_demo.json"
 
 # Short architecture names -> the reference model whose (shrunk) config they use.
 ARCHS = {"glm4": "glm4-9b", "llama": "llama3.2-1b", "opt": "opt-1.3b"}
 
 # tiny=False: the demo size, a bit wider and deeper than the test size, still a few MB and CPU-fast.
-_DEMO = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+_DEMO = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
              intermediate_size=704, vocab_size=1024)
-_DEMO_OPT = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=8, ffn_dim=704, vocab_size=1024,
+_DEMO_OPT = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, ffn_dim=704, vocab_size=1024,
                  word_embed_proj_dim=256)
 
 
