@@ -10,8 +10,8 @@ model shapes are GPU tests.
 import pytest
 import torch
 
-from attention_reference import assert_within_stock_error, sdpa_reference
 from autoglm_kernels import ops
+from references import assert_within_stock_error, sdpa_reference
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"

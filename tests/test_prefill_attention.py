@@ -10,8 +10,8 @@ the Triton interpreter with small tiles (fp32/fp16, small shapes); bf16 and long
 import pytest
 import torch
 
-from attention_reference import assert_within_stock_error, sdpa_reference
 from autoglm_kernels import ops
+from references import assert_within_stock_error, sdpa_reference
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"

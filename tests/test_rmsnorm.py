@@ -13,6 +13,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
 from autoglm_kernels import ops
+from references import assert_stock_close
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 MODULES = {"llama": LlamaRMSNorm, "glm4": Glm4RMSNorm, "qwen3": Qwen3RMSNorm}
@@ -35,18 +36,6 @@ def make_like(m, dtype):
     with torch.no_grad():
         m2.weight.copy_(m.weight)
     return m2
-
-
-def assert_stock_close(out, stock, ref, *, slack=2.0):
-    """fp32: tight; fp16/bf16: max error vs the float64 reference <= slack x stock's error (+ eps)."""
-    assert out.dtype == stock.dtype and out.shape == stock.shape
-    if out.dtype == torch.float32:
-        torch.testing.assert_close(out, stock, atol=2e-5, rtol=2e-5)
-        return
-    err = (out.double() - ref).abs().max().item()
-    stock_err = (stock.double() - ref).abs().max().item()
-    tiny = torch.finfo(out.dtype).eps * ref.abs().max().item()
-    assert err <= slack * stock_err + tiny, f"kernel error {err:.3g} > {slack} x stock error {stock_err:.3g}"
 
 
 # bf16 is GPU-only: the interpreter truncates fp32 -> bf16 instead of rounding to nearest
