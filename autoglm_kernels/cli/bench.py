@@ -358,6 +358,8 @@ def format_table(results: list[Result]) -> str:
             note += f"; graphs: {eng.get('captures')} captured, {eng.get('replays')} replays"
             if eng.get("fallbacks"):
                 note += f", eager because: {'; '.join(eng['fallbacks'])}"
+            if (eng.get("captures") or 0) > 1 and eng.get("last_recapture"):
+                note += f", last new graph because {eng['last_recapture']}"
         rows.append((r.model, r.mode, _fmt(r.tok_per_s, ".1f"), _fmt(r.ms_per_token, ".2f"), _fmt(r.ttft_ms, ".1f"),
                      _fmt(r.pct_of_bw_limit, ".1f"), _fmt(r.peak_mem_gib, ".2f"), note))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
