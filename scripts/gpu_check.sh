@@ -36,7 +36,9 @@ def v(p):
     try: return md.version(p)
     except Exception: return None
 p = torch.cuda.get_device_properties(0)
-dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip() != "" if subprocess.run(["git", "rev-parse"], capture_output=True).returncode == 0 else None
+# Only a real checkout of this repository can say whether the tree differs from the commit.
+has_head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True).returncode == 0
+dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip() != "" if has_head else None
 json.dump({"device": p.name, "capability": f"{p.major}.{p.minor}", "sms": p.multi_processor_count,
            "memory_gib": round(p.total_memory / 2**30, 1), "torch": torch.__version__, "cuda": torch.version.cuda,
            "triton": v("triton"), "transformers": v("transformers"), "python": platform.python_version(),
