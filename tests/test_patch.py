@@ -397,3 +397,20 @@ def test_tensor_parallel_model_stays_stock_with_a_reason():
     unpatch_model(model)
     with pytest.raises(ValueError, match="tensor-parallel"):
         patch_model(model, strict=True)
+
+
+def test_device_map_dispatched_model_stays_stock_with_a_reason():
+    """A model that accelerate dispatched (device_map over several devices / offload: modules carry
+    `_hf_hook`s that move activations between devices) is left stock, tokens unchanged."""
+    accelerate = pytest.importorskip("accelerate")
+
+    model = AutoModelForCausalLM.from_config(reference_config("llama3.2-1b", tiny=True)).eval()
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    model = accelerate.dispatch_model(model, device_map=device_map, force_hooks=True)
+    ids = torch.randint(1, 500, (1, 6))
+    ref = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    report = patch_model(model)
+    assert not report.supported and "accelerate dispatch hooks" in str(report)
+    torch.testing.assert_close(model.generate(input_ids=ids, max_new_tokens=6, do_sample=False), ref, rtol=0, atol=0)
+    unpatch_model(model)
