@@ -49,15 +49,24 @@ def test_engine_over_patched_model_matches_stock(name):
     """Fused layers + static cache + static-buffer decode step: the stock tokens, exactly (fp32)."""
     from autoglm_kernels import patch_model, unpatch_model
 
-    model = _model(name)
+    torch.manual_seed(0)
+    cfg = reference_config(name, tiny=True)
+    cfg.head_dim = 64  # a head size the attention kernels take, so attention is fused too
+    model = AutoModelForCausalLM.from_config(cfg).eval()
     ids = torch.randint(1, 500, (2, 7))
-    ref = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
-    patch_model(model)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
+    report = patch_model(model)
+    assert report.num_patched("attention") == 2
     eng = engine.install(model, capture=False, min_cache_len=32)
     try:
-        out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
-        assert eng.stats()["replays"] == 9
+        # The fused attention takes a 2-D mask that grows by one column per step: the engine pads it
+        # to the cache capacity, so every step is served by one graph (the H100 run before this
+        # fix captured a new graph for every token).
+        assert eng.stats()["replays"] == 9 and eng.stats()["captures"] == 1, eng.stats()
     finally:
         engine.uninstall(model)
         unpatch_model(model)
