@@ -8,7 +8,8 @@
 How it plugs in: torch's caching allocator keeps serving tensors, but inside a region it takes
 the *segments* of a private torch.cuda.MemPool from this pool (CUDAPluggableAllocator ->
 autoglm_pool_alloc / autoglm_pool_free) instead of from cudaMalloc/cudaFree. Each region gets a
-fresh torch MemPool, dropped at exit, so torch hands its cached segments back; here they
+fresh torch MemPool, dropped at exit and followed by torch.cuda.empty_cache(), so torch hands
+its cached segments back (the exit also trims torch's default-pool cache); here they
 coalesce with their neighbours, and the next region (a longer prompt, say) reuses the same
 device memory without cudaMalloc and without segments cached for other sizes piling up.
 `reserve()` sizes the arena up front so that steady-state decode makes no backing allocation.
@@ -295,10 +296,14 @@ class _Region:
             # keep the torch MemPool (a generator local) alive after the region.
             ctx.__exit__(None, None, None)
         finally:
-            # The last references to the torch MemPool (the context manager keeps its arguments):
-            # its destructor empties the pool's cache, i.e. returns the cached segments here.
+            # The last references to the torch MemPool (the context manager keeps its arguments).
+            # A dropped MemPool's cached segments go back through our free only at the next
+            # empty_cache (PyTorch's documented MemPool behaviour; without it the H100 run saw
+            # every region take new segments), which also trims torch's default-pool cache.
             del ctx
             self._mempool = None
+            with torch.cuda.device(self._pool.index):
+                torch.cuda.empty_cache()
         pool, before = self._pool, self._before
         after = pool._raw_stats()
         if exc_type is not None and issubclass(exc_type, OutOfMemoryError) and after.ooms > before.ooms:
