@@ -32,18 +32,9 @@ def _heads(name):
     return kw["num_attention_heads"], kw["num_key_value_heads"], kw["head_dim"]
 
 
-class _AttnModule:
-    """The attributes transformers' sdpa_attention_forward reads from an attention module."""
-
-    def __init__(self, groups):
-        self.num_key_value_groups = groups
-        self.is_causal = True
-        self.training = False
-
-
 @pytest.mark.parametrize("name,L,c_mult,impl", CASES, ids=[f"{m}-L{L}-C{c}L-{i}" for m, L, c, i in CASES])
 def test_decode_attention(benchmark, bandwidth, name, L, c_mult, impl):
-    from common import GraphTimer, copies_for, record
+    from common import GraphTimer, StockAttnModule, copies_for, record
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from autoglm_kernels import ops
@@ -56,7 +47,7 @@ def test_decode_attention(benchmark, bandwidth, name, L, c_mult, impl):
     useful = 2 * B * Hk * L * D * 2 + 2 * B * Hq * D * 2
     kv_lens = torch.full((B,), L, dtype=torch.int32, device="cuda")
     mask4d = (torch.arange(C, device="cuda") < L).view(1, 1, 1, C).expand(B, 1, 1, C)
-    module = _AttnModule(Hq // Hk)
+    module = StockAttnModule(Hq // Hk)
 
     sets = []
     for _ in range(copies_for(useful)):

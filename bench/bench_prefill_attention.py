@@ -19,18 +19,9 @@ CASES = [(1, S, 0, impl) for S in (512, 2048, 8192) for impl in ("stock", "fused
 CASES += [(2, 2048, 300, impl) for impl in ("stock", "fused_triton", "dispatch")]  # row 1 left-padded by 300
 
 
-class _AttnModule:
-    """The attributes transformers' sdpa_attention_forward reads from an attention module."""
-
-    def __init__(self, groups):
-        self.num_key_value_groups = groups
-        self.is_causal = True
-        self.training = False
-
-
 @pytest.mark.parametrize("B,S,pad,impl", CASES, ids=[f"B{b}-S{s}-pad{p}-{i}" for b, s, p, i in CASES])
 def test_prefill_attention(benchmark, bandwidth, B, S, pad, impl):
-    from common import GraphTimer, copies_for, record
+    from common import GraphTimer, StockAttnModule, copies_for, record
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from autoglm_kernels import ops
@@ -41,7 +32,7 @@ def test_prefill_attention(benchmark, bandwidth, B, S, pad, impl):
     L, dt, scale = S, torch.bfloat16, D**-0.5
     benchmark.group = f"prefill_attention {MODEL} B={B} S={S}" + (f" left-padded {pad}" if pad else "")
     nbytes = 2 * B * (2 * Hq * S + 2 * Hk * L) * D  # q, out, k, v
-    module = _AttnModule(Hq // Hk)
+    module = StockAttnModule(Hq // Hk)
     kv_mask = mask4d = None
     if pad:
         kv_mask = torch.ones(B, L, dtype=torch.int64, device="cuda")

@@ -60,6 +60,16 @@ class GraphTimer:
         return statistics.median(times)
 
 
+class StockAttnModule:
+    """The attributes transformers' sdpa_attention_forward reads from an attention module, so the
+    attention benchmarks can time the stock path exactly as a model calls it."""
+
+    def __init__(self, groups: int):
+        self.num_key_value_groups = groups
+        self.is_causal = True
+        self.training = False
+
+
 def read_bandwidth(nbytes: int = 2**30) -> float:
     """Achievable read bandwidth in bytes/s: a 1 GiB read-only reduction, GPU-timed."""
     x = torch.randn(nbytes // 2, device="cuda", dtype=torch.bfloat16)
