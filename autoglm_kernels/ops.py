@@ -440,26 +440,13 @@ def _rope_fake(q, k, cos, sin, interleaved, mrope_section):
     return None
 
 
-def apply_rope_(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    *,
-    interleaved: bool,
-    mrope_section: Optional[list[int]] = None,
-) -> None:
-    """Rotate q [B, S, Hq, D] and k [B, S, Hk, D] in place, both in one launch.
+@torch.library.register_fake("autoglm::rope_append_kv")
+def _rope_append_kv_fake(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section):
+    return None
 
-    q, k: any strides with a contiguous last dim (views into a fused qkv output are fine).
-    cos, sin: exactly what the model's rotary embedding module returns, [B or 1, S, R] with an
-    even rotary dim R <= D: the first R dims of each head rotate, the rest pass through untouched.
-    interleaved=False: Llama's rotate_half (pairs (i, i+R/2)). interleaved=True: GLM-4's form
-    (pairs (2i, 2i+1) with cos[..., i]). mrope_section (GLM-4.1V, e.g. [8, 12, 12], summing to
-    R/2): with interleaved=True and 3-D cos it marks transformers 5.x's merged, pair-duplicated
-    cos/sin (pair i uses cos[..., 2i]); with 4-D cos [3, B or 1, S, R] (transformers 4.x) the
-    kernel picks position stream t/h/w per frequency itself. No host sync: graph-capturable.
-    """
+
+def _check_rope(q, k, cos, sin, interleaved, mrope_section) -> Optional[list[int]]:
+    """Validate apply_rope_/rope_append_kv_ arguments; returns mrope_section as a list (or None)."""
     check_tensor("q", q, dtypes=FLOAT_DTYPES, dim=4)
     check_tensor("k", k, dtypes=FLOAT_DTYPES, dim=4)
     check_tensor("cos", cos, dtypes=FLOAT_DTYPES, dim=(3, 4))
@@ -501,10 +488,79 @@ def apply_rope_(
             raise ValueError("mrope_section with 3-D cos means GLM-4.1V's merged interleaved layout; "
                              "pass interleaved=True (or the 4-D [3, B, S, R] cos/sin)")
         mrope_section = sec
+    return mrope_section
+
+
+def apply_rope_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool,
+    mrope_section: Optional[list[int]] = None,
+) -> None:
+    """Rotate q [B, S, Hq, D] and k [B, S, Hk, D] in place, both in one launch.
+
+    q, k: any strides with a contiguous last dim (views into a fused qkv output are fine).
+    cos, sin: exactly what the model's rotary embedding module returns, [B or 1, S, R] with an
+    even rotary dim R <= D: the first R dims of each head rotate, the rest pass through untouched.
+    interleaved=False: Llama's rotate_half (pairs (i, i+R/2)). interleaved=True: GLM-4's form
+    (pairs (2i, 2i+1) with cos[..., i]). mrope_section (GLM-4.1V, e.g. [8, 12, 12], summing to
+    R/2): with interleaved=True and 3-D cos it marks transformers 5.x's merged, pair-duplicated
+    cos/sin (pair i uses cos[..., 2i]); with 4-D cos [3, B or 1, S, R] (transformers 4.x) the
+    kernel picks position stream t/h/w per frequency itself. No host sync: graph-capturable.
+    """
+    mrope_section = _check_rope(q, k, cos, sin, interleaved, mrope_section)
     torch.ops.autoglm.rope(q, k, cos, sin, interleaved, mrope_section)
 
 
+def rope_append_kv_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cache_len: torch.Tensor,
+    *,
+    interleaved: bool,
+    mrope_section: Optional[list[int]] = None,
+) -> None:
+    """apply_rope_ and a static-cache append in one launch: the decode step's RoPE + KV update.
+
+    q [B, S, Hq, D] rotates in place (as apply_rope_); k, v [B, S, Hk, D] are not modified: the
+    rotated k and v go to k_cache/v_cache [B, Hk, C, D] (transformers' StaticLayer keys/values)
+    at slots cache_len + [0, S), and cache_len (a 1-element integer device tensor, StaticLayer's
+    cumulative_length) advances by S. Slots >= C are skipped (the caller sizes the cache).
+    """
+    mrope_section = _check_rope(q, k, cos, sin, interleaved, mrope_section)
+    B, S, Hk, D = k.shape
+    check_tensor("v", v, dtypes=FLOAT_DTYPES, dim=4)
+    check_tensor("k_cache", k_cache, dtypes=FLOAT_DTYPES, dim=4)
+    check_tensor("v_cache", v_cache, dtypes=FLOAT_DTYPES, dim=4)
+    check_tensor("cache_len", cache_len, dtypes=(torch.int32, torch.int64))
+    check_same("device", q=q, v=v, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len)
+    check_same("dtype", k=k, v=v, k_cache=k_cache, v_cache=v_cache)
+    if v.shape != k.shape:
+        raise ValueError(f"v must have k's shape [B, S, Hk, D]; got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.shape[0] != B or t.shape[1] != Hk or t.shape[3] != D:
+            raise ValueError(f"{name} must be [B={B}, Hk={Hk}, capacity, D={D}]; got {tuple(t.shape)}")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"k_cache and v_cache must have one shape; got {tuple(k_cache.shape)} and "
+                         f"{tuple(v_cache.shape)}")
+    for name, t in (("v", v), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dim (stride 1), got strides {t.stride()}")
+    if cache_len.numel() != 1:
+        raise ValueError(f"cache_len must hold one count (the cache's valid length); got shape {tuple(cache_len.shape)}")
+    torch.ops.autoglm.rope_append_kv(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section)
+
+
 KERNELS["apply_rope_"] = _norm_rope_kernel_state()
+KERNELS["rope_append_kv_"] = _norm_rope_kernel_state()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,9 +45,14 @@ def test_static_buffer_path_matches_eager_generate(name):
 
 
 @pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b"])
-def test_engine_over_patched_model_matches_stock(name):
-    """Fused layers + static cache + static-buffer decode step: the stock tokens, exactly (fp32)."""
-    from autoglm_kernels import patch_model, unpatch_model
+def test_engine_over_patched_model_matches_stock(name, monkeypatch):
+    """Fused layers + static cache + static-buffer decode step: the stock tokens, exactly (fp32).
+    Decode steps append k/v through rope_append_kv_ (RoPE + static-cache write in one op)."""
+    from autoglm_kernels import ops, patch_model, unpatch_model
+
+    appends = []
+    real = ops.rope_append_kv_
+    monkeypatch.setattr(ops, "rope_append_kv_", lambda *a, **k: (appends.append(a[0].shape), real(*a, **k))[1])
 
     torch.manual_seed(0)
     cfg = reference_config(name, tiny=True)
@@ -67,6 +72,8 @@ def test_engine_over_patched_model_matches_stock(name):
         # to the cache capacity, so every step is served by one graph (the H100 run before this
         # fix captured a new graph for every token).
         assert eng.stats()["replays"] == 9 and eng.stats()["captures"] == 1, eng.stats()
+        # 2 layers x 9 decode steps; the prefill (7 tokens) into the empty cache takes the stock update
+        assert len(appends) == 2 * 9 and all(s[1] == 1 for s in appends), appends
     finally:
         engine.uninstall(model)
         unpatch_model(model)
@@ -154,3 +161,28 @@ def test_patched_cuda_graph_decode_matches_eager_patched(name):
     assert st["captures"] == 1 and st["replays"] == 2 * 31, st
     unpatch_model(model)
     assert engine.engine_of(model) is None
+
+
+@pytest.mark.gpu
+def test_thousand_generates_do_not_grow_memory():
+    """1,000 generate calls with varying prompt lengths (patched model, graph decode): after the
+    graphs and caches of the first calls exist, allocated memory does not grow."""
+    from autoglm_kernels import patch_model, unpatch_model
+
+    model = _model("llama3.2-1b", device="cuda", dtype=torch.bfloat16)
+    patch_model(model)
+    gen = torch.Generator().manual_seed(0)
+    try:
+        allocated = []
+        for i in range(1000):
+            n = int(torch.randint(1, 200, (1,), generator=gen))
+            ids = torch.randint(1, 500, (1, n), generator=gen).to("cuda")
+            model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            if i in (99, 999):
+                torch.cuda.synchronize()
+                allocated.append(torch.cuda.memory_allocated())
+        st = engine.engine_of(model).stats()
+        assert allocated[1] <= allocated[0], f"allocated grew {allocated[0]} -> {allocated[1]} bytes; engine {st}"
+        assert st["captures"] == 1 and st["replays"] == 3000, st
+    finally:
+        unpatch_model(model)

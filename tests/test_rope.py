@@ -360,3 +360,116 @@ def test_gpu_torch_compile_qkv_views():
     compiled = torch.compile(step, fullgraph=True)(qkv.clone(), cos, sin)
     torch.testing.assert_close(compiled[0], eager[0], atol=0, rtol=0)
     torch.testing.assert_close(compiled[1], eager[1], atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------ rope_append_kv_ (RoPE + append)
+def transformers_static_append(q, k, v, cos, sin, k_cache, v_cache, cache_len, stock_fn, stock_cos, stock_sin):
+    """What the stock attention does: the model's RoPE function, then StaticLayer.update's
+    arange + index_copy_ at cumulative_length (transformers' own StaticLayer)."""
+    from transformers.cache_utils import StaticLayer
+
+    B, S, Hk, D = k.shape
+    layer = StaticLayer(max_cache_len=k_cache.shape[2])
+    layer.lazy_initialization(k.transpose(1, 2), v.transpose(1, 2))
+    layer.keys.copy_(k_cache)
+    layer.values.copy_(v_cache)
+    layer.cumulative_length.fill_(int(cache_len))
+    q_rot, k_rot = stock_fn(q.transpose(1, 2), k.transpose(1, 2), stock_cos, stock_sin)
+    layer.update(k_rot, v.transpose(1, 2))
+    return q_rot.transpose(1, 2), layer.keys, layer.values, layer.cumulative_length
+
+
+APPEND_CASES = [  # (B, S, Hq, Hk, D, C, start, model)
+    (1, 1, 4, 2, 64, 16, 5, "glm4"), (2, 3, 6, 3, 32, 9, 0, "llama"), (1, 16, 8, 1, 128, 40, 24, "glm4"),
+    (3, 2, 2, 2, 38, 7, 6, "llama"),  # odd head_dim; the last slot, and one slot past the end (skipped)
+]
+
+
+@pytest.mark.parametrize("B,S,Hq,Hk,D,C,start,model", APPEND_CASES)
+@pytest.mark.parametrize("dtype", CPU_DTYPES if DEV == "cpu" else [torch.bfloat16, torch.float16])
+def test_rope_append_kv_matches_rope_plus_static_update(B, S, Hq, Hk, D, C, start, model, dtype):
+    if model == "glm4":
+        cos, sin = glm4_cos_sin(B, S, Hq, D, dtype)
+        stock, interleaved = glm4_rope, True
+    else:
+        cos, sin = llama_cos_sin(B, S, Hq, D, dtype)
+        stock, interleaved = llama_rope, False
+    qkv = torch.randn(B, S, (Hq + 2 * Hk) * D, device=DEV, dtype=dtype)
+    q = qkv[..., : Hq * D].view(B, S, Hq, D)
+    k = qkv[..., Hq * D: (Hq + Hk) * D].view(B, S, Hk, D)
+    v = qkv[..., (Hq + Hk) * D:].view(B, S, Hk, D)
+    k_cache = torch.randn(B, Hk, C, D, device=DEV, dtype=dtype)
+    v_cache = torch.randn(B, Hk, C, D, device=DEV, dtype=dtype)
+    cache_len = torch.tensor(start, device=DEV)
+    in_range = start + S <= C
+    if in_range:
+        q_want, kc_want, vc_want, len_want = transformers_static_append(
+            q.clone(), k.clone(), v.clone(), cos, sin, k_cache, v_cache, cache_len, stock, cos, sin)
+    kc0, vc0, k0, v0 = k_cache.clone(), v_cache.clone(), k.clone(), v.clone()
+    ops.rope_append_kv_(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved=interleaved)
+    assert int(cache_len) == start + S
+    assert torch.equal(k, k0) and torch.equal(v, v0), "k/v inputs must not change"
+    slots = [p for p in range(start, start + S) if p < C]
+    untouched = [p for p in range(C) if p not in slots]
+    assert torch.equal(k_cache[:, :, untouched], kc0[:, :, untouched]), "slots outside the append changed"
+    assert torch.equal(v_cache[:, :, untouched], vc0[:, :, untouched])
+    assert torch.equal(v_cache[:, :, slots], v.transpose(1, 2)[:, :, : len(slots)]), "v is copied exactly"
+    if in_range:  # against transformers (stock rounds in the model dtype, the kernel once from fp32)
+        tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+        torch.testing.assert_close(k_cache, kc_want, atol=tol, rtol=tol)
+        torch.testing.assert_close(v_cache, vc_want, atol=0, rtol=0)
+        torch.testing.assert_close(q, q_want, atol=tol, rtol=tol)
+        assert int(len_want) == int(cache_len)
+    # the cached k is bit for bit what apply_rope_ makes of k (pass-through dims included)
+    k_rot = k0.clone()
+    ops.apply_rope_(torch.zeros_like(q), k_rot, cos, sin, interleaved=interleaved)
+    assert torch.equal(k_cache[:, :, slots], k_rot.transpose(1, 2)[:, :, : len(slots)])
+
+
+def test_rope_append_kv_opcheck_and_errors():
+    B, S, Hq, Hk, D, C = 1, 2, 4, 2, 32, 8
+    q, k, v = torch.randn(B, S, Hq, D), torch.randn(B, S, Hk, D), torch.randn(B, S, Hk, D)
+    cos, sin = (t.cpu() for t in random_cos_sin(B, S, D, torch.float32))
+    kc, vc = torch.zeros(B, Hk, C, D), torch.zeros(B, Hk, C, D)
+    n = torch.tensor(3)
+    torch.library.opcheck(torch.ops.autoglm.rope_append_kv, (q, k, v, cos, sin, kc, vc, n, False, None),
+                          test_utils=CPU_OPCHECK)
+
+    def call(k_cache=kc, v_cache=vc, cache_len=n, v=v):
+        ops.rope_append_kv_(q.clone(), k, v, cos, sin, k_cache, v_cache, cache_len.clone(), interleaved=False)
+
+    with pytest.raises(ValueError, match=r"k_cache must be \[B=1, Hk=2, capacity, D=32\]"):
+        call(k_cache=torch.zeros(B, Hk + 1, C, D))
+    with pytest.raises(ValueError, match="one shape"):
+        call(v_cache=torch.zeros(B, Hk, C + 1, D))
+    with pytest.raises(TypeError, match="cache_len has dtype"):
+        call(cache_len=torch.tensor(3.0))
+    with pytest.raises(ValueError, match="one count"):
+        call(cache_len=torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match="v must have k's shape"):
+        call(v=torch.randn(B, S, Hk, D + 2))
+    with pytest.raises(TypeError, match="share one dtype"):
+        call(k_cache=kc.half(), v_cache=vc.half())
+
+
+@pytest.mark.gpu
+def test_gpu_rope_append_kv_opcheck_and_graph():
+    B, S, Hq, Hk, D, C = 1, 1, 32, 2, 128, 64
+    dt = torch.bfloat16
+    q, k, v = (torch.randn(B, S, h, D, device="cuda", dtype=dt) for h in (Hq, Hk, Hk))
+    cos, sin = glm4_cos_sin(B, S, Hq, D, dt)
+    kc, vc = torch.zeros(B, Hk, C, D, device="cuda", dtype=dt), torch.zeros(B, Hk, C, D, device="cuda", dtype=dt)
+    n = torch.tensor(5, device="cuda")
+    torch.library.opcheck(torch.ops.autoglm.rope_append_kv, (q, k, v, cos, sin, kc, vc, n, True, None))
+    n.fill_(5)
+    kc.zero_()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        ops.rope_append_kv_(q, k, v, cos, sin, kc, vc, n, interleaved=True)
+    n.fill_(5)
+    for step in range(3):  # each replay appends at the counter's current slot
+        g.replay()
+    torch.cuda.synchronize()
+    assert int(n) == 8
+    assert torch.equal(vc[:, :, 5:8], v.transpose(1, 2).expand(B, Hk, 3, D))
+    assert kc[:, :, 8:].abs().sum() == 0 and kc[:, :, :5].abs().sum() == 0

@@ -222,6 +222,24 @@ def _static_length(cache, layer_idx: int, k: torch.Tensor) -> Optional[torch.Ten
     return None
 
 
+def _appendable_layer(cache, layer_idx: int, k: torch.Tensor):
+    """The cache layer when this step's k/v can be appended by rope_append_kv_: a decode step
+    (S <= DECODE_MAX_Q) into an initialized plain StaticLayer (not a sliding-window or other
+    subclass, whose update differs) of matching shape and dtype; else None (stock update)."""
+    from transformers.cache_utils import StaticLayer
+
+    layer = _cache_layer(cache, layer_idx) if cache is not None else None
+    if type(layer) is not StaticLayer or not layer.is_initialized or k.shape[1] > DECODE_MAX_Q:
+        return None
+    keys, values, cum = layer.keys, layer.values, getattr(layer, "cumulative_length", None)
+    B, _, Hk, D = k.shape
+    ok = (isinstance(cum, torch.Tensor) and cum.numel() == 1 and cum.device == k.device
+          and keys.dim() == 4 and keys.shape[0] == B and keys.shape[1] == Hk and keys.shape[3] == D
+          and values.shape == keys.shape and keys.dtype == k.dtype and values.dtype == k.dtype
+          and keys.device == k.device and keys.stride(-1) == 1 and values.stride(-1) == 1)
+    return layer if ok else None
+
+
 def _check_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     if mask is not None and mask.dim() != 2:
         raise ValueError(
@@ -276,16 +294,23 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
     if ctx.qk_norm is not None:
         q = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[0], q)
         k = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[1], k)
-    if ctx.rope is not None:
+    layer = _appendable_layer(cache, self.layer_idx, k) if ctx.rope is not None and ctx.fuse_rope else None
+    if layer is not None:  # decode over a static cache: RoPE + cache append in one launch
         cos, sin = position_embeddings
-        if ctx.fuse_rope:
-            ops.apply_rope_(q, k, cos, sin, interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)
-        else:
-            q, k = ctx.stock_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-            q, k = q.transpose(1, 2), k.transpose(1, 2)
-    k, v = k.transpose(1, 2), v.transpose(1, 2)
-    if cache is not None:
-        k, v = cache.update(k, v, self.layer_idx)
+        ops.rope_append_kv_(q, k, v, cos, sin, layer.keys, layer.values, layer.cumulative_length,
+                            interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)
+        k, v = layer.keys, layer.values
+    else:
+        if ctx.rope is not None:
+            cos, sin = position_embeddings
+            if ctx.fuse_rope:
+                ops.apply_rope_(q, k, cos, sin, interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)
+            else:
+                q, k = ctx.stock_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+                q, k = q.transpose(1, 2), k.transpose(1, 2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
     out = attend(q, k, v, attention_mask, ctx.scale, runtime=ctx.runtime, cache=cache, layer_idx=self.layer_idx)
     o = getattr(self, ctx.o_proj)
     return _linear(out.reshape(B, S, hq * d), o.weight, o.bias), None

@@ -36,7 +36,8 @@ _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp
 _LOG2E = 1.4426950408889634
 
 TARGET_PROGRAMS_PER_SM = 2  # split count aims at this many split programs per SM
-MIN_BLOCKS_PER_SPLIT = 2  # a split reads at least this many BLOCK_N-key tiles (bounds partial-result traffic)
+MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many BLOCK_N-key tiles; 1: short contexts get
+# the most parallel, shortest programs (2 measured 0.89-0.91x SDPA at 1k tokens on the H100)
 MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
 
 

@@ -17,8 +17,15 @@ With F = R/2 frequencies, frequency f rotates the pair (x1, x2) by (c, s) from c
 what apply_multimodal_rotary_pos_emb's split/cat of mrope_section*2 selects; done in the kernel's
 addressing so it costs no extra launch.
 
-Grid: (B*S tokens, head blocks of q then of k). Each program loads its token's cos/sin once and
-rotates BLOCK_H heads. Positions come only from the device tensors: graph-capturable.
+torch op `autoglm::rope_append_kv(q!, k, v, cos, sin, k_cache!, v_cache!, cache_len!, ...) -> ()`
+  the decode step's RoPE and static-cache update in one launch (instead of the RoPE kernel plus
+  the arange/add/add_/2x index_copy_ of transformers' StaticLayer.update): q rotates in place,
+  rotated k and v are written to k_cache/v_cache [B, Hk, C, D] at slots cache_len + [0, S), then
+  cache_len (the layer's 0-d device counter) advances by S. Slots >= C are not written.
+
+Grid: (B*S tokens, head blocks of q, then of k, then (append) of v). Each program loads its
+token's cos/sin once and handles BLOCK_H heads. Positions and the cache slot come only from
+device tensors: graph-capturable.
 """
 
 from __future__ import annotations
@@ -45,37 +52,46 @@ def cos_layout(interleaved: bool, mrope_section: Optional[list[int]], cos_dim: i
 
 
 @triton.jit
-def _rotate_heads(
-    X, sb, ss, sh, n_heads, head0, b, s, c1, s1, c2, s2, F,
-    INTERLEAVED: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr,
-):
-    heads = head0 + tl.arange(0, BLOCK_H)
+def _rotate_heads(src, dst, row_ok, F, c1, s1, c2, s2, INTERLEAVED: tl.constexpr, BLOCK_F: tl.constexpr):
+    """Rotate the first R = 2F dims of BLOCK_H heads: src/dst are [BLOCK_H, 1] pointers to each
+    head's element 0 (dst == src: in place)."""
     f = tl.arange(0, BLOCK_F)
-    mask = (heads < n_heads)[:, None] & (f < F)[None, :]
+    mask = row_ok[:, None] & (f < F)[None, :]
     if INTERLEAVED:
         o1 = 2 * f
         o2 = 2 * f + 1
     else:
         o1 = f
         o2 = f + F
-    base = X + b * sb + s * ss + heads.to(tl.int64)[:, None] * sh
-    x1 = tl.load(base + o1[None, :], mask=mask, other=0.0)
-    x2 = tl.load(base + o2[None, :], mask=mask, other=0.0)
+    x1 = tl.load(src + o1[None, :], mask=mask, other=0.0)
+    x2 = tl.load(src + o2[None, :], mask=mask, other=0.0)
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
     y1 = x1f * c1[None, :] - x2f * s1[None, :]
     y2 = x2f * c2[None, :] + x1f * s2[None, :]
-    tl.store(base + o1[None, :], y1.to(x1.dtype), mask=mask)
-    tl.store(base + o2[None, :], y2.to(x2.dtype), mask=mask)
+    tl.store(dst + o1[None, :], y1.to(x1.dtype), mask=mask)
+    tl.store(dst + o2[None, :], y2.to(x2.dtype), mask=mask)
+
+
+@triton.jit
+def _copy_heads(src, dst, row_ok, lo, D, BLOCK_D: tl.constexpr):
+    """Copy dims [lo, D) of BLOCK_H heads (pointers as in _rotate_heads)."""
+    d = lo + tl.arange(0, BLOCK_D)
+    mask = row_ok[:, None] & (d < D)[None, :]
+    tl.store(dst + d[None, :], tl.load(src + d[None, :], mask=mask), mask=mask)
 
 
 @triton.jit
 def _rope_kernel(
-    Q, K, COS, SIN,
-    S, Hq, Hk, F, sec1, sec2,
-    sq_b, sq_s, sq_h, sk_b, sk_s, sk_h,
+    Q, K, V, COS, SIN, KC, VC, POS,
+    S, Hq, Hk, F, D, C, sec1, sec2,
+    sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
+    skc_b, skc_h, skc_n, svc_b, svc_h, svc_n,
     sc_m, sc_b, sc_s, sc_r, ss_m, ss_b, ss_s, ss_r,
-    INTERLEAVED: tl.constexpr, LAYOUT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr,
+    INTERLEAVED: tl.constexpr, LAYOUT: tl.constexpr, APPEND: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Program (token, head block): q head blocks rotate in place; k head blocks rotate in place,
+    or (APPEND) into the cache at slot POS + s; then (APPEND only) v head blocks copy to the cache."""
     tok = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     b = tok // S
@@ -103,12 +119,29 @@ def _rope_kernel(
         c2 = tl.load(cos_base + col2 * sc_r, mask=fm, other=0.0).to(tl.float32)
         s2 = tl.load(sin_base + col2 * ss_r, mask=fm, other=0.0).to(tl.float32)
     n_qb = tl.cdiv(Hq, BLOCK_H)
+    n_kb = tl.cdiv(Hk, BLOCK_H)
+    h = tl.arange(0, BLOCK_H).to(tl.int64)
     if hb < n_qb:
-        _rotate_heads(Q, sq_b, sq_s, sq_h, Hq, hb * BLOCK_H, b, s, c1, s1, c2, s2, F,
-                      INTERLEAVED, BLOCK_H, BLOCK_F)
+        heads = hb * BLOCK_H + h
+        src = Q + b * sq_b + s * sq_s + heads[:, None] * sq_h
+        _rotate_heads(src, src, heads < Hq, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F)
     else:
-        _rotate_heads(K, sk_b, sk_s, sk_h, Hk, (hb - n_qb) * BLOCK_H, b, s, c1, s1, c2, s2, F,
-                      INTERLEAVED, BLOCK_H, BLOCK_F)
+        kv = hb >= n_qb + n_kb  # a v head block (APPEND only)
+        heads = (hb - n_qb - kv.to(tl.int32) * n_kb) * BLOCK_H + h
+        if APPEND:
+            slot = tl.load(POS).to(tl.int64) + s
+            ok = (heads < Hk) & (slot < C)  # a full cache takes no write (no out-of-bounds store)
+            if kv:
+                _copy_heads(V + b * sv_b + s * sv_s + heads[:, None] * sv_h,
+                            VC + b * svc_b + slot * svc_n + heads[:, None] * svc_h, ok, 0, D, BLOCK_D)
+            else:
+                src = K + b * sk_b + s * sk_s + heads[:, None] * sk_h
+                dst = KC + b * skc_b + slot * skc_n + heads[:, None] * skc_h
+                _rotate_heads(src, dst, ok, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F)
+                _copy_heads(src, dst, ok, 2 * F, D, BLOCK_D)  # dims past the rotary part pass through
+        else:
+            src = K + b * sk_b + s * sk_s + heads[:, None] * sk_h
+            _rotate_heads(src, src, heads < Hk, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F)
 
 
 def _as_4d(t: torch.Tensor, B: int, S: int) -> torch.Tensor:
@@ -141,20 +174,11 @@ def rope_reference_(q, k, cos, sin, interleaved: bool, mrope_section: Optional[l
         x2.copy_(y2)
 
 
-@triton_op("autoglm::rope", mutates_args={"q", "k"})
-def rope(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    interleaved: bool, mrope_section: Optional[list[int]],
-) -> None:
-    B, S, Hq, _ = q.shape
+def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]], append=None) -> None:
+    """One launch of _rope_kernel; append = (v, k_cache, v_cache, cache_len) or None."""
+    B, S, Hq, D = q.shape
     Hk = k.shape[2]
-    R = cos.shape[-1]
-    F = R // 2
-    if B * S == 0 or F == 0:
-        return
-    if not _triton_can_run(q.device):
-        rope_reference_(q, k, cos, sin, interleaved, mrope_section)
-        return
+    F = cos.shape[-1] // 2
     sec1, sec2 = F, F  # every frequency on stream 0
     if cos.dim() == 4:
         sec1, sec2 = mrope_section[0], mrope_section[0] + mrope_section[1]
@@ -162,12 +186,66 @@ def rope(
     block_f = triton.next_power_of_2(int(F))
     pairs = 512 if B * S < 64 else 2048  # decode: more, smaller programs; prefill: bigger tiles
     block_h = max(1, min(triton.next_power_of_2(int(max(Hq, Hk))), pairs // block_f))
-    grid = (B * S, triton.cdiv(Hq, block_h) + triton.cdiv(Hk, block_h))
+    n_kb = triton.cdiv(Hk, block_h)
+    if append is None:
+        v, kc, vc, pos, C = k, k, k, q, 0  # unused (APPEND=False)
+        v_strides, kc_strides, vc_strides = (0, 0, 0), (0, 0, 0), (0, 0, 0)
+    else:
+        v, kc, vc, pos = append
+        C = kc.shape[2]
+        v_strides = (v.stride(0), v.stride(1), v.stride(2))
+        kc_strides = (kc.stride(0), kc.stride(1), kc.stride(2))
+        vc_strides = (vc.stride(0), vc.stride(1), vc.stride(2))
+    grid = (B * S, triton.cdiv(Hq, block_h) + n_kb * (2 if append is not None else 1))
     wrap_triton(_rope_kernel)[grid](
-        q, k, c4, s4,
-        S, Hq, Hk, F, sec1, sec2,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        q, k, v, c4, s4, kc, vc, pos,
+        S, Hq, Hk, F, D, C, sec1, sec2,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), *v_strides,
+        *kc_strides, *vc_strides,
         *c4.stride(), *s4.stride(),
-        INTERLEAVED=interleaved, LAYOUT=cos_layout(interleaved, mrope_section, cos.dim()),
-        BLOCK_H=block_h, BLOCK_F=block_f, num_warps=4 if block_h * block_f <= 512 else 8,
+        INTERLEAVED=interleaved, LAYOUT=cos_layout(interleaved, mrope_section, cos.dim()), APPEND=append is not None,
+        BLOCK_H=block_h, BLOCK_F=block_f, BLOCK_D=triton.next_power_of_2(int(D)),
+        num_warps=4 if block_h * block_f <= 512 else 8,
     )
+
+
+@triton_op("autoglm::rope", mutates_args={"q", "k"})
+def rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    interleaved: bool, mrope_section: Optional[list[int]],
+) -> None:
+    B, S = q.shape[:2]
+    if B * S == 0 or cos.shape[-1] // 2 == 0:
+        return
+    if not _triton_can_run(q.device):
+        rope_reference_(q, k, cos, sin, interleaved, mrope_section)
+        return
+    _launch(q, k, cos, sin, interleaved, mrope_section)
+
+
+def rope_append_kv_reference(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved: bool,
+                             mrope_section: Optional[list[int]]) -> None:
+    """Plain-torch rope_append_kv (the fallback where Triton cannot run; syncs with the host)."""
+    k = k.clone()
+    rope_reference_(q, k, cos, sin, interleaved, mrope_section)
+    S, C = q.shape[1], k_cache.shape[2]
+    slots = torch.arange(S, device=q.device) + cache_len.reshape(()).to(torch.int64)
+    keep = slots < C
+    k_cache.index_copy_(2, slots[keep], k.transpose(1, 2)[:, :, keep])
+    v_cache.index_copy_(2, slots[keep], v.transpose(1, 2)[:, :, keep])
+    cache_len.add_(S)
+
+
+@triton_op("autoglm::rope_append_kv", mutates_args={"q", "k_cache", "v_cache", "cache_len"})
+def rope_append_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, cache_len: torch.Tensor,
+    interleaved: bool, mrope_section: Optional[list[int]],
+) -> None:
+    if q.shape[0] * q.shape[1] == 0:
+        return
+    if not _triton_can_run(q.device):
+        rope_append_kv_reference(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section)
+        return
+    _launch(q, k, cos, sin, interleaved, mrope_section, append=(v, k_cache, v_cache, cache_len))
+    cache_len.add_(q.shape[1])  # after the kernel read it (stream order)

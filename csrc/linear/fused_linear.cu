@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "linear/fused_linear.h"
 
@@ -36,7 +37,21 @@ constexpr int kMaxGemvRows = 16;  // M above this goes to the GEMM path
 // Weights of this size and more go to cuBLAS (+ the fused epilogue) even at M <= 16: measured on
 // H100, cuBLAS streams >= 64 MiB weights at 85-92% of read bandwidth, slightly ahead of this GEMV,
 // and far ahead on the very wide lm_heads (N >= 50k), where the GEMV runs 1-warp blocks.
+// AUTOGLM_GEMV_MAX_WEIGHT_MIB overrides it (a tuning knob for benchmarks; read once per process).
 constexpr int64_t kMaxGemvWeightBytes = int64_t(64) << 20;
+
+int64_t max_gemv_weight_bytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("AUTOGLM_GEMV_MAX_WEIGHT_MIB");
+    if (env == nullptr || *env == '\0') return kMaxGemvWeightBytes;
+    char* end = nullptr;
+    const long long mib = std::strtoll(env, &end, 10);
+    TORCH_CHECK_VALUE(end != env && *end == '\0' && mib >= 0,
+                      "AUTOGLM_GEMV_MAX_WEIGHT_MIB must be a non-negative integer (MiB), got '", env, "'");
+    return int64_t(mib) << 20;
+  }();
+  return bytes;
+}
 constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
 constexpr int kUnroll = 4;        // steps whose loads are in flight together (4 KB of weight per warp)
 constexpr int kMaxWarps = 16;     // split-K warps per block
@@ -294,6 +309,19 @@ int sm_count() {
   return cache[dev];
 }
 
+// Blocks of `warps` warps that fit on one SM at once (registers, shared memory), cached per
+// kernel and block size (a host-side query; safe during graph capture).
+template <typename T, int MT, Act ACT>
+int resident_blocks(int warps) {
+  static int cache[kMaxWarps + 1] = {};
+  if (cache[warps] == 0) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false>, 32 * warps, 0));
+    cache[warps] = n > 0 ? n : 1;
+  }
+  return cache[warps];
+}
+
 template <typename scalar_t, int MT, Act ACT>
 void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                      int64_t n_out) {
@@ -302,10 +330,15 @@ void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::option
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
   // Split K over more warps while the grid is small (aim for ~16 warps per SM), keeping at
-  // least two unrolled batches per warp.
-  const int64_t target_warps = 16LL * sm_count();
+  // least two unrolled batches per warp, and only while all tiles stay resident at once: a
+  // second, mostly empty wave of blocks costs more than the extra split gains (the H100 run
+  // measured M = 16 on 4096->4608 at 0.82x cuBLAS with 288 blocks on 264 resident slots).
+  const int sms = sm_count();
+  const int64_t target_warps = 16LL * sms;
   int warps = 1;
-  while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps) warps *= 2;
+  while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
+         tiles <= int64_t(resident_blocks<T, MT, ACT>(2 * warps)) * sms)
+    warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
 
   const T* xp = reinterpret_cast<const T*>(x.data_ptr<scalar_t>());
@@ -405,7 +438,7 @@ at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight, cons
   const bool reduced = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
   const bool gemv = reduced && M >= 1 && M <= kMaxGemvRows && N >= 1 && K >= 8 && K % 8 == 0 &&
                     N <= INT32_MAX / 2 && K <= INT32_MAX / 2 && aligned16(weight) &&
-                    N * K * int64_t(weight.element_size()) < kMaxGemvWeightBytes;
+                    N * K * int64_t(weight.element_size()) < max_gemv_weight_bytes();
   at::Tensor y2;
   if (gemv) {
     x2 = x2.contiguous();
