@@ -349,6 +349,17 @@ class MemoryPool:
             _open_pools[self.index] = weakref.ref(self)
             self._closed = False
         self._lib.autoglm_pool_configure(self.index, cap, growth)
+        if cap:
+            # The device's arena outlives MemoryPool objects: drop what an earlier pool left cached,
+            # and refuse a cap below what tensors from earlier regions still hold.
+            self.release()
+            held = self._raw_stats().reserved_bytes
+            if held > cap:
+                self.close()
+                raise ValueError(
+                    f"max_bytes ({cap / 2**20:.2f} MiB) is below the {held / 2**20:.2f} MiB the cuda:{self.index} pool "
+                    "still holds for tensors allocated in earlier MemoryPool regions; free those tensors (and call "
+                    "torch.cuda.empty_cache()) or use a larger cap")
         if initial:
             try:
                 self.reserve(initial)

@@ -275,8 +275,10 @@ def _setup(model, mode: str):
         return lambda: unpatch_model(model)
     if mode == "graph-stock":
         from autoglm_kernels import engine
+        from autoglm_kernels.patch.archs import spec_for
 
-        engine.install(model)
+        spec = spec_for(getattr(model.config, "model_type", ""))
+        engine.install(model, static_cache_unsupported=spec.no_static_cache if spec else None)
         return lambda: engine.uninstall(model)
     return lambda: None
 

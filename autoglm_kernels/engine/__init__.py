@@ -11,6 +11,7 @@ one-time log message saying why. No architecture is named here.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 
@@ -136,6 +137,18 @@ class DecodeEngine:
         }
 
 
+def _with_signature(fn, original):
+    """`fn` presenting `original`'s signature: generate inspects forward's parameters to decide
+    what to pass (position_ids from the attention mask, attention_mask, logits_to_keep), so the
+    wrapper must look like the model's own forward."""
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def engine_of(model) -> DecodeEngine | None:
     return model.__dict__.get(_ATTR)
 
@@ -146,8 +159,8 @@ def install(model, **options) -> DecodeEngine:
     if engine is None:
         engine = DecodeEngine(model, **options)
         model.__dict__[_ATTR] = engine
-        model.__dict__["forward"] = engine.forward
-        model.__dict__["generate"] = engine.generate
+        model.__dict__["forward"] = _with_signature(engine.forward, engine._eager_forward)
+        model.__dict__["generate"] = _with_signature(engine.generate, engine._generate)
     return engine
 
 

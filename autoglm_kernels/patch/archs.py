@@ -58,8 +58,7 @@ ARCHS: dict[str, ArchSpec] = {
                       no_static_cache="GLM-4.1V's M-RoPE position ids are recomputed per step from the whole prompt"),
     "opt": ArchSpec(layers="model.decoder.layers", final_norm="model.decoder.final_layer_norm", norm="layer",
                     input_norm="self_attn_layer_norm", post_attn_norm="final_layer_norm", o_proj="out_proj",
-                    rope=None, mlp="fc1+fc2", mlp_module="", activation="activation_function",
-                    no_static_cache="OPT computes positions from the 2-D attention mask, which a static cache replaces"),
+                    rope=None, mlp="fc1+fc2", mlp_module="", activation="activation_function"),
 }
 
 # MLP activation (config value) -> fused_linear activation. Gated MLPs need silu (gated_silu);
