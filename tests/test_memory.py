@@ -519,7 +519,7 @@ assert pool.stats()["ooms"] >= 1
 pool.check()
 with pool:
     y = torch.ones(16 * MiB, dtype=torch.uint8, device="cuda")
-    assert pool.owns(y) and int(y.sum()) == 16 * MiB
+    assert pool.owns(y) and bool((y == 1).all())  # (y.sum() would make a 128 MiB int64 copy: over the cap)
     del y
 pool.check()
 pool.close()

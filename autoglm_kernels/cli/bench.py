@@ -278,7 +278,8 @@ def _setup(model, mode: str):
         from autoglm_kernels.patch.archs import spec_for
 
         spec = spec_for(getattr(model.config, "model_type", ""))
-        engine.install(model, static_cache_unsupported=spec.no_static_cache if spec else None)
+        engine.install(model, static_cache_unsupported=spec.no_static_cache if spec else None,
+                       step_needs_position_ids=bool(spec and spec.positions_from_mask))
         return lambda: engine.uninstall(model)
     return lambda: None
 

@@ -31,10 +31,13 @@ class DecodeEngine:
 
     def __init__(self, model, *, min_cache_len: int = 256, max_cache_len: int | None = None,
                  max_batch: int = 16, max_graphs: int = 8, capture: bool | None = None,
-                 static_cache_unsupported: str | None = None):
+                 static_cache_unsupported: str | None = None, step_needs_position_ids: bool = False):
         self.model = model
         # Why this architecture's forward cannot run over a StaticCache (from patch/'s table), or None.
         self.static_cache_unsupported = static_cache_unsupported
+        # The forward derives positions from the 2-D mask when position_ids are missing (OPT); the
+        # graph step pads that mask to the cache capacity, so such steps must run eagerly.
+        self.step_needs_position_ids = step_needs_position_ids
         params = inspect.signature(model.forward).parameters
         # transformers renamed the forward/generate argument past_key_values -> cache (5.2x).
         self.cache_name = "cache" if "cache" in params else "past_key_values"
@@ -103,6 +106,7 @@ class DecodeEngine:
         return (
             torch.is_tensor(ids) and ids.dim() == 2 and ids.shape[1] == 1 and ids.shape[0] <= self.max_batch
             and kwargs.get("inputs_embeds") is None
+            and (not self.step_needs_position_ids or kwargs.get("position_ids") is not None)
             and not kwargs.get("output_attentions") and not kwargs.get("output_hidden_states")
             and (not self.capture or ids.is_cuda)
         )

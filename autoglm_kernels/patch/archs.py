@@ -39,6 +39,9 @@ class ArchSpec:
     activation: str = "hidden_act"  # config attribute naming the MLP activation
     # Why the decode engine (static cache + CUDA graph) cannot serve this architecture, or None.
     no_static_cache: str | None = None
+    # The forward derives positions from the 2-D attention mask unless given position_ids (OPT):
+    # the engine graphs only steps that carry position_ids (generate passes them).
+    positions_from_mask: bool = False
 
 
 _LLAMA = ArchSpec()
@@ -58,7 +61,8 @@ ARCHS: dict[str, ArchSpec] = {
                       no_static_cache="GLM-4.1V's M-RoPE position ids are recomputed per step from the whole prompt"),
     "opt": ArchSpec(layers="model.decoder.layers", final_norm="model.decoder.final_layer_norm", norm="layer",
                     input_norm="self_attn_layer_norm", post_attn_norm="final_layer_norm", o_proj="out_proj",
-                    rope=None, mlp="fc1+fc2", mlp_module="", activation="activation_function"),
+                    rope=None, mlp="fc1+fc2", mlp_module="", activation="activation_function",
+                    positions_from_mask=True),
 }
 
 # MLP activation (config value) -> fused_linear activation. Gated MLPs need silu (gated_silu);
