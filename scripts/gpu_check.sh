@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo "${AUTOGLM_GIT_COMMIT:-unknown}")
+# AUTOGLM_GIT_COMMIT first: a device copy of the tree can carry a stale .git
+commit=${AUTOGLM_GIT_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 gpu=$($PY -c "import torch;print(torch.cuda.get_device_name(0).replace(' ','-'))" 2>/dev/null || echo nogpu)
 cap=$($PY -c "import torch;print('%d.%d'%torch.cuda.get_device_capability(0))" 2>/dev/null || echo "")
 res="bench/results/$(date -u +%Y%m%dT%H%M)_${gpu}_${commit}"
