@@ -232,3 +232,50 @@ def test_opt_step_without_position_ids_runs_eagerly():
         assert out.shape == (2, 11)
     finally:
         engine.uninstall(model)
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_glm4v_decode_steps_through_the_engine(with_image):
+    """GLM-4.1V (AutoGLM-Phone): generate passes M-RoPE position_ids every step, so the patched
+    model's decode steps run through the engine's static path with the stock tokens, one graph for
+    every step (transformers 5.17 also passes mm_token_type_ids, one column longer per step: the
+    engine drops it from steps that carry position_ids)."""
+    import sys
+    from pathlib import Path
+
+    from autoglm_kernels import patch_model, unpatch_model
+    from autoglm_kernels.patch.archs import spec_for
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_patch import _model
+
+    model = _model("glm4v")
+    cfg = model.config
+    cfg.image_token_id, cfg.video_token_id = 511, 510  # inside the tiny vocabulary
+    cfg.image_start_token_id, cfg.image_end_token_id, cfg.video_start_token_id, cfg.video_end_token_id = 508, 509, 506, 507
+    torch.manual_seed(3)
+    ids = torch.randint(1, 500, (1, 12))
+    kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+    if with_image:  # one 4x4-patch image (2x2 merge): 4 image tokens
+        ids[:, 3:7] = cfg.image_token_id
+        kw.update(pixel_values=torch.randn(16, 12), image_grid_thw=torch.tensor([[1, 4, 4]]))
+        if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+            kw["mm_token_type_ids"] = (ids == cfg.image_token_id).int()
+    else:  # a left-padded batch of two
+        kw = dict(input_ids=ids.repeat(2, 1), attention_mask=torch.ones(2, 12, dtype=torch.long))
+        kw["attention_mask"][1, :3] = 0
+    gen = dict(max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    with torch.no_grad():
+        ref = model.generate(**kw, **gen)
+        patch_model(model, cuda_graphs=False)
+        spec = spec_for("glm4v")
+        eng = engine.install(model, capture=False, min_cache_len=32, step_needs_position_ids=spec.positions_from_mask,
+                             step_unused=spec.decode_unused)
+        try:
+            out = model.generate(**kw, **gen)
+            st = eng.stats()
+        finally:
+            engine.uninstall(model)
+            unpatch_model(model)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert st["captures"] == 1 and st["replays"] == 9, st

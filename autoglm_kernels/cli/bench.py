@@ -279,7 +279,8 @@ def _setup(model, mode: str):
 
         spec = spec_for(getattr(model.config, "model_type", ""))
         engine.install(model, static_cache_unsupported=spec.no_static_cache if spec else None,
-                       step_needs_position_ids=bool(spec and spec.positions_from_mask))
+                       step_needs_position_ids=bool(spec and spec.positions_from_mask),
+                       step_unused=spec.decode_unused if spec else ())
         return lambda: engine.uninstall(model)
     return lambda: None
 

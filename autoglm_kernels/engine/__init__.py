@@ -31,13 +31,17 @@ class DecodeEngine:
 
     def __init__(self, model, *, min_cache_len: int = 256, max_cache_len: int | None = None,
                  max_batch: int = 16, max_graphs: int = 8, capture: bool | None = None,
-                 static_cache_unsupported: str | None = None, step_needs_position_ids: bool = False):
+                 static_cache_unsupported: str | None = None, step_needs_position_ids: bool = False,
+                 step_unused: tuple[str, ...] = ()):
         self.model = model
         # Why this architecture's forward cannot run over a StaticCache (from patch/'s table), or None.
         self.static_cache_unsupported = static_cache_unsupported
         # The forward derives positions from the 2-D mask when position_ids are missing (OPT); the
         # graph step pads that mask to the cache capacity, so such steps must run eagerly.
         self.step_needs_position_ids = step_needs_position_ids
+        # Inputs such a step does not use (GLM-4.1V's mm_token_type_ids, which transformers 5.17
+        # passes every step, one column longer each time): dropped so one graph serves every step.
+        self.step_unused = tuple(step_unused)
         params = inspect.signature(model.forward).parameters
         # transformers renamed the forward/generate argument past_key_values -> cache (5.2x).
         self.cache_name = "cache" if "cache" in params else "past_key_values"
@@ -125,6 +129,8 @@ class DecodeEngine:
 
     def forward(self, *args, **kwargs):
         if self._is_decode_step(args, kwargs):
+            if self.step_unused and kwargs.get("position_ids") is not None:
+                kwargs = {k: v for k, v in kwargs.items() if k not in self.step_unused}
             return self.graphs(kwargs[self.cache_name], kwargs)
         return self._eager_forward(*args, **kwargs)
 

@@ -39,9 +39,12 @@ class ArchSpec:
     activation: str = "hidden_act"  # config attribute naming the MLP activation
     # Why the decode engine (static cache + CUDA graph) cannot serve this architecture, or None.
     no_static_cache: str | None = None
-    # The forward derives positions from the 2-D attention mask unless given position_ids (OPT):
-    # the engine graphs only steps that carry position_ids (generate passes them).
+    # The forward derives positions from the 2-D attention mask unless given position_ids (OPT,
+    # GLM-4.1V's M-RoPE): the engine graphs only steps that carry position_ids (generate passes them).
     positions_from_mask: bool = False
+    # Inputs a decode step that carries position_ids does not use (they only feed the position
+    # computation) and that generate may still pass, growing by a column per step.
+    decode_unused: tuple[str, ...] = ()
 
 
 _LLAMA = ArchSpec()
@@ -58,7 +61,7 @@ ARCHS: dict[str, ArchSpec] = {
     # GLM-4.1V (AutoGLM-Phone): only the text decoder is patched; the vision tower stays stock.
     "glm4v": ArchSpec(layers="model.language_model.layers", final_norm="model.language_model.norm",
                       text_config="text_config", rope="mrope", mlp="gate_up_proj", sandwich=True,
-                      no_static_cache="GLM-4.1V's M-RoPE position ids are recomputed per step from the whole prompt"),
+                      positions_from_mask=True, decode_unused=("mm_token_type_ids",)),
     "opt": ArchSpec(layers="model.decoder.layers", final_norm="model.decoder.final_layer_norm", norm="layer",
                     input_norm="self_attn_layer_norm", post_attn_norm="final_layer_norm", o_proj="out_proj",
                     rope=None, mlp="fc1+fc2", mlp_module="", activation="activation_function",

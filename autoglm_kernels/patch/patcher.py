@@ -438,7 +438,8 @@ def _use_engine(model: nn.Module, state: PatchState, spec: ArchSpec) -> None:
     from .. import engine
 
     eng = engine.install(model, static_cache_unsupported=spec.no_static_cache,
-                         step_needs_position_ids=spec.positions_from_mask, **state.engine_options)
+                         step_needs_position_ids=spec.positions_from_mask, step_unused=spec.decode_unused,
+                         **state.engine_options)
     if spec.no_static_cache:
         state.report.add_stock("cuda_graphs", spec.no_static_cache)
     else:
