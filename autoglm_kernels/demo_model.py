@@ -194,12 +194,20 @@ def random_model(name: str, *, dtype=torch.bfloat16, device="cuda", num_layers: 
 
     Weight init is skipped (transformers' no_init_weights) and replaced by fill_random_, so a 9B
     model takes seconds on a GPU. `num_layers` shrinks the depth (quick runs), `tiny` the whole model.
+    autoglm-phone-9b (a GLM-4.1V text config) becomes a Glm4vForConditionalGeneration around that
+    text decoder with a one-block vision tower: the reference for text decoding, not for images.
     """
+    import transformers
     from transformers import AutoModelForCausalLM
 
     cfg = reference_config(name, tiny=tiny, num_layers=num_layers)
     with _no_init_weights(), torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        if cfg.model_type == "glm4v_text":
+            vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=cfg.hidden_size)
+            full = transformers.Glm4vConfig(text_config=cfg.to_dict(), vision_config=vision)
+            model = transformers.Glm4vForConditionalGeneration._from_config(full, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     model.tie_weights()  # no_init_weights also skips tying
     fill_random_(model, seed)
     return model.eval()

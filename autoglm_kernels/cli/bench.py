@@ -28,8 +28,10 @@ MODE_HELP = ("stock: transformers as is (sdpa, DynamicCache); graph-stock: stock
              "with default options")
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
           "float32": "float32", "fp32": "float32"}
-# Reference models AutoModelForCausalLM can build (autoglm-phone-9b's text decoder has no causal-LM class).
-CAUSAL_LM_MODELS = ("llama3.2-1b", "llama3.1-8b", "glm4-9b", "opt-1.3b")
+# Reference models the benchmark builds (autoglm-phone-9b: the GLM-4.1V model around its text
+# decoder, with a token vision tower; text prompts).
+CAUSAL_LM_MODELS = ("llama3.2-1b", "llama3.1-8b", "glm4-9b", "opt-1.3b", "autoglm-phone-9b")
+DEFAULT_MODELS = ("llama3.2-1b", "llama3.1-8b", "glm4-9b", "opt-1.3b")
 
 
 def int_at_least(low: int):
@@ -64,7 +66,7 @@ def add_model_arguments(parser, default_models: str) -> None:
 
 
 def add_arguments(parser) -> None:
-    add_model_arguments(parser, default_models=",".join(CAUSAL_LM_MODELS))
+    add_model_arguments(parser, default_models=",".join(DEFAULT_MODELS))
     parser.add_argument("--new-tokens", type=int_at_least(2), default=128, metavar="N",
                         help="tokens each generate produces, EOS ignored (default 128)")
     parser.add_argument("--modes", default="stock,patched", help=f"comma list of: {', '.join(MODES)}. {MODE_HELP}")
@@ -97,9 +99,7 @@ def model_names(args) -> list[str]:
         raise CLIError("--models is empty; give a comma list such as llama3.2-1b,glm4-9b")
     for n in names:
         if n not in CAUSAL_LM_MODELS:
-            extra = " (its text decoder has no AutoModelForCausalLM class; glm4-9b has its decode shapes)" \
-                if n == "autoglm-phone-9b" else ""
-            raise CLIError(f"--models: unknown or unsupported model {n!r}{extra}; choose from {', '.join(CAUSAL_LM_MODELS)}")
+            raise CLIError(f"--models: unknown or unsupported model {n!r}; choose from {', '.join(CAUSAL_LM_MODELS)}")
     return names
 
 
@@ -132,9 +132,13 @@ def prompt_ids(model, batch: int, prompt_len: int, seed: int = 0):
     """(batch, prompt_len) random token ids (no tokenizer needed; random weights do not care)."""
     import torch
 
-    vocab = model.config.get_text_config().vocab_size
+    high = model.config.get_text_config().vocab_size
+    # below every special id (GLM-4.1V's image/video placeholders would ask for pixels)
+    for key, value in model.config.to_dict().items():
+        if key.endswith("_token_id") and isinstance(value, int) and value > 3:
+            high = min(high, value)
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab, (batch, prompt_len), generator=g).to(model.device)
+    return torch.randint(3, high, (batch, prompt_len), generator=g).to(model.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,13 +174,17 @@ def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 30) -> float:
 
 def weight_bytes_per_step(model) -> int:
     """Bytes of parameters one decode step reads: all of them except embedding lookup tables (one row
-    per token), unless a table is tied to the output layer (then the lm_head reads it whole)."""
+    per token), unless a table is tied to the output layer (then the lm_head reads it whole), and
+    except a vision tower (`visual`, GLM-4.1V), which text decoding never runs."""
     import torch
 
     out = model.get_output_embeddings()
     lm_head = getattr(out, "weight", None)
     skip = {id(m.weight) for m in model.modules()
             if isinstance(m, torch.nn.Embedding) and m.weight is not lm_head}
+    for name, m in model.named_modules():
+        if name.split(".")[-1] == "visual":
+            skip.update(id(p) for p in m.parameters())
     return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
 
 
