@@ -95,19 +95,25 @@ KERNELS["fused_linear (CUDA GEMV M<=16 / cuBLASLt epilogue)"] = _FUSED_LINEAR_NA
 KERNELS["fused_linear (CPU reference)"] = _FUSED_LINEAR_NATIVE["cpu"]
 
 
+def stock_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
+    """The stock ops a model applies to a linear's output y for `activation` (GLM-4's chunk + silu +
+    mul for gated_silu): what fused_linear's epilogue computes, unfused."""
+    if activation == "relu":
+        return torch.relu(y)
+    if activation == "gelu":
+        return torch.nn.functional.gelu(y, approximate="tanh")
+    if activation == "silu":
+        return torch.nn.functional.silu(y)
+    if activation == "gated_silu":
+        gate, up = y.chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
+    return y
+
+
 def _fused_linear_torch(x, weight, bias, activation: str) -> torch.Tensor:
     """Plain-torch fused_linear (fp32 compute), used only where _C cannot run on x's device."""
     y = torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
-    if activation == "relu":
-        y = torch.relu(y)
-    elif activation == "gelu":
-        y = torch.nn.functional.gelu(y, approximate="tanh")
-    elif activation == "silu":
-        y = torch.nn.functional.silu(y)
-    elif activation == "gated_silu":
-        gate, up = y.chunk(2, dim=-1)
-        y = torch.nn.functional.silu(gate) * up
-    return y.to(x.dtype)
+    return stock_activation(y, activation).to(x.dtype)
 
 
 def fused_linear(

@@ -61,17 +61,7 @@ PREFILL_CASES = [(name, M) for name in PREFILL_SHAPES if name in SHAPES for M in
 
 def stock_linear(x, w, b, act):
     """What transformers does today: F.linear, then the stock activation ops (GLM4's chunk/silu/mul)."""
-    y = F.linear(x, w, b)
-    if act == "relu":
-        return torch.relu(y)
-    if act == "gelu":
-        return F.gelu(y, approximate="tanh")
-    if act == "silu":
-        return F.silu(y)
-    if act == "gated_silu":
-        gate, up = y.chunk(2, dim=-1)
-        return up * F.silu(gate)
-    return y
+    return ops.stock_activation(F.linear(x, w, b), act)
 
 
 _WEIGHTS: dict = {}  # the current shape's rotated weight sets, shared by its (M, impl) cases

@@ -7,6 +7,14 @@ most 2x the error of the stock PyTorch path at the same precision (plus one ulp 
 import torch
 
 
+def random_qkv(B, S, L, Hq, Hk, D, dtype, device):
+    """Random attention inputs: q [B, S, Hq, D], k and v [B, Hk, L, D] (the cache layout)."""
+    q = torch.randn(B, S, Hq, D, device=device, dtype=dtype)
+    k = torch.randn(B, Hk, L, D, device=device, dtype=dtype)
+    v = torch.randn(B, Hk, L, D, device=device, dtype=dtype)
+    return q, k, v
+
+
 def sdpa_reference(q, k, v, allowed, scale, dtype):
     """SDPA in `dtype` with explicit GQA repeat. q [B, S, Hq, D], k/v [B, Hk, L, D], allowed
     [B, S, L] bool (which keys each query sees); rows with no visible key -> 0. Returns fp32."""

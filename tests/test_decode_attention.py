@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from autoglm_kernels import ops
-from references import assert_within_stock_error, sdpa_reference
+from references import assert_within_stock_error, random_qkv, sdpa_reference
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -41,10 +41,7 @@ def _check(q, k, v, kv_lens, kv_mask=None, scale=None, **kw):
 
 
 def _inputs(B, Sq, Hq, Hk, D, C, dtype, device=DEV):
-    q = torch.randn(B, Sq, Hq, D, device=device, dtype=dtype)
-    k = torch.randn(B, Hk, C, D, device=device, dtype=dtype)
-    v = torch.randn(B, Hk, C, D, device=device, dtype=dtype)
-    return q, k, v
+    return random_qkv(B, Sq, C, Hq, Hk, D, dtype, device)
 
 
 # (B, Sq, Hq, Hk, D, C, kv_lens, masked)

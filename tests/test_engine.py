@@ -223,7 +223,7 @@ def test_opt_step_without_position_ids_runs_eagerly():
         return torch.stack(logits, 1)
 
     ref = loop()
-    eng = engine.install(model, capture=False, step_needs_position_ids=spec_for("opt").positions_from_mask)
+    eng = engine.install(model, capture=False, **spec_for("opt").engine_options())
     try:
         torch.testing.assert_close(loop(), ref, rtol=0, atol=0)
         assert eng.stats()["replays"] == 0 and eng.graphs.captures == 0
@@ -240,14 +240,10 @@ def test_glm4v_decode_steps_through_the_engine(with_image):
     model's decode steps run through the engine's static path with the stock tokens, one graph for
     every step (transformers 5.17 also passes mm_token_type_ids, one column longer per step: the
     engine drops it from steps that carry position_ids)."""
-    import sys
-    from pathlib import Path
+    from test_patch import _model
 
     from autoglm_kernels import patch_model, unpatch_model
     from autoglm_kernels.patch.archs import spec_for
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_patch import _model
 
     model = _model("glm4v")
     cfg = model.config
@@ -268,9 +264,7 @@ def test_glm4v_decode_steps_through_the_engine(with_image):
     with torch.no_grad():
         ref = model.generate(**kw, **gen)
         patch_model(model, cuda_graphs=False)
-        spec = spec_for("glm4v")
-        eng = engine.install(model, capture=False, min_cache_len=32, step_needs_position_ids=spec.positions_from_mask,
-                             step_unused=spec.decode_unused)
+        eng = engine.install(model, capture=False, min_cache_len=32, **spec_for("glm4v").engine_options())
         try:
             out = model.generate(**kw, **gen)
             st = eng.stats()

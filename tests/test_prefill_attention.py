@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from autoglm_kernels import ops
-from references import assert_within_stock_error, sdpa_reference
+from references import assert_within_stock_error, random_qkv, sdpa_reference
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -38,10 +38,7 @@ def _check(q, k, v, kv_mask=None, scale=None, causal=True, impl="triton"):
 
 
 def _inputs(B, S, L, Hq, Hk, D, dtype, device=DEV):
-    q = torch.randn(B, S, Hq, D, device=device, dtype=dtype)
-    k = torch.randn(B, Hk, L, D, device=device, dtype=dtype)
-    v = torch.randn(B, Hk, L, D, device=device, dtype=dtype)
-    return q, k, v
+    return random_qkv(B, S, L, Hq, Hk, D, dtype, device)
 
 
 def _left_pad_mask(B, L, pads, device=DEV):

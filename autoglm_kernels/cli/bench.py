@@ -286,9 +286,7 @@ def _setup(model, mode: str):
         from autoglm_kernels.patch.archs import spec_for
 
         spec = spec_for(getattr(model.config, "model_type", ""))
-        engine.install(model, static_cache_unsupported=spec.no_static_cache if spec else None,
-                       step_needs_position_ids=bool(spec and spec.positions_from_mask),
-                       step_unused=spec.decode_unused if spec else ())
+        engine.install(model, **(spec.engine_options() if spec else {}))
         return lambda: engine.uninstall(model)
     return lambda: None
 

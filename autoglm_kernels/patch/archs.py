@@ -46,6 +46,11 @@ class ArchSpec:
     # computation) and that generate may still pass, growing by a column per step.
     decode_unused: tuple[str, ...] = ()
 
+    def engine_options(self) -> dict:
+        """What the decode engine (autoglm_kernels.engine.install) needs to know of this architecture."""
+        return dict(static_cache_unsupported=self.no_static_cache, step_needs_position_ids=self.positions_from_mask,
+                    step_unused=self.decode_unused)
+
 
 _LLAMA = ArchSpec()
 _GLM = ArchSpec(rope="interleaved", mlp="gate_up_proj")

@@ -437,9 +437,7 @@ def _use_engine(model: nn.Module, state: PatchState, spec: ArchSpec) -> None:
     """Put the decode engine (static cache + CUDA-graph decode step) on this CUDA model."""
     from .. import engine
 
-    eng = engine.install(model, static_cache_unsupported=spec.no_static_cache,
-                         step_needs_position_ids=spec.positions_from_mask, step_unused=spec.decode_unused,
-                         **state.engine_options)
+    eng = engine.install(model, **spec.engine_options(), **state.engine_options)
     if spec.no_static_cache:
         state.report.add_stock("cuda_graphs", spec.no_static_cache)
     else:
