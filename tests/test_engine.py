@@ -273,3 +273,110 @@ def test_glm4v_decode_steps_through_the_engine(with_image):
             unpatch_model(model)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     assert st["captures"] == 1 and st["replays"] == 9, st
+
+
+def test_engine_cache_is_not_the_users():
+    """generate marks caches passed to it as the user's; the engine's own cache ignores the mark
+    (so generate does not treat it as returned to the caller)."""
+    model = _model()
+    eng = engine.install(model)
+    try:
+        cache = eng.caches.get(1, 40)
+        assert isinstance(cache, engine.EngineCache)
+        cache._is_user_defined = True
+        assert cache._is_user_defined is False
+    finally:
+        engine.uninstall(model)
+
+
+def test_deferred_stop_hook_only_covers_engine_caches():
+    from transformers import StaticCache
+    from transformers.generation.utils import DeferredStopCheck
+
+    from autoglm_kernels.engine import stop
+
+    assert stop.install_hook() and stop.install_hook()  # idempotent
+    model = _model()
+    cfg = model.config
+    cache = engine.EngineCache(config=cfg, max_cache_len=64)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    cache.defer_stop = True
+    assert DeferredStopCheck.is_supported(cuda, cache, False, is_assistant=False)
+    assert not DeferredStopCheck.is_supported(cuda, cache, True, is_assistant=False)  # returned to the caller
+    assert not DeferredStopCheck.is_supported(cuda, cache, False, is_assistant=True)
+    assert not DeferredStopCheck.is_supported(cpu, cache, False, is_assistant=False)  # no CPU events
+    cache.defer_stop = False
+    assert not DeferredStopCheck.is_supported(cuda, cache, False, is_assistant=False)
+    # anything else: transformers' own decision (not deferred on CUDA)
+    assert not DeferredStopCheck.is_supported(cuda, StaticCache(config=cfg, max_cache_len=64), False, is_assistant=False)
+    assert not DeferredStopCheck.is_supported(cuda, None, False, is_assistant=False)
+
+
+def test_generate_plan_defers_only_on_cuda_without_returned_cache():
+    model = _model()
+    eng = engine.install(model)
+    try:
+        ids = torch.ones(1, 8, dtype=torch.long)
+        plan, _ = eng._generate_plan((ids,), {"max_new_tokens": 8})
+        assert plan == (1, 16, False)  # CPU model: no CUDA events to defer with
+        eng.model = type("M", (), {"device": torch.device("cuda"), "generation_config": model.generation_config})()
+        assert eng._generate_plan((ids,), {"max_new_tokens": 8})[0] == (1, 16, True)
+        assert eng._generate_plan((ids,), {"max_new_tokens": 8, "return_dict_in_generate": True})[0] == (1, 16, False)
+        eng.defer_stop = False
+        assert eng._generate_plan((ids,), {"max_new_tokens": 8})[0] == (1, 16, False)
+    finally:
+        eng.model = model
+        engine.uninstall(model)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 3])
+def test_deferred_stop_gives_the_lockstep_tokens(batch, monkeypatch):
+    """A stop decided one step late (the extra step undone) returns and streams exactly the
+    tokens of the lockstep loop, when EOS ends generation early and at max_new_tokens."""
+    from transformers.generation import utils as gen_utils
+    from transformers.generation.streamers import BaseStreamer
+
+    from autoglm_kernels import patch_model, unpatch_model
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.tokens = []
+
+        def put(self, value):
+            self.tokens.append(value.tolist())
+
+        def end(self):
+            pass
+
+    deferred = []
+    init = gen_utils.DeferredStopCheck.__init__
+    monkeypatch.setattr(gen_utils.DeferredStopCheck, "__init__",
+                        lambda self, *a, **k: (deferred.append(1), init(self, *a, **k))[1])
+    model = _model(device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(1, 500, (batch, 11), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[-1, :3] = 0
+    patch_model(model)
+    eng = engine.engine_of(model)
+    try:
+        eng.defer_stop = False
+        free = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0)
+        assert not deferred
+        # EOS = a token every row produces after a few steps: generation ends early
+        eos = int(free[0, ids.shape[1] + 4])
+        for kwargs in ({}, {"eos_token_id": eos}):
+            eng.defer_stop = False
+            ref_stream, new_stream = Collect(), Collect()
+            ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0,
+                                 streamer=ref_stream if batch == 1 else None, **kwargs)
+            eng.defer_stop = True
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0,
+                                 streamer=new_stream if batch == 1 else None, **kwargs)
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+            assert new_stream.tokens == ref_stream.tokens
+        assert deferred, "the deferred stop was never used"
+        if batch == 1:
+            assert ref.shape[1] < ids.shape[1] + 24  # the EOS case did end early
+    finally:
+        unpatch_model(model)

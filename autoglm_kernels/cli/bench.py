@@ -240,13 +240,14 @@ def time_generate(model, ids, new_tokens: int, **gen_kwargs) -> tuple[float, flo
     from transformers.generation.streamers import BaseStreamer
 
     class FirstToken(BaseStreamer):  # put() #1 is the prompt, #2 the first new token
+        # generate hands put() tokens already on the host (it waited for them): no sync here,
+        # which would also wait for a step queued meanwhile (the engine's deferred stop).
         def __init__(self):
             self.puts, self.at = 0, None
 
         def put(self, value):
             self.puts += 1
             if self.puts == 2:
-                _sync(ids.device)
                 self.at = time.perf_counter()
 
         def end(self):

@@ -6,7 +6,8 @@ is reused across calls) and `forward` (to replay a captured graph for decode ste
 1, over that cache). Prefill, and everything the engine does not cover (beam search, a cache the
 user passed that is not static, output_attentions, batch > max_batch, lengths beyond the cache),
 runs the model's eager forward - the patched layers where patch_model bound them - with a
-one-time log message saying why. No architecture is named here.
+one-time log message saying why. On CUDA, generate decides to stop one step late (stop.py), so
+the host prepares and launches step n+1 while the GPU runs step n. No architecture is named here.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import logging
 
 import torch
 
-from .cache import StaticCachePool, bucket_len
+from . import stop
+from .cache import EngineCache, StaticCachePool, bucket_len
 from .graphs import DecodeGraphs, cache_counters
 
-__all__ = ["DecodeEngine", "install", "uninstall", "engine_of", "bucket_len", "cache_counters"]
+__all__ = ["DecodeEngine", "EngineCache", "install", "uninstall", "engine_of", "bucket_len", "cache_counters"]
 
 log = logging.getLogger("autoglm_kernels.engine")
 _ATTR = "_autoglm_engine"
@@ -32,8 +34,11 @@ class DecodeEngine:
     def __init__(self, model, *, min_cache_len: int = 256, max_cache_len: int | None = None,
                  max_batch: int = 16, max_graphs: int = 8, capture: bool | None = None,
                  static_cache_unsupported: str | None = None, step_needs_position_ids: bool = False,
-                 step_unused: tuple[str, ...] = ()):
+                 step_unused: tuple[str, ...] = (), defer_stop: bool = True):
         self.model = model
+        # Let generate stop one step late (and undo that step) instead of syncing every step;
+        # only where transformers has DeferredStopCheck, on CUDA, when the cache is not returned.
+        self.defer_stop = defer_stop and stop.install_hook()
         # Why this architecture's forward cannot run over a StaticCache (from patch/'s table), or None.
         self.static_cache_unsupported = static_cache_unsupported
         # The forward derives positions from the 2-D mask when position_ids are missing (OPT); the
@@ -64,7 +69,8 @@ class DecodeEngine:
             log.warning("autoglm_kernels: decode engine not used (%s); running the eager patched path", why)
 
     def _generate_plan(self, args, kwargs):
-        """(batch, tokens needed) when this generate call can use an engine cache, else (None, reason)."""
+        """((batch, cache positions needed, defer stop), "") when this generate call can use an
+        engine cache, else (None, reason)."""
         if self.static_cache_unsupported:
             return None, self.static_cache_unsupported
         if kwargs.get(self.cache_name) is not None or kwargs.get("past_key_values") is not None:
@@ -97,7 +103,10 @@ class DecodeEngine:
         needed = prompt + new
         if needed > self.caches.max_len:
             return None, f"prompt + new tokens = {needed} exceeds the static cache limit {self.caches.max_len}"
-        return (batch, needed), ""
+        # The step a deferred stop runs (and undoes) follows an EOS before max_length, so it
+        # writes a position below `needed`; a stop at max_length is known on the host.
+        defer = self.defer_stop and self.model.device.type == "cuda" and not opt("return_dict_in_generate", False)
+        return (batch, needed, defer), ""
 
     def _is_decode_step(self, args, kwargs) -> bool:
         from transformers import StaticCache
@@ -121,7 +130,10 @@ class DecodeEngine:
         if plan is None:
             self._fallback(why)
             return self._generate(*args, **kwargs)
-        kwargs[self.cache_name] = self.caches.get(*plan)
+        batch, needed, defer = plan
+        cache = self.caches.get(batch, needed)
+        cache.defer_stop = defer
+        kwargs[self.cache_name] = cache
         # transformers auto-compiles the forward for static caches; the engine replaces that with
         # its own graph (capturing inside an inductor-compiled call fails).
         kwargs.setdefault("disable_compile", True)

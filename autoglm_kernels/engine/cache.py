@@ -11,6 +11,29 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from transformers import StaticCache
+
+
+class EngineCache(StaticCache):
+    """A StaticCache the engine owns and resets at each generate call.
+
+    generate marks every cache passed to it as the user's (`_is_user_defined`), which makes it
+    treat the cache as returned to the caller and keep the host in lockstep with the device at
+    every step. This cache is not the user's (the engine passes it and resets it at the next
+    call), so the mark is ignored; `defer_stop` says whether this call may decide to stop one
+    step late (see engine.deferred_stop).
+    """
+
+    defer_stop = False
+
+    @property
+    def _is_user_defined(self) -> bool:
+        return False
+
+    @_is_user_defined.setter
+    def _is_user_defined(self, value) -> None:
+        pass
+
 
 def bucket_len(needed: int, min_len: int, max_len: int) -> int:
     """Smallest power of two >= needed (and >= min_len), capped at max_len."""
@@ -19,7 +42,7 @@ def bucket_len(needed: int, min_len: int, max_len: int) -> int:
 
 
 class StaticCachePool:
-    """Hands out transformers StaticCache objects per (batch, capacity bucket), reset for reuse."""
+    """Hands out EngineCache objects per (batch, capacity bucket), reset for reuse."""
 
     def __init__(self, config, *, min_len: int = 256, max_len: int | None = None, max_slots: int = 4):
         self.config = config
@@ -33,8 +56,6 @@ class StaticCachePool:
 
         Raises ValueError naming the limit when `needed` exceeds the model's maximum length.
         """
-        from transformers import StaticCache
-
         if needed > self.max_len:
             raise ValueError(
                 f"prompt + max_new_tokens = {needed} tokens exceeds the maximum static cache length {self.max_len} "
@@ -43,7 +64,7 @@ class StaticCachePool:
         key = (batch, bucket_len(needed, self.min_len, self.max_len))
         cache = self._caches.pop(key, None)
         if cache is None:
-            cache = StaticCache(config=self.config, max_cache_len=key[1])
+            cache = EngineCache(config=self.config, max_cache_len=key[1])
             while len(self._caches) >= self.max_slots:
                 self._caches.popitem(last=False)
         else:

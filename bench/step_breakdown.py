@@ -1,0 +1,136 @@
+"""Where a decode step's time goes under the engine: GPU time of the captured step against the
+time generate takes per step, with the stop decided in lockstep (a host sync every step) and one
+step late (the engine's default on CUDA), and the host time of the two per-step Python phases
+before the graph launch (generate's prepare_inputs_for_generation and the engine's forward).
+
+    python bench/step_breakdown.py --models llama3.2-1b,glm4-9b --modes patched,graph-stock --json out.json
+
+GPU time: the batch-1 graph replayed back to back between CUDA events (weights far beyond the
+L2), with the cache's length counters put back afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+
+from autoglm_kernels import engine
+from autoglm_kernels.cli.bench import _setup, environment, load_model, measure_read_bandwidth, prompt_ids, time_generate
+
+
+def graph_gpu_ms(eng, reps: int = 30) -> float | None:
+    """Median GPU ms of one replay of the engine's newest graph."""
+    slots = [s for s in eng.graphs.slots.values() if s.graph is not None]
+    if not slots:
+        return None
+    slot = slots[-1]
+    cache = slot.cache_ref() if slot.cache_ref else None
+    counters = engine.cache_counters(cache) if cache is not None else []
+    saved = [c.clone() for c in counters]
+    for c in counters:  # replay from a short valid length, far from the capacity
+        c.fill_(64)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        slot.graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    for c, s in zip(counters, saved):
+        c.copy_(s)
+    return statistics.median(times)
+
+
+class HostTimer:
+    """Accumulates host seconds spent in `fn`; `.wrapper` has fn's signature (generate inspects it)."""
+
+    def __init__(self, fn):
+        self.fn, self.total, self.calls = fn, 0.0, 0
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.total += time.perf_counter() - t
+                self.calls += 1
+
+        self.wrapper = wrapper
+
+    def us(self) -> float | None:
+        return round(1e6 * self.total / self.calls, 1) if self.calls else None
+
+
+def step_ms(model, ids, new_tokens: int, repeats: int) -> float:
+    runs = [time_generate(model, ids, new_tokens) for _ in range(repeats)]
+    return 1e3 * statistics.median((total - ttft) / (new_tokens - 1) for total, ttft in runs)
+
+
+def breakdown(model, name: str, mode: str, new_tokens: int, repeats: int) -> dict:
+    ids = prompt_ids(model, 1, 128)
+    undo = _setup(model, mode)
+    try:
+        eng = engine.engine_of(model)
+        row = {"model": name, "mode": mode}
+        for defer in (False, True):
+            eng.defer_stop = defer
+            time_generate(model, ids, new_tokens)  # warm-up (captures)
+            row[f"step_ms_{'deferred' if defer else 'lockstep'}"] = round(step_ms(model, ids, new_tokens, repeats), 4)
+        gpu = graph_gpu_ms(eng) if ids.is_cuda else None
+        row["graph_gpu_ms"] = round(gpu, 4) if gpu else None
+        # host time of the phases before each launch, in the lockstep loop
+        eng.defer_stop = False
+        prep = HostTimer(model.prepare_inputs_for_generation)
+        fwd = HostTimer(model.__dict__["forward"])
+        model.__dict__["prepare_inputs_for_generation"] = prep.wrapper
+        model.__dict__["forward"] = fwd.wrapper
+        try:
+            time_generate(model, ids, new_tokens)
+        finally:
+            model.__dict__.pop("prepare_inputs_for_generation")
+            model.__dict__["forward"] = fwd.fn
+        row["host_us_prepare_inputs"] = prep.us()
+        row["host_us_forward"] = fwd.us()
+        row["engine"] = eng.stats()
+        return row
+    finally:
+        undo()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="llama3.2-1b,llama3.1-8b,glm4-9b")
+    p.add_argument("--modes", default="patched,graph-stock")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json")
+    p.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke run of this script)")
+    args = p.parse_args()
+    device = "cpu" if args.tiny else "cuda"
+    bw = measure_read_bandwidth() if device == "cuda" else None
+    rows = []
+    for name in args.models.split(","):
+        model = load_model(name, SimpleNamespace(dtype="float32" if args.tiny else "bfloat16", device=device, layers=None,
+                                                 tiny=args.tiny))
+        for mode in args.modes.split(","):
+            row = breakdown(model, name, mode, args.new_tokens, args.repeats)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": environment(), "read_bandwidth_Bps": bw, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
