@@ -380,3 +380,32 @@ def test_deferred_stop_gives_the_lockstep_tokens(batch, monkeypatch):
             assert ref.shape[1] < ids.shape[1] + 24  # the EOS case did end early
     finally:
         unpatch_model(model)
+
+
+def test_growing_mask_is_copied_in_place_and_stale_columns_cleared():
+    """The step sees a 2-D mask zero-padded to the cache capacity: copied into the static buffer
+    column by column as it grows, with columns a longer earlier step left cleared."""
+    from autoglm_kernels.engine.graphs import DecodeGraphs
+
+    class Layer:
+        max_cache_len = 8
+
+    class Cache:
+        layers = [Layer()]
+
+    seen = []
+
+    def forward(input_ids, attention_mask):
+        seen.append(attention_mask.clone())
+        return {"logits": attention_mask.float()}
+
+    graphs, cache = DecodeGraphs(forward, capture=False), Cache()
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    for n in (5, 6, 7, 3, 4):
+        mask = torch.ones(2, n, dtype=torch.long)
+        mask[1, 0] = 0
+        out = graphs(cache, {"input_ids": ids, "attention_mask": mask})
+        expect = torch.nn.functional.pad(mask, (0, 8 - n))
+        assert torch.equal(seen[-1], expect), (n, seen[-1])
+        assert torch.equal(out["logits"], expect.float())
+    assert len(graphs.slots) == 1 and graphs.captures == 1

@@ -36,13 +36,14 @@ def cache_counters(cache) -> list[torch.Tensor]:
     return counters
 
 
-def _signature(kwargs: dict) -> tuple:
-    """What must be equal for a captured graph to serve a call: tensor shapes/dtypes, other values."""
+def _signature(kwargs: dict, shapes: dict) -> tuple:
+    """What must be equal for a captured graph to serve a call: tensor shapes (as `shapes`
+    overrides them: the padded mask) and dtypes, other values."""
     items = []
     for k in sorted(kwargs):
         v = kwargs[k]
         if torch.is_tensor(v):
-            items.append((k, "T", tuple(v.shape), v.dtype, v.device))
+            items.append((k, "T", shapes.get(k) or tuple(v.shape), v.dtype, v.device))
         elif isinstance(v, (int, float, bool, str, type(None))):
             items.append((k, "V", v))
         else:  # the cache object: identity, held in the slot
@@ -57,6 +58,7 @@ class _Slot:
     output: object  # the model output whose tensors the graph writes
     cache_ref: weakref.ref | None
     capture_s: float = 0.0
+    mask_cols: int = 0  # valid columns of a growing 2-D mask in the static buffer
     replays: int = field(default=0)
 
 
@@ -78,21 +80,33 @@ class DecodeGraphs:
         self.recapture_reason = ""  # what differed from the previous graph at the latest capture
 
     def __call__(self, cache, kwargs: dict):
-        # A 2-D attention mask grows by one column per step; pad it to the cache capacity so the
-        # step keeps one shape (the columns past the valid length are beyond every query anyway).
+        # A 2-D attention mask grows by one column per step: the step sees it zero-padded to the
+        # cache capacity, so it keeps one shape (the padding is beyond every query).
         layers = getattr(cache, "layers", None)
         mask, cap = kwargs.get("attention_mask"), getattr(layers[0], "max_cache_len", None) if layers else None
-        if torch.is_tensor(mask) and mask.dim() == 2 and isinstance(cap, int) and mask.shape[1] < cap:
-            kwargs = dict(kwargs, attention_mask=torch.nn.functional.pad(mask, (0, cap - mask.shape[1])))
-        key = _signature(kwargs)
+        grows = torch.is_tensor(mask) and mask.dim() == 2 and isinstance(cap, int) and mask.shape[1] < cap
+        key = _signature(kwargs, {"attention_mask": (mask.shape[0], cap)} if grows else {})
         slot = self.slots.get(key)
         if slot is None or (slot.cache_ref is not None and slot.cache_ref() is None):
+            if grows:
+                kwargs = dict(kwargs, attention_mask=torch.nn.functional.pad(mask, (0, cap - mask.shape[1])))
             slot = self._capture(key, cache, kwargs)
+            slot.mask_cols = mask.shape[-1] if torch.is_tensor(mask) else 0
             if self.disabled:
                 return slot.output
         else:
             for name, buf in slot.inputs.items():
-                buf.copy_(kwargs[name], non_blocking=True)
+                if grows and name == "attention_mask":
+                    # Copy the valid columns in place; zero what an earlier, longer step left.
+                    n = mask.shape[1]
+                    buf[:, :n].copy_(mask, non_blocking=True)
+                    if n < slot.mask_cols:
+                        buf[:, n:slot.mask_cols].zero_()
+                    slot.mask_cols = n
+                else:
+                    buf.copy_(kwargs[name], non_blocking=True)
+                    if name == "attention_mask":
+                        slot.mask_cols = buf.shape[-1]
             if slot.graph is not None:
                 slot.graph.replay()
             else:

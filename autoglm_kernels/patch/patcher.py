@@ -437,7 +437,12 @@ def _use_engine(model: nn.Module, state: PatchState, spec: ArchSpec) -> None:
     """Put the decode engine (static cache + CUDA-graph decode step) on this CUDA model."""
     from .. import engine
 
-    eng = engine.install(model, **spec.engine_options(), **state.engine_options)
+    options = {**spec.engine_options(), **state.engine_options}
+    if state.memory_pool is not None:
+        # Pooled generates stop in lockstep: on the H100 (at 50e8767) a generate that stopped one
+        # step late aborted the process when its pool region closed; not understood yet.
+        options["defer_stop"] = False
+    eng = engine.install(model, **options)
     if spec.no_static_cache:
         state.report.add_stock("cuda_graphs", spec.no_static_cache)
     else:
