@@ -9,10 +9,11 @@ reduction, so "% of bandwidth" compares against this GPU as it is now.
 
 from __future__ import annotations
 
-import statistics
 from typing import Callable, Sequence
 
 import torch
+
+from autoglm_kernels.cli.bench import median_replay_ms
 
 L2_ROTATE_BYTES = 50 * 2**20 * 8  # rotate over > 8x the L2 so every call reads from HBM
 
@@ -49,15 +50,7 @@ class GraphTimer:
     def time_us(self, reps: int = 20) -> float:
         """Median GPU time per call, in microseconds."""
         self.graph.replay()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            self.graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1e3 / self.calls)
-        return statistics.median(times)
+        return median_replay_ms(self.graph, reps) * 1e3 / self.calls
 
 
 class StockAttnModule:

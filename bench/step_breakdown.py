@@ -21,7 +21,8 @@ from types import SimpleNamespace
 import torch
 
 from autoglm_kernels import engine
-from autoglm_kernels.cli.bench import _setup, environment, load_model, measure_read_bandwidth, prompt_ids, time_generate
+from autoglm_kernels.cli.bench import (_setup, environment, load_model, measure_read_bandwidth, median_replay_ms, prompt_ids,
+                                       time_generate)
 
 
 def graph_gpu_ms(eng, reps: int = 30) -> float | None:
@@ -40,17 +41,10 @@ def _replay_ms(slot, reps: int) -> float:
     saved = [c.clone() for c in counters]
     for c in counters:  # replay from a short valid length, far from the capacity
         c.fill_(64)
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        slot.graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+    ms = median_replay_ms(slot.graph, reps)
     for c, s in zip(counters, saved):
         c.copy_(s)
-    return statistics.median(times)
+    return ms
 
 
 class HostTimer:

@@ -159,6 +159,16 @@ def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 30) -> float:
     with torch.cuda.graph(graph):
         torch.sum(x, dim=0, dtype=torch.float32, out=out)
     graph.replay()
+    seconds = median_replay_ms(graph, reps) * 1e-3
+    del graph, x
+    torch.cuda.empty_cache()
+    return nbytes / seconds
+
+
+def median_replay_ms(graph, reps: int = 20) -> float:
+    """Median GPU milliseconds of one replay of a CUDA graph (CUDA events around each replay)."""
+    import torch
+
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -166,10 +176,8 @@ def measure_read_bandwidth(nbytes: int = 2**30, reps: int = 30) -> float:
         graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e-3)
-    del graph, x
-    torch.cuda.empty_cache()
-    return nbytes / statistics.median(times)
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def weight_bytes_per_step(model) -> int:
