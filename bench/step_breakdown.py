@@ -31,19 +31,15 @@ def graph_gpu_ms(eng, reps: int = 30) -> float | None:
     if not slots:
         return None
     slot = slots[-1]
-    with torch.inference_mode():  # the counters are inference tensors (generate made them)
-        return _replay_ms(slot, reps)
-
-
-def _replay_ms(slot, reps: int) -> float:
     cache = slot.cache_ref() if slot.cache_ref else None
     counters = engine.cache_counters(cache) if cache is not None else []
-    saved = [c.clone() for c in counters]
-    for c in counters:  # replay from a short valid length, far from the capacity
-        c.fill_(64)
-    ms = median_replay_ms(slot.graph, reps)
-    for c, s in zip(counters, saved):
-        c.copy_(s)
+    with torch.inference_mode():  # the counters are inference tensors (generate made them)
+        saved = [c.clone() for c in counters]
+        for c in counters:  # replay from a short valid length, far from the capacity
+            c.fill_(64)
+        ms = median_replay_ms(slot.graph, reps)
+        for c, s in zip(counters, saved):
+            c.copy_(s)
     return ms
 
 

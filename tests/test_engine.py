@@ -295,7 +295,9 @@ def test_deferred_stop_hook_only_covers_engine_caches():
 
     from autoglm_kernels.engine import stop
 
-    assert stop.install_hook() and stop.install_hook()  # idempotent
+    assert stop.install_hook()
+    hooked = DeferredStopCheck.__dict__["is_supported"]
+    assert stop.install_hook() and DeferredStopCheck.__dict__["is_supported"] is hooked  # idempotent: no second wrap
     model = _model()
     cfg = model.config
     cache = engine.EngineCache(config=cfg, max_cache_len=64)

@@ -21,7 +21,7 @@ class EngineCache(StaticCache):
     treat the cache as returned to the caller and keep the host in lockstep with the device at
     every step. This cache is not the user's (the engine passes it and resets it at the next
     call), so the mark is ignored; `defer_stop` says whether this call may decide to stop one
-    step late (see engine.deferred_stop).
+    step late (see engine/stop.py).
     """
 
     defer_stop = False

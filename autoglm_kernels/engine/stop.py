@@ -15,14 +15,6 @@ from __future__ import annotations
 from .cache import EngineCache
 
 
-def _deferred_stop_class():
-    try:
-        from transformers.generation import utils
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return None
-    return getattr(utils, "DeferredStopCheck", None)
-
-
 def defers(device, cache, cache_is_returned: bool, is_assistant: bool = False) -> bool:
     """Whether a generate call over `cache` on `device` stops one step late through the engine."""
     return (isinstance(cache, EngineCache) and cache.defer_stop and not cache_is_returned and not is_assistant
@@ -32,7 +24,9 @@ def defers(device, cache, cache_is_returned: bool, is_assistant: bool = False) -
 def install_hook() -> bool:
     """Route DeferredStopCheck.is_supported through `defers` (idempotent). False when this
     transformers has no DeferredStopCheck (steps then stop in lockstep, as before)."""
-    cls = _deferred_stop_class()
+    from transformers.generation import utils
+
+    cls = getattr(utils, "DeferredStopCheck", None)
     if cls is None:
         return False
     original = cls.__dict__["is_supported"]
@@ -46,7 +40,6 @@ def install_hook() -> bool:
         return original_fn(device, cache, cache_is_returned, is_assistant=is_assistant, **kwargs)
 
     hook = staticmethod(is_supported)
-    is_supported._autoglm_hook = True
     hook._autoglm_hook = True
     cls.is_supported = hook
     return True
