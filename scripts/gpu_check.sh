@@ -4,7 +4,8 @@
 # versions, git commit) go under bench/results/<date>_<gpu>_<commit>/ and, if $OUT is set, a
 # tarball of them to $OUT. Options (environment):
 #   PYTHON=python3  BENCH_FILTER=<pytest -k expr>  SANITIZE=1 (compute-sanitizer memcheck on
-#   the fused-linear GPU tests)  SKIP_BUILD=1  SKIP_TESTS=1  SKIP_BENCH=1  EXTRA="cmd" (run after)
+#   the fused-linear GPU tests)  SKIP_BUILD=1  SKIP_TESTS=1  SKIP_BENCH=1  EXTRA="cmd" (run after,
+#   with $RESULTS_DIR naming the results folder)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -84,7 +85,7 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   [ -f bench/report.py ] && $PY bench/report.py "$res" 2>&1 | tail -120
 fi
 
-[ -n "${EXTRA:-}" ] && bash -c "$EXTRA" 2>&1 | tee "$res/extra.log"
+[ -n "${EXTRA:-}" ] && RESULTS_DIR="$res" bash -c "$EXTRA" 2>&1 | tee "$res/extra.log"
 
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/results.tgz" "$res"

@@ -173,6 +173,49 @@ def test_static_cache(arch):
                        _generate(_unpatched(model), ids[:, -5:], mask[:, -5:], n=10, cache_implementation="static"))
 
 
+def test_static_cache_prefill_reads_the_length_once_per_forward(monkeypatch):
+    """A prefill over a StaticCache reads the cache length from the device at its first layer only
+    (every read is a host sync that idles the GPU); chunked prefills give the stock logits."""
+    from transformers import StaticCache
+
+    model = _model("llama")
+    model.config.num_hidden_layers = 4
+    model = AutoModelForCausalLM.from_config(model.config).eval()
+    ids, _ = _prompt(batch=1, length=40)
+    stock = _logits(model, ids)
+    patch_model(model)
+    reads = []
+    to_int = torch.Tensor.__int__
+
+    def counting_int(t):
+        reads.append(__import__("sys")._getframe(1).f_code.co_filename)
+        return to_int(t)
+
+    monkeypatch.setattr(torch.Tensor, "__int__", counting_int)
+    cache = StaticCache(config=model.config, max_cache_len=64)
+    with torch.no_grad():
+        first = model(input_ids=ids[:, :20], past_key_values=cache).logits
+        second = model(input_ids=ids[:, 20:], past_key_values=cache).logits
+    assert sum(f.endswith("layers.py") for f in reads) == 2  # one per forward, not one per layer
+    torch.testing.assert_close(torch.cat([first, second], 1), stock, atol=1e-4, rtol=1e-4)
+
+
+def test_runtime_prefill_len_reuses_the_first_layers_read():
+    class Counter:
+        reads = 0
+
+        def __int__(self):
+            Counter.reads += 1
+            return 7
+
+    rt, cache, other = L.Runtime(), object(), object()
+    assert [rt.prefill_len(cache, i, Counter()) for i in range(3)] == [7, 7, 7] and Counter.reads == 1
+    rt.prefill_len(cache, 0, Counter())  # a new forward starts at layer 0 again
+    rt.prefill_len(other, 1, Counter())  # another cache
+    rt.prefill_len(other, 1, Counter())  # the same layer twice: not one forward
+    assert Counter.reads == 4
+
+
 def test_sampling_and_inference_mode():
     model = _model("glm4")
     ids, mask = _prompt(batch=2)

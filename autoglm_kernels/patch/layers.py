@@ -4,9 +4,9 @@ Each function here is bound with `types.MethodType(fn, module)` to one module in
 what it needs from `module._autoglm` (a context built at patch time from the arch table) - no code
 per architecture. Every kernel is reached through autoglm_kernels.ops.
 
-The decoder-layer forward is free of host syncs (no .item(), no Python branching on tensor
-values; cache lengths come from device tensors), so a decode step over a StaticCache can be
-captured in a CUDA graph. Cross-layer fusion: the last residual add of layer i is fused with the
+The decode step is free of host syncs (no .item(), no Python branching on tensor values; cache
+lengths come from device tensors), so a decode step over a StaticCache can be captured in a CUDA
+graph. A prefill over a StaticCache reads the cache length once per forward (Runtime.prefill_len). Cross-layer fusion: the last residual add of layer i is fused with the
 norm that follows it (layer i+1's input norm, or the final norm); layer i hands that normed tensor
 on through `Runtime.stash`, and the consumer takes it only if it receives the very tensor object
 layer i returned (anything in between that replaces the hidden states just gets a fresh norm).
@@ -37,6 +37,7 @@ class Runtime:
     def __init__(self):
         self.pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (residual, its next norm)
         self._lens = None  # (length, device, int32 tensor [1]): kv length of a DynamicCache step
+        self._prefill = None  # (id of the cache, layer index, valid length): see prefill_len
 
     def stash(self, residual: torch.Tensor, normed: torch.Tensor) -> None:
         self.pending = (residual, normed)
@@ -45,6 +46,19 @@ class Runtime:
         """The stashed norm of `x` if `x` is the tensor the previous layer returned, else None."""
         pending, self.pending = self.pending, None
         return pending[1] if pending is not None and pending[0] is x else None
+
+    def prefill_len(self, cache, layer_idx: int, counter: torch.Tensor) -> int:
+        """A static cache's valid length after this forward's update, for a prefill (which slices
+        the cache on the host). Read from the device once per forward, at its first static layer;
+        the later layers (higher layer_idx, same cache) advanced their counters by the same count,
+        so they reuse it instead of each stalling the host until the GPU catches up."""
+        memo = self._prefill
+        if memo is None or memo[0] != id(cache) or layer_idx <= memo[1]:
+            n = int(counter)  # the one host sync of a static-cache prefill
+        else:
+            n = memo[2]
+        self._prefill = (id(cache), layer_idx, n)
+        return n
 
     def lens(self, n: int, device: torch.device) -> torch.Tensor:
         """`n` as an int32 device tensor [1], built once per decode step (reused by every layer)."""
@@ -270,7 +284,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
                 (1,), n, dtype=torch.int32, device=k.device)
         return ops.decode_attention(q, k, v, kv_lens, kv_mask=mask, scale=scale)
     if static_len is not None:  # prefill into a static cache: attend over the valid prefix only
-        valid_len = int(static_len)
+        valid_len = runtime.prefill_len(cache, layer_idx, static_len) if runtime is not None else int(static_len)
     if valid_len is not None and valid_len < k.shape[2]:
         k, v = k[:, :, :valid_len], v[:, :, :valid_len]
     return ops.prefill_attention(q, k, v, kv_mask=mask, scale=scale, causal=True)

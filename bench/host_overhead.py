@@ -1,0 +1,181 @@
+"""Host (CPU) cost of the eager paths: what bounds time to first token and eager decode.
+
+Two parts, both on CUDA:
+  ops     host microseconds per call of each op through its typed wrapper (ops.*), through
+          torch.ops.autoglm.* (dispatcher, no checks) and, for the Triton ops, through the
+          implementation function itself (no dispatcher), beside the stock code it replaces.
+          Tiny decode-shaped inputs, so the GPU never holds the host back.
+  prefill per model and mode (stock, graph-stock, patched): time to first token (a 128-token
+          prompt), the host time of the prefill forward, the host syncs in it (profiler count of
+          aten::_local_scalar_dense), and a cProfile listing of the patched prefill (--cprofile DIR).
+
+    python bench/host_overhead.py --models llama3.2-1b,glm4-9b --json out.json --cprofile out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import io
+import json
+import pstats
+import statistics
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from autoglm_kernels import ops
+from autoglm_kernels.cli.bench import _setup, environment, load_model, prompt_ids, time_generate
+
+
+def host_us(fn, calls: int = 300) -> float:
+    """Median over 5 rounds of the host microseconds per call of `fn` (launches only, no sync)."""
+    fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - t) / calls * 1e6)
+        torch.cuda.synchronize()
+    return round(statistics.median(rounds), 2)
+
+
+def op_rows() -> list[dict]:
+    from transformers.models.glm4.modeling_glm4 import apply_rotary_pos_emb
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from autoglm_kernels.triton import decode_attention as da
+    from autoglm_kernels.triton import rmsnorm as rn
+    from autoglm_kernels.triton import rope as rp
+
+    dev, dt, H = "cuda", torch.bfloat16, 4096
+    x, r = torch.randn(1, 1, H, device=dev, dtype=dt), torch.randn(1, 1, H, device=dev, dtype=dt)
+    w = torch.ones(H, device=dev, dtype=dt)
+    norm = LlamaRMSNorm(H).to(dev, dt)
+    W = torch.randn(4608, H, device=dev, dtype=dt)
+    Wg = torch.randn(2 * 2048, H, device=dev, dtype=dt)
+    q, k = torch.randn(1, 1, 32, 128, device=dev, dtype=dt), torch.randn(1, 1, 2, 128, device=dev, dtype=dt)
+    cos, sin = torch.randn(1, 1, 64, device=dev, dtype=dt), torch.randn(1, 1, 64, device=dev, dtype=dt)
+    kc, vc = (torch.randn(1, 2, 256, 128, device=dev, dtype=dt) for _ in range(2))
+    lens = torch.tensor([128], device=dev, dtype=torch.int32)
+    sc = 128 ** -0.5
+
+    def stock_gated():
+        g, u = torch.nn.functional.linear(x, Wg).chunk(2, dim=-1)
+        return torch.nn.functional.silu(g) * u
+
+    cases = {
+        "rms_norm": dict(
+            wrapper=lambda: ops.rms_norm(x, w, 1e-5), dispatcher=lambda: torch.ops.autoglm.rms_norm(x, w, 1e-5),
+            impl=lambda: rn.rms_norm._init_fn(x, w, 1e-5), stock=lambda: norm(x)),
+        "fused_add_rms_norm": dict(
+            wrapper=lambda: ops.fused_add_rms_norm(x, r, w, 1e-5),
+            dispatcher=lambda: torch.ops.autoglm.fused_add_rms_norm(x, r, w, 1e-5),
+            impl=lambda: rn.fused_add_rms_norm._init_fn(x, r, w, 1e-5), stock=lambda: norm(x + r)),
+        "fused_linear 4096->4608": dict(
+            wrapper=lambda: ops.fused_linear(x, W), dispatcher=lambda: torch.ops.autoglm.fused_linear(x, W, None, "none"),
+            stock=lambda: torch.nn.functional.linear(x, W)),
+        "fused_linear gated 4096->2x2048": dict(
+            wrapper=lambda: ops.fused_linear(x, Wg, None, "gated_silu"),
+            dispatcher=lambda: torch.ops.autoglm.fused_linear(x, Wg, None, "gated_silu"), stock=stock_gated),
+        "apply_rope_ (GLM interleaved)": dict(
+            wrapper=lambda: ops.apply_rope_(q, k, cos, sin, interleaved=True),
+            dispatcher=lambda: torch.ops.autoglm.rope(q, k, cos, sin, True, None),
+            impl=lambda: rp.rope._init_fn(q, k, cos, sin, True, None),
+            stock=lambda: apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)),
+        "decode_attention (32/2 heads, 256 slots)": dict(
+            wrapper=lambda: ops.decode_attention(q, kc, vc, lens, scale=sc),
+            dispatcher=lambda: torch.ops.autoglm.decode_attention(q, kc, vc, lens, None, sc, 0),
+            impl=lambda: da.decode_attention._init_fn(q, kc, vc, lens, None, sc, 0),
+            stock=lambda: torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), kc[:, :, :128], vc[:, :, :128], scale=sc, enable_gqa=True)),
+        "torch.add (reference point)": dict(stock=lambda: x + r),
+    }
+    rows = []
+    with torch.inference_mode():
+        for name, paths in cases.items():
+            row = {"op": name, **{path: host_us(fn) for path, fn in paths.items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | None) -> dict:
+    ids = prompt_ids(model, 1, 128)
+    undo = _setup(model, mode)
+    try:
+        for _ in range(2):
+            time_generate(model, ids, 2)  # warm-up (Triton compiles, graph capture)
+        ttft = statistics.median(time_generate(model, ids, 2)[1] for _ in range(repeats))
+        row = {"model": name, "mode": mode, "ttft_ms": round(1e3 * ttft, 2)}
+        fwd, saved = model.forward, model.__dict__.get("forward")
+        spent = []
+
+        @functools.wraps(fwd)  # generate reads forward's signature
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            out = fwd(*a, **kw)
+            spent.append(time.perf_counter() - t)
+            return out
+
+        model.__dict__["forward"] = timed
+        try:
+            time_generate(model, ids, 1)
+        finally:
+            if saved is None:
+                model.__dict__.pop("forward")
+            else:
+                model.__dict__["forward"] = saved
+        row["prefill_forward_host_ms"] = round(1e3 * spent[0], 2) if spent else None
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            time_generate(model, ids, 1)
+        row["host_syncs"] = sum(1 for e in prof.events() if e.name == "aten::_local_scalar_dense")
+        if cprofile_dir is not None:
+            pr = cProfile.Profile()
+            pr.enable()
+            time_generate(model, ids, 1)
+            pr.disable()
+            text = io.StringIO()
+            pstats.Stats(pr, stream=text).sort_stats("tottime").print_stats(40)
+            (cprofile_dir / f"cprofile_{name}_{mode}.txt").write_text(text.getvalue())
+        print(json.dumps(row), flush=True)
+        return row
+    finally:
+        undo()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="llama3.2-1b,llama3.1-8b,glm4-9b")
+    p.add_argument("--modes", default="stock,graph-stock,patched")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-ops", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="tiny models on the CPU, no ops part (a smoke run of this script)")
+    p.add_argument("--json")
+    p.add_argument("--cprofile", metavar="DIR", help="write cProfile listings of each prefill there")
+    args = p.parse_args()
+    cdir = Path(args.cprofile) if args.cprofile else None
+    if cdir:
+        cdir.mkdir(parents=True, exist_ok=True)
+    out = {"environment": environment(), "ops_host_us": [] if args.skip_ops or args.tiny else op_rows(), "prefill": []}
+    for name in args.models.split(","):
+        model = load_model(name, SimpleNamespace(dtype="float32" if args.tiny else "bfloat16",
+                                                 device="cpu" if args.tiny else "cuda", layers=None, tiny=args.tiny))
+        for mode in args.modes.split(","):
+            out["prefill"].append(prefill_row(model, name, mode, args.repeats, cdir))
+        del model
+        if not args.tiny:
+            torch.cuda.empty_cache()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
