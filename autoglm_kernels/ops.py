@@ -4,7 +4,8 @@ Each op has: a typed wrapper that checks its inputs and raises a clear ValueErro
 (what was wrong, what is expected) instead of crashing in a kernel; and a fake (meta)
 implementation so it works under torch.compile and CUDA-graph capture. Native ops are
 defined in csrc/ops.cpp (TORCH_LIBRARY); Triton ops are torch.library.triton_op's defined
-in autoglm_kernels/triton/ and imported here. Nothing else calls torch.ops.autoglm.* directly.
+in autoglm_kernels/triton/ and imported here; in plain eager inference the wrappers call their
+implementations without the dispatcher (_run). Nothing else calls torch.ops.autoglm.* directly.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ def check_same(what: str, **tensors) -> None:
     if len({v for _, v in items}) > 1:
         listing = ", ".join(f"{k} on {v}" if what == "device" else f"{k}: {str(v).replace('torch.', '')}" for k, v in items)
         raise (ValueError if what == "device" else TypeError)(f"tensors must share one {what}; got {listing}")
+
+
+def _run(op, *args):
+    """Call Triton op `op` (a triton_op from autoglm_kernels/triton/): its implementation straight
+    away in plain eager inference, skipping the dispatcher's custom-op layers (about 25 us of host
+    time a call: a prefill makes four or five such calls per layer, and its time to first token
+    is host-bound); through torch.ops everywhere else: torch.compile, fake and other tensor
+    subclasses, dispatch and function modes, and autograd (grad mode on)."""
+    if (type(args[0]) is torch.Tensor and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0):
+        return op.direct(*args)
+    return op(*args)
 
 
 def triton_runnable(device: torch.device) -> bool:
@@ -242,7 +255,7 @@ def decode_attention(
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
     scale = D**-0.5 if scale is None else float(scale)
-    return torch.ops.autoglm.decode_attention(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits or 0)
+    return _run(_decode_attn.decode_attention, q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits or 0)
 
 
 # Dispatch policy of prefill_attention(impl="auto") on CUDA: torch SDPA (its flash backend) where
@@ -295,7 +308,7 @@ def prefill_attention(
         raise ValueError("impl='sdpa' needs kv_mask=None and S == L (or causal=False); use impl='triton' or 'auto'")
     if impl == "sdpa" or (impl == "auto" and sdpa_exact and q.device.type == "cuda" and S >= PREFILL_SDPA_MIN_TOKENS):
         return _prefill_sdpa(q, k, v, scale, causal)
-    return torch.ops.autoglm.prefill_attention(q, k, v, kv_mask, scale, bool(causal))
+    return _run(_prefill_attn.prefill_attention, q, k, v, kv_mask, scale, bool(causal))
 
 
 _ATTN_WHY = "" if torch.cuda.is_available() else (
@@ -375,7 +388,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype promote(weight.dtype, x.dtype) as the module gives. One kernel launch.
     """
     eps = _check_norm(x, eps=eps, weight=weight)
-    return torch.ops.autoglm.rms_norm(x, weight, eps)
+    return _run(_rmsnorm.rms_norm, x, weight, eps)
 
 
 def fused_add_rms_norm(
@@ -386,7 +399,7 @@ def fused_add_rms_norm(
     x, residual [..., H] of one shape and dtype. Returns (out, new_residual), both contiguous.
     """
     eps = _check_norm(x, residual, eps, weight=weight)
-    return torch.ops.autoglm.fused_add_rms_norm(x, residual, weight, eps)
+    return _run(_rmsnorm.fused_add_rms_norm, x, residual, weight, eps)
 
 
 def norm_add_norm(
@@ -402,7 +415,7 @@ def norm_add_norm(
     if weight1.dtype != x.dtype:
         raise TypeError(f"norm_add_norm needs weight1 in x's dtype ({str(x.dtype).replace('torch.', '')}), "
                         f"got {str(weight1.dtype).replace('torch.', '')}; cast it or use rms_norm + add")
-    return torch.ops.autoglm.norm_add_norm(x, residual, weight1, weight2, eps)
+    return _run(_rmsnorm.norm_add_norm, x, residual, weight1, weight2, eps)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
@@ -411,7 +424,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     x [..., H] (rows may be strided, last dim contiguous), weight [H], bias [H] or None. One launch.
     """
     eps = _check_norm(x, eps=eps, weight=weight, bias=bias)
-    return torch.ops.autoglm.layer_norm(x, weight, bias, eps)
+    return _run(_layernorm.layer_norm, x, weight, bias, eps)
 
 
 def fused_add_layer_norm(
@@ -422,7 +435,7 @@ def fused_add_layer_norm(
     Returns (out, new_residual), both contiguous, x.dtype.
     """
     eps = _check_norm(x, residual, eps, weight=weight, bias=bias)
-    return torch.ops.autoglm.fused_add_layer_norm(x, residual, weight, bias, eps)
+    return _run(_layernorm.fused_add_layer_norm, x, residual, weight, bias, eps)
 
 
 def _norm_rope_kernel_state() -> tuple[bool, str]:
@@ -438,7 +451,7 @@ for _name in ("rms_norm", "fused_add_rms_norm", "norm_add_norm", "layer_norm", "
 # ---------------------------------------------------------------------------------------------
 # rope: rotary embedding of q and k in place, one launch (triton/rope.py)
 # ---------------------------------------------------------------------------------------------
-from .triton import rope as _rope  # noqa: E402,F401  (defines autoglm::rope)
+from .triton import rope as _rope  # noqa: E402  (defines autoglm::rope, autoglm::rope_append_kv)
 
 
 @torch.library.register_fake("autoglm::rope")
@@ -518,7 +531,7 @@ def apply_rope_(
     kernel picks position stream t/h/w per frequency itself. No host sync: graph-capturable.
     """
     mrope_section = _check_rope(q, k, cos, sin, interleaved, mrope_section)
-    torch.ops.autoglm.rope(q, k, cos, sin, interleaved, mrope_section)
+    _run(_rope.rope, q, k, cos, sin, interleaved, mrope_section)
 
 
 def rope_append_kv_(
@@ -562,7 +575,7 @@ def rope_append_kv_(
             raise ValueError(f"{name} must have a contiguous last dim (stride 1), got strides {t.stride()}")
     if cache_len.numel() != 1:
         raise ValueError(f"cache_len must hold one count (the cache's valid length); got shape {tuple(cache_len.shape)}")
-    torch.ops.autoglm.rope_append_kv(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section)
+    _run(_rope.rope_append_kv, q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section)
 
 
 KERNELS["apply_rope_"] = _norm_rope_kernel_state()

@@ -7,7 +7,8 @@ Two parts, both on CUDA:
           Tiny decode-shaped inputs, so the GPU never holds the host back.
   prefill per model and mode (stock, graph-stock, patched): time to first token (a 128-token
           prompt), the host time of the prefill forward, the host syncs in it (profiler count of
-          aten::_local_scalar_dense), and a cProfile listing of the patched prefill (--cprofile DIR).
+          aten::_local_scalar_dense), the GPU time and kernel count of the 1-token generate, and
+          cProfile listings (--cprofile DIR).
 
     python bench/host_overhead.py --models llama3.2-1b,glm4-9b --json out.json --cprofile out/
 """
@@ -134,9 +135,18 @@ def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | 
         row["prefill_forward_host_ms"] = round(1e3 * spent[0], 2) if spent else None
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        from autoglm_kernels.cli.profile import device_ops
+
+        cuda = ids.is_cuda
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
             time_generate(model, ids, 1)
         row["host_syncs"] = sum(1 for e in prof.events() if e.name == "aten::_local_scalar_dense")
+        if cuda:  # GPU time of the whole 1-token generate: kernels run one at a time on one stream
+            dev = device_ops(prof)
+            row["gpu_ms"] = round(sum(us for _, us in dev.values()) / 1e3, 2)
+            row["kernels"] = sum(n for n, _ in dev.values())
+            top = sorted(dev.items(), key=lambda kv: -kv[1][1])[:6]
+            row["top_kernels_us"] = {name[:60]: round(us, 1) for name, (_, us) in top}
         if cprofile_dir is not None:
             pr = cProfile.Profile()
             pr.enable()

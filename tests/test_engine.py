@@ -411,3 +411,22 @@ def test_growing_mask_is_copied_in_place_and_stale_columns_cleared():
         assert torch.equal(seen[-1], expect), (n, seen[-1])
         assert torch.equal(out["logits"], expect.float())
     assert len(graphs.slots) == 1 and graphs.captures == 1
+
+
+def test_engine_cache_reset_zeroes_every_layer_at_once():
+    model = _model()
+    eng = engine.install(model)
+    try:
+        cache = eng.caches.get(1, 40)
+        cfg = model.config
+        k = torch.randn(1, cfg.num_key_value_heads, 5, cfg.hidden_size // cfg.num_attention_heads)
+        for i in range(cfg.num_hidden_layers):
+            cache.update(k, k + 1, i)
+        assert int(cache.get_seq_length()) == 5
+        assert eng.caches.get(1, 40) is cache  # reused, reset
+        assert int(cache.get_seq_length()) == 0
+        for layer in cache.layers:
+            assert int(layer.cumulative_length) == 0
+            assert not layer.keys.any() and not layer.values.any()
+    finally:
+        engine.uninstall(model)

@@ -48,3 +48,31 @@ def test_check_tensor_errors_are_clear():
         ops.check_tensor("x", x.t(), contiguous=True)
     with pytest.raises(ValueError, match="tensors must share one device"):
         ops.check_same("device", a=x, b=torch.zeros(1, device="meta"))
+
+
+def test_triton_ops_run_directly_only_in_plain_eager_inference(monkeypatch):
+    """ops._run skips the dispatcher only for plain tensors with grad off and no tracing or
+    modes; the direct call gives what the registered op gives."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from autoglm_kernels.triton import rmsnorm
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the ops' plain-torch path: this is about dispatch
+    calls = []
+    direct = rmsnorm.rms_norm.direct
+    monkeypatch.setattr(rmsnorm.rms_norm, "direct", lambda *a: calls.append(1) or direct(*a))
+    x, w = torch.randn(3, 64), torch.rand(64)
+    ref = torch.ops.autoglm.rms_norm(x, w, 1e-6)
+    with torch.no_grad():
+        out = ops.rms_norm(x, w, 1e-6)
+    assert calls == [1] and torch.equal(out, ref)
+    ops.rms_norm(x, w, 1e-6)  # grad mode on: through the dispatcher (autograd sees the op)
+    with torch.no_grad(), torch.device("cpu"):  # a torch function mode is active
+        ops.rms_norm(x, w, 1e-6)
+    with torch.no_grad(), FakeTensorMode() as mode:
+        fake = ops.rms_norm(mode.from_tensor(x), mode.from_tensor(w), 1e-6)
+    assert fake.shape == x.shape and calls == [1]
+    compiled = torch.compile(lambda a, b: ops.rms_norm(a, b, 1e-6), backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, w), ref)
+    assert calls == [1]

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from . import CLIError
 
-MODES = ("stock", "graph-stock", "compile", "patched")  # the order they run in (patched last: it mutates)
+MODES = ("stock", "graph-stock", "compile", "patched-eager", "patched")  # the order they run in (patched last: it mutates)
 MODE_HELP = ("stock: transformers as is (sdpa, DynamicCache); graph-stock: stock modules under the package's decode "
              "engine (static cache, decode step replayed as one CUDA graph, no fused kernels); compile: "
-             "cache_implementation='static' + torch.compile (inductor, reduce-overhead); patched: patch_model(model) "
-             "with default options")
+             "cache_implementation='static' + torch.compile (inductor, reduce-overhead); patched-eager: the fused kernels "
+             "without the engine (patch_model(model, cuda_graphs=False)); patched: patch_model(model) with default options")
 DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
           "float32": "float32", "fp32": "float32"}
 # Reference models the benchmark builds (autoglm-phone-9b: the GLM-4.1V model around its text
@@ -283,12 +283,12 @@ def mode_kwargs(mode: str) -> dict:
 
 def _setup(model, mode: str):
     """Patch (patched) or install the decode engine on the stock modules (graph-stock); return the undo."""
-    if mode == "patched":
+    if mode in ("patched", "patched-eager"):
         from tqdm import tqdm
 
         from autoglm_kernels.patch import patch_model, unpatch_model
 
-        tqdm.write(str(patch_model(model)))
+        tqdm.write(str(patch_model(model, **({"cuda_graphs": False} if mode == "patched-eager" else {}))))
         return lambda: unpatch_model(model)
     if mode == "graph-stock":
         from autoglm_kernels import engine

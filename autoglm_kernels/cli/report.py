@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import CLIError
+from .bench import MODES
 
 GENERATE_KIND = "autoglm-kernels-generate-bench"
-MODE_ORDER = ("stock", "graph-stock", "compile", "patched")
+MODE_ORDER = MODES  # the bench's modes, in the order they run
 
 
 def add_arguments(parser) -> None:

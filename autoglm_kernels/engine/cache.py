@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from transformers import StaticCache
+from transformers.cache_utils import StaticLayer
 
 
 class EngineCache(StaticCache):
@@ -25,6 +27,25 @@ class EngineCache(StaticCache):
     """
 
     defer_stop = False
+
+    def reset(self) -> None:
+        """Zero every plain StaticLayer (keys, values, length counter) in one foreach call: the
+        stock reset launches three kernels per layer from Python, 1-3 ms of host time in front of
+        every prefill. Other layer types reset themselves."""
+        tensors = []
+        for layer in self.layers:
+            if type(layer) is not StaticLayer:
+                layer.reset()
+                continue
+            if layer.is_initialized:
+                tensors += [layer.keys, layer.values]
+            counter = getattr(layer, "cumulative_length", None)
+            if torch.is_tensor(counter):
+                tensors.append(counter)
+            elif counter is not None:
+                layer.cumulative_length = 0
+        if tensors:
+            torch._foreach_zero_(tensors)
 
     @property
     def _is_user_defined(self) -> bool:

@@ -237,13 +237,14 @@ def _static_length(cache, layer_idx: int, k: torch.Tensor) -> Optional[torch.Ten
 
 
 def _appendable_layer(cache, layer_idx: int, k: torch.Tensor):
-    """The cache layer when this step's k/v can be appended by rope_append_kv_: a decode step
-    (S <= DECODE_MAX_Q) into an initialized plain StaticLayer (not a sliding-window or other
-    subclass, whose update differs) of matching shape and dtype; else None (stock update)."""
+    """The cache layer when this forward's k/v can be appended by rope_append_kv_ (one launch
+    instead of RoPE plus the stock update's five): an initialized plain StaticLayer (not a
+    sliding-window or other subclass, whose update differs) of matching shape and dtype; else
+    None (stock update)."""
     from transformers.cache_utils import StaticLayer
 
     layer = _cache_layer(cache, layer_idx) if cache is not None else None
-    if type(layer) is not StaticLayer or not layer.is_initialized or k.shape[1] > DECODE_MAX_Q:
+    if type(layer) is not StaticLayer or not layer.is_initialized:
         return None
     keys, values, cum = layer.keys, layer.values, getattr(layer, "cumulative_length", None)
     B, _, Hk, D = k.shape
@@ -285,6 +286,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
         return ops.decode_attention(q, k, v, kv_lens, kv_mask=mask, scale=scale)
     if static_len is not None:  # prefill into a static cache: attend over the valid prefix only
         valid_len = runtime.prefill_len(cache, layer_idx, static_len) if runtime is not None else int(static_len)
+        if valid_len > k.shape[2]:
+            raise ValueError(f"the static cache holds {k.shape[2]} positions, but this forward needs {valid_len} "
+                             "(cached + new tokens); use a larger max_cache_len")
     if valid_len is not None and valid_len < k.shape[2]:
         k, v = k[:, :, :valid_len], v[:, :, :valid_len]
     return ops.prefill_attention(q, k, v, kv_mask=mask, scale=scale, causal=True)
@@ -309,7 +313,7 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
         q = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[0], q)
         k = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[1], k)
     layer = _appendable_layer(cache, self.layer_idx, k) if ctx.rope is not None and ctx.fuse_rope else None
-    if layer is not None:  # decode over a static cache: RoPE + cache append in one launch
+    if layer is not None:  # over a static cache: RoPE + cache append in one launch
         cos, sin = position_embeddings
         ops.rope_append_kv_(q, k, v, cos, sin, layer.keys, layer.values, layer.cumulative_length,
                             interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)

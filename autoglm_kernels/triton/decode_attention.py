@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import triton_op
+
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
 
@@ -204,7 +206,7 @@ def decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask=None, scale
     return out.to(q.dtype).contiguous()
 
 
-@torch.library.triton_op("autoglm::decode_attention", mutates_args=())
+@triton_op("autoglm::decode_attention", mutates_args=())
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,

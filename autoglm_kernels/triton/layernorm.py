@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
+from . import triton_op
 from .rmsnorm import MAX_HIDDEN, _triton_can_run, row_launch  # noqa: F401  (MAX_HIDDEN re-exported)
 
 

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import triton_op
+
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: never NaN on empty rows
 _LOG2E = 1.4426950408889634
 
@@ -140,7 +142,7 @@ def prefill_attention_reference(q, k, v, kv_mask=None, scale=None, causal=True) 
     return torch.einsum("bhsl,bhld->bshd", p, vr).to(q.dtype).contiguous()
 
 
-@torch.library.triton_op("autoglm::prefill_attention", mutates_args=())
+@triton_op("autoglm::prefill_attention", mutates_args=())
 def prefill_attention(
     q: torch.Tensor,
     k: torch.Tensor,

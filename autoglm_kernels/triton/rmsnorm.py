@@ -24,7 +24,9 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
+
+from . import triton_op
 
 MAX_HIDDEN = 32768  # one row in registers: 32 values per thread at 32 warps
 _TILE = 2048  # elements per program when several short rows share one (e.g. Qwen3 q_norm, D=128)

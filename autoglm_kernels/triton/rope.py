@@ -36,7 +36,9 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
+
+from . import triton_op
 
 LAYOUT_HALF, LAYOUT_GLM, LAYOUT_PAIRS = 0, 1, 2  # where frequency f's cos/sin sit (see module doc)
 
