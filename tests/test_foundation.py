@@ -53,6 +53,7 @@ def test_check_tensor_errors_are_clear():
 def test_triton_ops_run_directly_only_in_plain_eager_inference(monkeypatch):
     """ops._run skips the dispatcher only for plain tensors with grad off and no tracing or
     modes; the direct call gives what the registered op gives."""
+    from torch._library.triton import is_wrap_triton_enabled
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from autoglm_kernels.triton import rmsnorm
@@ -61,11 +62,15 @@ def test_triton_ops_run_directly_only_in_plain_eager_inference(monkeypatch):
     calls = []
     direct = rmsnorm.rms_norm.direct
     monkeypatch.setattr(rmsnorm.rms_norm, "direct", lambda *a: calls.append(1) or direct(*a))
+    wrapping = []  # wrap_triton must be off inside the direct call, as in triton_op's backend
+    reference = rmsnorm.rms_norm_reference
+    monkeypatch.setattr(rmsnorm, "rms_norm_reference",
+                        lambda *a: wrapping.append(is_wrap_triton_enabled()) or reference(*a))
     x, w = torch.randn(3, 64), torch.rand(64)
     ref = torch.ops.autoglm.rms_norm(x, w, 1e-6)
     with torch.no_grad():
         out = ops.rms_norm(x, w, 1e-6)
-    assert calls == [1] and torch.equal(out, ref)
+    assert calls == [1] and torch.equal(out, ref) and wrapping == [False, False]
     ops.rms_norm(x, w, 1e-6)  # grad mode on: through the dispatcher (autograd sees the op)
     with torch.no_grad(), torch.device("cpu"):  # a torch function mode is active
         ops.rms_norm(x, w, 1e-6)

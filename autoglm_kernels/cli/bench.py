@@ -462,8 +462,8 @@ def run(args) -> int:
             del model
             if args.device == "cuda":
                 torch.cuda.empty_cache()
+            write_outputs(results, args, bandwidth)  # after each model: a run cut short keeps what it measured
     print(f"\nbatch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, {DTYPES[args.dtype]}; "
           "tok/s and ms/token are decode only (after the first token)")
     print(format_table(results))
-    write_outputs(results, args, bandwidth)
     return 1 if all(r.error for r in results) else 0
