@@ -49,7 +49,7 @@ def test_static_buffer_path_matches_eager_generate(name):
 @pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b", "opt-1.3b"])
 def test_engine_over_patched_model_matches_stock(name, monkeypatch):
     """Fused layers + static cache + static-buffer decode step: the stock tokens, exactly (fp32).
-    Decode steps append k/v through rope_append_kv_ (RoPE + static-cache write in one op)."""
+    Prefill and decode steps append k/v through rope_append_kv_ (RoPE + static-cache write in one op)."""
     from autoglm_kernels import ops, patch_model, unpatch_model
 
     appends = []
@@ -76,9 +76,9 @@ def test_engine_over_patched_model_matches_stock(name, monkeypatch):
         # to the cache capacity, so every step is served by one graph (the H100 run before this
         # fix captured a new graph for every token).
         assert eng.stats()["replays"] == 9 and eng.stats()["captures"] == 1, eng.stats()
-        # 2 layers x 9 decode steps; the prefill (7 tokens) into the empty cache takes the stock update
+        # 2 layers x (the prefill, which initializes the empty cache, + 9 decode steps)
         rope = name != "opt-1.3b"  # OPT has learned positions: no RoPE, the stock cache update
-        assert len(appends) == 2 * 9 * rope and all(s[1] == 1 for s in appends), appends
+        assert [s[1] for s in appends] == ([7] * 2 + [1] * 18) * rope, appends
     finally:
         engine.uninstall(model)
         unpatch_model(model)

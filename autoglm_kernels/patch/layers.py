@@ -236,16 +236,19 @@ def _static_length(cache, layer_idx: int, k: torch.Tensor) -> Optional[torch.Ten
     return None
 
 
-def _appendable_layer(cache, layer_idx: int, k: torch.Tensor):
+def _appendable_layer(cache, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
     """The cache layer when this forward's k/v can be appended by rope_append_kv_ (one launch
-    instead of RoPE plus the stock update's five): an initialized plain StaticLayer (not a
-    sliding-window or other subclass, whose update differs) of matching shape and dtype; else
-    None (stock update)."""
+    instead of RoPE plus the stock update's five): a plain StaticLayer (not a sliding-window or
+    other subclass, whose update differs; initialized here if it is not yet) of matching shape
+    and dtype; else None (stock update)."""
     from transformers.cache_utils import StaticLayer
 
     layer = _cache_layer(cache, layer_idx) if cache is not None else None
-    if type(layer) is not StaticLayer or not layer.is_initialized:
+    if type(layer) is not StaticLayer:
         return None
+    if not layer.is_initialized:  # allocate as the stock update would ([B, Hk, S, D] views: shapes only), so
+        # the first prefill takes this same path (and compiles its kernel) like every later one
+        layer.lazy_initialization(k.transpose(1, 2), v.transpose(1, 2))
     keys, values, cum = layer.keys, layer.values, getattr(layer, "cumulative_length", None)
     B, _, Hk, D = k.shape
     ok = (isinstance(cum, torch.Tensor) and cum.numel() == 1 and cum.device == k.device
@@ -312,7 +315,7 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
     if ctx.qk_norm is not None:
         q = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[0], q)
         k = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[1], k)
-    layer = _appendable_layer(cache, self.layer_idx, k) if ctx.rope is not None and ctx.fuse_rope else None
+    layer = _appendable_layer(cache, self.layer_idx, k, v) if ctx.rope is not None and ctx.fuse_rope else None
     if layer is not None:  # over a static cache: RoPE + cache append in one launch
         cos, sin = position_embeddings
         ops.rope_append_kv_(q, k, v, cos, sin, layer.keys, layer.values, layer.cumulative_length,
