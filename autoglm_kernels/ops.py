@@ -547,7 +547,7 @@ def rope_append_kv_(
     interleaved: bool,
     mrope_section: Optional[list[int]] = None,
 ) -> None:
-    """apply_rope_ and a static-cache append in one launch: the decode step's RoPE + KV update.
+    """apply_rope_ and a static-cache append in one launch: RoPE + KV update of a prefill or decode step.
 
     q [B, S, Hq, D] rotates in place (as apply_rope_); k, v [B, S, Hk, D] are not modified: the
     rotated k and v go to k_cache/v_cache [B, Hk, C, D] (transformers' StaticLayer keys/values)
