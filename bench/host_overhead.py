@@ -24,12 +24,11 @@ import pstats
 import statistics
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from autoglm_kernels import ops
-from autoglm_kernels.cli.bench import _setup, environment, load_model, prompt_ids, time_generate
+from autoglm_kernels.cli.bench import _setup, environment, prompt_ids, script_models, time_generate
 
 
 def host_us(fn, calls: int = 300) -> float:
@@ -175,14 +174,9 @@ def main() -> None:
     if cdir:
         cdir.mkdir(parents=True, exist_ok=True)
     out = {"environment": environment(), "ops_host_us": [] if args.skip_ops or args.tiny else op_rows(), "prefill": []}
-    for name in args.models.split(","):
-        model = load_model(name, SimpleNamespace(dtype="float32" if args.tiny else "bfloat16",
-                                                 device="cpu" if args.tiny else "cuda", layers=None, tiny=args.tiny))
+    for name, model in script_models(args.models, args.tiny):
         for mode in args.modes.split(","):
             out["prefill"].append(prefill_row(model, name, mode, args.repeats, cdir))
-        del model
-        if not args.tiny:
-            torch.cuda.empty_cache()
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -16,13 +16,12 @@ import functools
 import json
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
 from autoglm_kernels import engine
-from autoglm_kernels.cli.bench import (_setup, environment, load_model, measure_read_bandwidth, median_replay_ms, prompt_ids,
-                                       time_generate)
+from autoglm_kernels.cli.bench import (_setup, environment, measure_read_bandwidth, median_replay_ms, prompt_ids,
+                                       script_models, time_generate)
 
 
 def graph_gpu_ms(eng, reps: int = 30) -> float | None:
@@ -112,16 +111,11 @@ def main() -> None:
     device = "cpu" if args.tiny else "cuda"
     bw = measure_read_bandwidth() if device == "cuda" else None
     rows = []
-    for name in args.models.split(","):
-        model = load_model(name, SimpleNamespace(dtype="float32" if args.tiny else "bfloat16", device=device, layers=None,
-                                                 tiny=args.tiny))
+    for name, model in script_models(args.models, args.tiny):
         for mode in args.modes.split(","):
             row = breakdown(model, name, mode, args.new_tokens, args.repeats)
             rows.append(row)
             print(json.dumps(row), flush=True)
-        del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": environment(), "read_bandwidth_Bps": bw, "rows": rows}, f, indent=2)

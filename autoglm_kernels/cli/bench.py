@@ -121,6 +121,22 @@ def load_model(name: str, args):
     return random_model(name, dtype=dtype, device=args.device, num_layers=args.layers, tiny=args.tiny)
 
 
+def script_models(names: str, tiny: bool):
+    """(name, model) for each comma-separated reference name, as the bench/ scripts use them: bf16
+    on CUDA, or tiny fp32 models on the CPU (`tiny`, a smoke run); each model is freed before the next."""
+    from types import SimpleNamespace
+
+    import torch
+
+    for name in names.split(","):
+        model = load_model(name, SimpleNamespace(dtype="float32" if tiny else "bfloat16",
+                                                 device="cpu" if tiny else "cuda", layers=None, tiny=tiny))
+        yield name, model
+        del model
+        if not tiny:
+            torch.cuda.empty_cache()
+
+
 def model_label(name: str, args) -> str:
     """How a model is named in tables: the checkpoint folder, or the reference name (+ size changes)."""
     if Path(name).is_dir():
