@@ -15,7 +15,6 @@ Two parts, both on CUDA:
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import functools
 import io
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 from autoglm_kernels import ops
-from autoglm_kernels.cli.bench import _setup, environment, prompt_ids, script_models, time_generate
+from autoglm_kernels.cli.bench import _setup, environment, prompt_ids, script_models, script_parser, time_generate
 
 
 def host_us(fn, calls: int = 300) -> float:
@@ -161,13 +160,8 @@ def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="llama3.2-1b,llama3.1-8b,glm4-9b")
-    p.add_argument("--modes", default="stock,graph-stock,patched")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--skip-ops", action="store_true")
-    p.add_argument("--tiny", action="store_true", help="tiny models on the CPU, no ops part (a smoke run of this script)")
-    p.add_argument("--json")
+    p = script_parser(__doc__, modes="stock,graph-stock,patched", repeats=5)
+    p.add_argument("--skip-ops", action="store_true", help="only the prefill part (--tiny implies it)")
     p.add_argument("--cprofile", metavar="DIR", help="write cProfile listings of each prefill there")
     args = p.parse_args()
     cdir = Path(args.cprofile) if args.cprofile else None

@@ -11,7 +11,6 @@ L2), with the cache's length counters put back afterwards.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
@@ -21,7 +20,7 @@ import torch
 
 from autoglm_kernels import engine
 from autoglm_kernels.cli.bench import (_setup, environment, measure_read_bandwidth, median_replay_ms, prompt_ids,
-                                       script_models, time_generate)
+                                       script_models, script_parser, time_generate)
 
 
 def graph_gpu_ms(eng, reps: int = 30) -> float | None:
@@ -100,13 +99,8 @@ def breakdown(model, name: str, mode: str, new_tokens: int, repeats: int) -> dic
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="llama3.2-1b,llama3.1-8b,glm4-9b")
-    p.add_argument("--modes", default="patched,graph-stock")
+    p = script_parser(__doc__, modes="patched,graph-stock", repeats=3)
     p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json")
-    p.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke run of this script)")
     args = p.parse_args()
     device = "cpu" if args.tiny else "cuda"
     bw = measure_read_bandwidth() if device == "cuda" else None

@@ -121,6 +121,17 @@ def load_model(name: str, args):
     return random_model(name, dtype=dtype, device=args.device, num_layers=args.layers, tiny=args.tiny)
 
 
+def script_parser(doc: str, *, modes: str, repeats: int) -> argparse.ArgumentParser:
+    """The options every bench/ script shares: --models, --modes, --repeats, --json, --tiny."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--models", default="llama3.2-1b,llama3.1-8b,glm4-9b")
+    p.add_argument("--modes", default=modes)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--json")
+    p.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke run of the script)")
+    return p
+
+
 def script_models(names: str, tiny: bool):
     """(name, model) for each comma-separated reference name, as the bench/ scripts use them: bf16
     on CUDA, or tiny fp32 models on the CPU (`tiny`, a smoke run); each model is freed before the next."""
