@@ -16,7 +16,6 @@ Two parts, both on CUDA:
 from __future__ import annotations
 
 import cProfile
-import functools
 import io
 import json
 import pstats
@@ -27,7 +26,8 @@ from pathlib import Path
 import torch
 
 from autoglm_kernels import ops
-from autoglm_kernels.cli.bench import _setup, environment, prompt_ids, script_models, script_parser, time_generate
+from autoglm_kernels.cli.bench import (_setup, environment, host_timers, prompt_ids, script_models, script_parser,
+                                       time_generate)
 
 
 def host_us(fn, calls: int = 300) -> float:
@@ -112,25 +112,10 @@ def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | 
             time_generate(model, ids, 2)  # warm-up (Triton compiles, graph capture)
         ttft = statistics.median(time_generate(model, ids, 2)[1] for _ in range(repeats))
         row = {"model": name, "mode": mode, "ttft_ms": round(1e3 * ttft, 2)}
-        fwd, saved = model.forward, model.__dict__.get("forward")
-        spent = []
-
-        @functools.wraps(fwd)  # generate reads forward's signature
-        def timed(*a, **kw):
-            t = time.perf_counter()
-            out = fwd(*a, **kw)
-            spent.append(time.perf_counter() - t)
-            return out
-
-        model.__dict__["forward"] = timed
-        try:
-            time_generate(model, ids, 1)
-        finally:
-            if saved is None:
-                model.__dict__.pop("forward")
-            else:
-                model.__dict__["forward"] = saved
-        row["prefill_forward_host_ms"] = round(1e3 * spent[0], 2) if spent else None
+        with host_timers(model, "forward") as timers:
+            time_generate(model, ids, 1)  # one forward: the prefill
+        forward_us = timers["forward"].us()
+        row["prefill_forward_host_ms"] = round(forward_us / 1e3, 2) if forward_us is not None else None
         from torch.profiler import ProfilerActivity, profile
 
         from autoglm_kernels.cli.profile import device_ops

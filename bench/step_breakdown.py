@@ -11,16 +11,14 @@ L2), with the cache's length counters put back afterwards.
 
 from __future__ import annotations
 
-import functools
 import json
 import statistics
-import time
 
 import torch
 
 from autoglm_kernels import engine
-from autoglm_kernels.cli.bench import (_setup, environment, measure_read_bandwidth, median_replay_ms, prompt_ids,
-                                       script_models, script_parser, time_generate)
+from autoglm_kernels.cli.bench import (_setup, environment, host_timers, measure_read_bandwidth, median_replay_ms,
+                                       prompt_ids, script_models, script_parser, time_generate)
 
 
 def graph_gpu_ms(eng, reps: int = 30) -> float | None:
@@ -39,27 +37,6 @@ def graph_gpu_ms(eng, reps: int = 30) -> float | None:
         for c, s in zip(counters, saved):
             c.copy_(s)
     return ms
-
-
-class HostTimer:
-    """Accumulates host seconds spent in `fn`; `.wrapper` has fn's signature (generate inspects it)."""
-
-    def __init__(self, fn):
-        self.fn, self.total, self.calls = fn, 0.0, 0
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            t = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.total += time.perf_counter() - t
-                self.calls += 1
-
-        self.wrapper = wrapper
-
-    def us(self) -> float | None:
-        return round(1e6 * self.total / self.calls, 1) if self.calls else None
 
 
 def step_ms(model, ids, new_tokens: int, repeats: int) -> float:
@@ -81,17 +58,10 @@ def breakdown(model, name: str, mode: str, new_tokens: int, repeats: int) -> dic
         row["graph_gpu_ms"] = round(gpu, 4) if gpu else None
         # host time of the phases before each launch, in the lockstep loop
         eng.defer_stop = False
-        prep = HostTimer(model.prepare_inputs_for_generation)
-        fwd = HostTimer(model.__dict__["forward"])
-        model.__dict__["prepare_inputs_for_generation"] = prep.wrapper
-        model.__dict__["forward"] = fwd.wrapper
-        try:
+        with host_timers(model, "prepare_inputs_for_generation", "forward") as timers:
             time_generate(model, ids, new_tokens)
-        finally:
-            model.__dict__.pop("prepare_inputs_for_generation")
-            model.__dict__["forward"] = fwd.fn
-        row["host_us_prepare_inputs"] = prep.us()
-        row["host_us_forward"] = fwd.us()
+        row["host_us_prepare_inputs"] = timers["prepare_inputs_for_generation"].us()
+        row["host_us_forward"] = timers["forward"].us()
         row["engine"] = eng.stats()
         return row
     finally:

@@ -12,7 +12,9 @@ with the read bandwidth measured in the same run; "% of limit" = limit step time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import functools
 import json
 import statistics
 import time
@@ -119,6 +121,46 @@ def load_model(name: str, args):
     from autoglm_kernels.demo_model import random_model
 
     return random_model(name, dtype=dtype, device=args.device, num_layers=args.layers, tiny=args.tiny)
+
+
+class HostTimer:
+    """Accumulates host seconds spent in `fn`; `.wrapper` has fn's signature (generate inspects it)."""
+
+    def __init__(self, fn):
+        self.fn, self.total, self.calls = fn, 0.0, 0
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.total += time.perf_counter() - t
+                self.calls += 1
+
+        self.wrapper = wrapper
+
+    def us(self) -> float | None:
+        """Mean host microseconds per call."""
+        return round(1e6 * self.total / self.calls, 1) if self.calls else None
+
+
+@contextlib.contextmanager
+def host_timers(model, *names: str):
+    """{name: HostTimer} over the methods `names` of `model` while the block runs (instance
+    attributes wrapping what `model.<name>` was); the instance's own attributes are put back after."""
+    saved = {n: model.__dict__.get(n) for n in names}
+    timers = {n: HostTimer(getattr(model, n)) for n in names}
+    for n, timer in timers.items():
+        model.__dict__[n] = timer.wrapper
+    try:
+        yield timers
+    finally:
+        for n, attr in saved.items():
+            if attr is None:
+                model.__dict__.pop(n, None)
+            else:
+                model.__dict__[n] = attr
 
 
 def script_parser(doc: str, *, modes: str, repeats: int) -> argparse.ArgumentParser:

@@ -34,16 +34,13 @@ class EngineCache(StaticCache):
         every prefill. Other layer types reset themselves."""
         tensors = []
         for layer in self.layers:
-            if type(layer) is not StaticLayer:
+            counter = getattr(layer, "cumulative_length", None)
+            if type(layer) is not StaticLayer or not torch.is_tensor(counter):
                 layer.reset()
                 continue
             if layer.is_initialized:
                 tensors += [layer.keys, layer.values]
-            counter = getattr(layer, "cumulative_length", None)
-            if torch.is_tensor(counter):
-                tensors.append(counter)
-            elif counter is not None:
-                layer.cumulative_length = 0
+            tensors.append(counter)
         if tensors:
             torch._foreach_zero_(tensors)
 

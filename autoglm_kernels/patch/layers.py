@@ -6,10 +6,11 @@ per architecture. Every kernel is reached through autoglm_kernels.ops.
 
 The decode step is free of host syncs (no .item(), no Python branching on tensor values; cache
 lengths come from device tensors), so a decode step over a StaticCache can be captured in a CUDA
-graph. A prefill over a StaticCache reads the cache length once per forward (Runtime.prefill_len). Cross-layer fusion: the last residual add of layer i is fused with the
-norm that follows it (layer i+1's input norm, or the final norm); layer i hands that normed tensor
-on through `Runtime.stash`, and the consumer takes it only if it receives the very tensor object
-layer i returned (anything in between that replaces the hidden states just gets a fresh norm).
+graph. A prefill over a StaticCache reads the cache length once per forward (Runtime.prefill_len).
+Cross-layer fusion: the last residual add of layer i is fused with the norm that follows it
+(layer i+1's input norm, or the final norm); layer i hands that normed tensor on through
+`Runtime.stash`, and the consumer takes it only if it receives the very tensor object layer i
+returned (anything in between that replaces the hidden states just gets a fresh norm).
 """
 
 from __future__ import annotations

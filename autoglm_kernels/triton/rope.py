@@ -18,8 +18,8 @@ what apply_multimodal_rotary_pos_emb's split/cat of mrope_section*2 selects; don
 addressing so it costs no extra launch.
 
 torch op `autoglm::rope_append_kv(q!, k, v, cos, sin, k_cache!, v_cache!, cache_len!, ...) -> ()`
-  the decode step's RoPE and static-cache update in one launch (instead of the RoPE kernel plus
-  the arange/add/add_/2x index_copy_ of transformers' StaticLayer.update): q rotates in place,
+  a prefill's or decode step's RoPE and static-cache update in one launch (instead of the RoPE
+  kernel plus the arange/add/add_/2x index_copy_ of transformers' StaticLayer.update): q rotates in place,
   rotated k and v are written to k_cache/v_cache [B, Hk, C, D] at slots cache_len + [0, S), then
   cache_len (the layer's 0-d device counter) advances by S. Slots >= C are not written.
 
