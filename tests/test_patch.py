@@ -442,18 +442,42 @@ def test_tensor_parallel_model_stays_stock_with_a_reason():
         patch_model(model, strict=True)
 
 
-def test_device_map_dispatched_model_stays_stock_with_a_reason():
-    """A model that accelerate dispatched (device_map over several devices / offload: modules carry
-    `_hf_hook`s that move activations between devices) is left stock, tokens unchanged."""
+def test_device_map_dispatched_model_is_patched_behind_its_hooks():
+    """A model that accelerate dispatched (device_map: modules carry `_hf_hook`s that move the
+    activations to each module's device) is patched behind the hooks: the fused forwards replace
+    the `_old_forward` the hook calls, so the hooks still run; unpatch puts the originals back.
+    Offloading hooks (weights loaded by the hook) stay stock with a reason."""
     accelerate = pytest.importorskip("accelerate")
 
-    model = AutoModelForCausalLM.from_config(reference_config("llama3.2-1b", tiny=True)).eval()
+    model = _model("llama")
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
                   "model.layers.1": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
     model = accelerate.dispatch_model(model, device_map=device_map, force_hooks=True)
+    layer = model.model.layers[0]
+    hooked, old = layer.forward, layer._old_forward
     ids = torch.randint(1, 500, (1, 6))
     ref = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    calls = []
+    pre = layer._hf_hook.pre_forward
+    layer._hf_hook.pre_forward = lambda *a, **k: calls.append(1) or pre(*a, **k)
     report = patch_model(model)
-    assert not report.supported and "accelerate dispatch hooks" in str(report)
+    assert report.num_patched("decoder_layer") == 2 and report.num_patched("attention") == 2, str(report)
+    assert layer.forward is hooked and layer._old_forward.__func__ is L.decoder_layer_forward
     torch.testing.assert_close(model.generate(input_ids=ids, max_new_tokens=6, do_sample=False), ref, rtol=0, atol=0)
+    assert calls  # the hook still ran in front of the fused layer
     unpatch_model(model)
+    assert layer.forward is hooked and layer._old_forward == old
+
+
+def test_offloading_hooks_stay_stock_with_a_reason():
+    accelerate = pytest.importorskip("accelerate")
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    model = _model("llama")
+    add_hook_to_module(model.model.layers[0], AlignDevicesHook(execution_device="cpu", offload=True,
+                                                                 weights_map={}))
+    report = patch_model(model)
+    assert not report.supported and "offloaded weights" in str(report)
+    unpatch_model(model)
+
+

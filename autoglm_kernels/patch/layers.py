@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import ops
 from .archs import ArchSpec
+from .sharding import TensorParallel, local
 
 ATTN_NAME = "autoglm"  # key in transformers' AttentionInterface / AttentionMaskInterface
 # queries per sequence up to which decode_attention (split-KV) is used; prefill_attention above
@@ -124,6 +125,35 @@ class FusedRows:
         self.weight = self.bias = None
 
 
+class ShardRows:
+    """FusedRows for a tensor-parallel model: this rank's rows, stacked into a new tensor once.
+
+    DTensor shards cannot be re-viewed into one stacked storage as FusedRows does, so this costs
+    the memory of the stacked rows a second time (q/k/v and gate/up: reported by patch_model).
+    `build()` -> (weight, bias) computes them (sharding.py).
+    """
+
+    def __init__(self, build: Callable[[], tuple[torch.Tensor, Optional[torch.Tensor]]]):
+        with torch.inference_mode(False), torch.no_grad():
+            self.weight, self.bias = build()
+
+    def get(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self.weight, self.bias
+
+    def release(self) -> None:
+        self.weight = self.bias = None
+
+
+def stack_local_rows(linears: list[nn.Linear]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The local shards of several colwise-sharded linears stacked along N (bias: zeros where missing)."""
+    weight = torch.cat([local(lin.weight).detach() for lin in linears])
+    if all(lin.bias is None for lin in linears):
+        return weight, None
+    bias = torch.cat([local(lin.bias).detach() if lin.bias is not None else weight.new_zeros(local(lin.weight).shape[0])
+                      for lin in linears])
+    return weight, bias
+
+
 def _shares(p: torch.Tensor, *tensors) -> bool:
     return any(t is not None and p.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in tensors)
 
@@ -146,8 +176,8 @@ class AttnCtx:
     """What the fused attention forward needs (one per attention module)."""
 
     runtime: Runtime
-    qkv: FusedRows
-    n_q: int
+    qkv: FusedRows | ShardRows
+    n_q: int  # heads of this rank (all of them unless tensor-parallel)
     n_kv: int
     head_dim: int
     scale: float
@@ -158,11 +188,15 @@ class AttnCtx:
     qk_norm: Optional[tuple[nn.Module, nn.Module]] = None
     fuse_qk_norm: bool = False
     o_proj: str = "o_proj"
+    tp: Optional[TensorParallel] = None
 
 
 @dataclass
 class MlpCtx:
-    gate_up: FusedRows  # [gate; up] of a Llama-style MLP
+    """A gated MLP: [gate; up] rows (None: the module's own gate_up_proj, GLM) and the TP group."""
+
+    gate_up: FusedRows | ShardRows | None = None
+    tp: Optional[TensorParallel] = None
 
 
 @dataclass
@@ -178,6 +212,15 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return ops.fused_linear(x, weight, bias, activation=activation)
 
 
+def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel]) -> torch.Tensor:
+    """An output projection (o_proj, down_proj). Tensor-parallel: this rank's input columns give
+    a partial sum, all-reduced, then the replicated bias once (what transformers' rowwise does)."""
+    if tp is None:
+        return _linear(x, lin.weight, lin.bias)
+    y = tp.all_reduce_(_linear(x, local(lin.weight), None))
+    return y if lin.bias is None else y + local(lin.bias)
+
+
 def _eps(norm: nn.Module) -> float:
     eps = getattr(norm, "variance_epsilon", None)
     return float(norm.eps if eps is None else eps)
@@ -188,8 +231,8 @@ def norm(kind: str, fused: bool, mod: nn.Module, x: torch.Tensor) -> torch.Tenso
     if not fused:
         return mod(x)
     if kind == "rms":
-        return ops.rms_norm(x, mod.weight, _eps(mod))
-    return ops.layer_norm(x, mod.weight, mod.bias, _eps(mod))
+        return ops.rms_norm(x, local(mod.weight), _eps(mod))
+    return ops.layer_norm(x, local(mod.weight), local(mod.bias), _eps(mod))
 
 
 def add_norm(kind: str, fused: bool, mod: nn.Module, x: torch.Tensor, residual: torch.Tensor):
@@ -198,8 +241,8 @@ def add_norm(kind: str, fused: bool, mod: nn.Module, x: torch.Tensor, residual: 
         residual = residual + x
         return mod(residual), residual
     if kind == "rms":
-        return ops.fused_add_rms_norm(x, residual, mod.weight, _eps(mod))
-    return ops.fused_add_layer_norm(x, residual, mod.weight, mod.bias, _eps(mod))
+        return ops.fused_add_rms_norm(x, residual, local(mod.weight), _eps(mod))
+    return ops.fused_add_layer_norm(x, residual, local(mod.weight), local(mod.bias), _eps(mod))
 
 
 def norm_add_norm(fused: bool, mod1: nn.Module, mod2: nn.Module, x: torch.Tensor, residual: torch.Tensor):
@@ -207,7 +250,7 @@ def norm_add_norm(fused: bool, mod1: nn.Module, mod2: nn.Module, x: torch.Tensor
     if not fused:
         residual = residual + mod1(x)
         return mod2(residual), residual
-    return ops.norm_add_norm(x, residual, mod1.weight, mod2.weight, _eps(mod1))
+    return ops.norm_add_norm(x, residual, local(mod1.weight), local(mod2.weight), _eps(mod1))
 
 
 def no_training(module: nn.Module) -> None:
@@ -334,8 +377,7 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
     out = attend(q, k, v, attention_mask, ctx.scale, runtime=ctx.runtime, cache=cache, layer_idx=self.layer_idx)
-    o = getattr(self, ctx.o_proj)
-    return _linear(out.reshape(B, S, hq * d), o.weight, o.bias), None
+    return _out_linear(out.reshape(B, S, hq * d), getattr(self, ctx.o_proj), ctx.tp), None
 
 
 def attention_interface(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -385,19 +427,13 @@ def register_attention() -> None:
 # ---------------------------------------------------------------------------------------------
 # MLP, decoder layer, final norm, lm_head
 # ---------------------------------------------------------------------------------------------
-def gate_up_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """GLM MLP: gate_up_proj [gate; up] -> silu(gate) * up -> down_proj, two fused_linear calls."""
+def mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Gated MLP: [gate; up] -> silu(gate) * up in one fused_linear, then down_proj. GLM's
+    gate_up_proj as it is; Llama's gate_proj/up_proj stacked once at patch time (ctx.gate_up)."""
     no_training(self)
-    h = _linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias, "gated_silu")
-    return _linear(h, self.down_proj.weight, self.down_proj.bias)
-
-
-def split_gate_up_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """Llama MLP: gate_proj and up_proj stacked once at patch time, then as gate_up_mlp_forward."""
-    no_training(self)
-    w, b = self._autoglm.gate_up.get()
-    h = _linear(x, w, b, "gated_silu")
-    return _linear(h, self.down_proj.weight, self.down_proj.bias)
+    ctx: MlpCtx = self._autoglm
+    w, b = ctx.gate_up.get() if ctx.gate_up is not None else (self.gate_up_proj.weight, self.gate_up_proj.bias)
+    return _out_linear(_linear(x, w, b, "gated_silu"), self.down_proj, ctx.tp)
 
 
 def _inline_mlp(layer: nn.Module, ctx: LayerCtx, x: torch.Tensor) -> torch.Tensor:
@@ -458,6 +494,10 @@ def final_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def lm_head_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """lm_head through fused_linear: [..., hidden] -> [..., vocab]."""
+    """lm_head through fused_linear: [..., hidden] -> [..., vocab]. Tensor-parallel (ctx = the TP
+    group): this rank's vocab rows, then the shards all-gathered (transformers' colwise_gather_output)."""
     no_training(self)
-    return _linear(x, self.weight, self.bias)
+    tp: Optional[TensorParallel] = getattr(self, "_autoglm", None)
+    if tp is None:
+        return _linear(x, self.weight, self.bias)
+    return tp.all_gather_last(_linear(x, local(self.weight), local(self.bias)))

@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import ops
 from . import layers as L
+from . import sharding
 from .archs import ACTIVATIONS, ARCHS, ArchSpec, spec_for
 from .report import PatchReport
 
@@ -42,23 +43,26 @@ class PatchState:
         self.engine_options = engine_options
         self.runtime = L.Runtime()
         self.layers: list[nn.Module] = []
-        self.fused_rows: list[L.FusedRows] = []
+        self.fused_rows: list = []  # FusedRows / ShardRows, released by undo
         self.memory_pool = None  # autoglm_kernels.memory.MemoryPool each generate() runs in, if any
         self.engine = None  # autoglm_kernels.engine.DecodeEngine when cuda_graphs is on
         self._undo: list[Callable[[], None]] = []
 
     def bind(self, module: nn.Module, fn: Callable, ctx=None) -> None:
-        """module.forward = fn bound to this instance (and module._autoglm = ctx), undoably."""
-        prev = module.__dict__.get("forward", _MISSING)
-        module.forward = types.MethodType(fn, module)
+        """module.forward = fn bound to this instance (and module._autoglm = ctx), undoably. A module
+        with an accelerate hook (device_map) keeps it: fn replaces the `_old_forward` the hook calls
+        after moving the inputs to the module's device."""
+        attr = "_old_forward" if hasattr(module, "_hf_hook") and "_old_forward" in module.__dict__ else "forward"
+        prev = module.__dict__.get(attr, _MISSING)
+        setattr(module, attr, types.MethodType(fn, module))
         if ctx is not None:
             module._autoglm = ctx
 
         def undo():
-            module.__dict__.pop("forward", None)
+            module.__dict__.pop(attr, None)
             module.__dict__.pop("_autoglm", None)
             if prev is not _MISSING:
-                module.forward = prev
+                setattr(module, attr, prev)
 
         self._undo.append(undo)
 
@@ -128,6 +132,8 @@ class _Plan:
         self.final = self.head = False
         self.activation = "none"
         self.unsupported: Optional[str] = None  # why the whole model stays stock (device, dtype, sharding)
+        self.tp: Optional[sharding.TensorParallel] = None  # the TP group of a tensor-parallel model
+        self.devices: set = set()  # devices of the model's parameters (several under a device_map)
 
 
 def _stock(report: PatchReport, kind: str, reason: str, n: int) -> None:
@@ -234,16 +240,49 @@ def _plan_attention(p: _Plan, want: bool) -> Optional[str]:
     return None
 
 
-def _sharding_reason(model: nn.Module) -> Optional[str]:
-    """Why a sharded model stays stock: the fused paths stack q/k/v and gate/up rows and assume
-    whole (unsharded) weights, so tensor-parallel shards would give wrong answers."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        DTensor = ()
-    tp = getattr(model, "_tp_size", None) or getattr(model, "tp_size", None)
-    if (isinstance(tp, int) and tp > 1) or any(isinstance(t, DTensor) for t in model.parameters()):
-        return "tensor-parallel (tp_plan) weights are not supported yet: the model stays stock"
+def _hooks_reason(model: nn.Module) -> Optional[str]:
+    """None when every accelerate hook only places modules on devices (device_map over GPUs);
+    else why not (offloaded weights: the fused forwards read weights the hook would load)."""
+    for m in model.modules():
+        hook = getattr(m, "_hf_hook", None)
+        for h in (getattr(hook, "hooks", None) or [hook]) if hook is not None else []:
+            if (type(h).__name__ != "AlignDevicesHook" or getattr(h, "offload", False)
+                    or getattr(h, "weights_map", None) is not None):
+                return f"accelerate {type(h).__name__} with offloaded weights (device_map to CPU/disk)"
+    if any(t.device.type == "meta" for t in model.parameters()):
+        return "parameters on the meta device (offloaded)"
+    return None
+
+
+def _tp_reason(p: _Plan) -> Optional[str]:
+    """Tensor-parallel models: tensor_parallel() found p.tp; why its layout is not what the fused
+    forwards take (q/k/v and gate/up colwise, o_proj and down_proj rowwise, equal shards, whole
+    heads per rank), else None."""
+    spec, tp = p.spec, p.tp
+    if spec.mlp == "fc1+fc2":
+        return "tensor-parallel fc1/fc2 MLPs are not supported"
+    for i, layer in enumerate(p.layers):
+        attn, mlp = getattr(layer, spec.attn, None), getattr(layer, spec.mlp_module, None)
+        want = [(spec.qkv[0], attn, "row"), (spec.qkv[1], attn, "row"), (spec.qkv[2], attn, "row"),
+                (spec.o_proj, attn, "col"), ("down_proj", mlp, "col")]
+        want += [("gate_up_proj", mlp, "row")] if spec.mlp == "gate_up_proj" else [
+            ("gate_proj", mlp, "row"), ("up_proj", mlp, "row")]
+        for name, owner, kind in want:
+            lin = getattr(owner, name, None)
+            if not _is_linear(lin):
+                return f"layer {i}: no nn.Linear {name}"
+            why = sharding.linear_layout_reason(lin, kind, tp, f"layer {i} {name}")
+            if why:
+                return why
+        hd = getattr(attn, "head_dim", 0) or 1
+        nq, nk = (sharding.local(getattr(attn, n).weight).shape[0] for n in spec.qkv[:2])
+        if nq % hd or nk % hd or nk == 0 or (nq // hd) % (nk // hd):
+            return f"layer {i}: the attention shards do not hold whole, grouped heads ({nq} q / {nk} k rows, head_dim {hd})"
+        if spec.mlp == "gate_up_proj" and (mlp.gate_up_proj.weight.shape[0] // 2) % tp.size:
+            return f"layer {i}: gate_up_proj's MLP width does not split evenly over {tp.size} ranks"
+        norms = _norm_modules(layer, spec) + [getattr(attn, n, None) for n in spec.qk_norm or ()]
+        if any(sharding.placement(getattr(m, "weight", None)) not in (None, "replicate") for m in norms if m is not None):
+            return f"layer {i}: sharded norm weights"
     return None
 
 
@@ -253,10 +292,19 @@ def _plan_model(p: _Plan, *, attention: bool, mlp: bool, norm: bool, rope: bool)
     param = next(p.layers.parameters())
     report.device, report.dtype = str(param.device), _name(param.dtype)
     why = _device_dtype_reason(param.device, param.dtype)
-    if why is None and any(hasattr(m, "_hf_hook") for m in p.model.modules()):
-        why = "accelerate dispatch hooks (device_map over several devices or offload)"
+    p.devices = {t.device for t in p.model.parameters()}
+    if why is None and len({d.type for d in p.devices}) > 1:
+        why = f"parameters on several device types ({', '.join(sorted(str(d) for d in p.devices))})"
+    why = why or _hooks_reason(p.model)
     if why is None:
-        why = _sharding_reason(p.model)
+        p.tp, why = sharding.tensor_parallel(p.model)
+        tp_size = getattr(p.model, "_tp_size", None)
+        if why is None and p.tp is None and isinstance(tp_size, int) and tp_size > 1:
+            why = "tensor-parallel model without DTensor shards (this transformers' TP layout is not supported)"
+        if why is None and p.tp is not None:
+            why = _tp_reason(p)
+        if why is not None:
+            why = f"tensor-parallel layout: {why}"
     p.unsupported = why
     has_final = p.final_norm is not None
     head_ok = _is_linear(p.lm_head)
@@ -307,6 +355,11 @@ def _plan_model(p: _Plan, *, attention: bool, mlp: bool, norm: bool, rope: bool)
             _stock(report, "final_norm", norm_why or "final norm differs from the layer norms", 1)
     if p.lm_head is not None:
         head_why = None if head_ok else "lm_head is not an nn.Linear"
+        if head_ok and p.tp is not None and sharding.placement(p.lm_head.weight) is not None:
+            w = p.lm_head.weight
+            if sharding.placement(w) != "row" or not sharding.even_shards(w, p.tp) or (
+                    p.lm_head.bias is not None and sharding.placement(p.lm_head.bias) != "row"):
+                head_why = "tensor-parallel lm_head not sharded by vocab rows in equal shards"
         head_why = head_why or (None if mlp else f"{OFF} (mlp=False)") or _missing_ops("fused_linear")
         p.head = head_why is None
         if p.head:
@@ -391,12 +444,12 @@ def _apply(p: _Plan, state: PatchState) -> None:
         mrope = rope_params.get("mrope_section") if spec.rope == "mrope" else None
         for layer in p.layers:
             attn = getattr(layer, spec.attn)
-            rows = L.FusedRows([getattr(attn, n) for n in spec.qkv])
+            rows = _rows(p, [getattr(attn, n) for n in spec.qkv])
             state.fused_rows.append(rows)
             hd = attn.head_dim
+            n_q, n_kv = (sharding.local(getattr(attn, n).weight).shape[0] // hd for n in spec.qkv[:2])
             ctx = L.AttnCtx(
-                runtime=runtime, qkv=rows, n_q=getattr(attn, spec.qkv[0]).out_features // hd,
-                n_kv=getattr(attn, spec.qkv[1]).out_features // hd, head_dim=hd, scale=float(attn.scaling),
+                runtime=runtime, qkv=rows, n_q=n_q, n_kv=n_kv, head_dim=hd, scale=float(attn.scaling), tp=p.tp,
                 rope=spec.rope, fuse_rope=p.rope, mrope_section=list(mrope) if mrope else None,
                 stock_rope=getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None),
                 qk_norm=tuple(getattr(attn, n) for n in spec.qk_norm) if spec.qk_norm else None,
@@ -405,12 +458,15 @@ def _apply(p: _Plan, state: PatchState) -> None:
     if p.mlp and spec.mlp_module:
         for layer in p.layers:
             mlp = getattr(layer, spec.mlp_module)
-            if spec.mlp == "gate_up_proj":
-                state.bind(mlp, L.gate_up_mlp_forward)
+            if spec.mlp == "gate_up_proj" and p.tp is None:
+                rows = None  # already [gate; up]
+            elif spec.mlp == "gate_up_proj":
+                rows = L.ShardRows(functools.partial(sharding.gate_up_rows, mlp.gate_up_proj, p.tp))
             else:
-                rows = L.FusedRows([mlp.gate_proj, mlp.up_proj])
+                rows = _rows(p, [mlp.gate_proj, mlp.up_proj])
+            if rows is not None:
                 state.fused_rows.append(rows)
-                state.bind(mlp, L.split_gate_up_mlp_forward, L.MlpCtx(gate_up=rows))
+            state.bind(mlp, L.mlp_forward, L.MlpCtx(gate_up=rows, tp=p.tp))
     if p.layer_forward:
         n = len(p.layers)
         for i, layer in enumerate(p.layers):
@@ -420,6 +476,8 @@ def _apply(p: _Plan, state: PatchState) -> None:
                 nxt = getattr(p.layers[i + 1], spec.input_norm)
             else:
                 nxt = p.final_norm if p.final else None
+            if nxt is not None and _device(nxt) != _device(layer):  # device_map: the next norm is on
+                nxt = None  # another GPU; it runs there, on the hidden states its hook moved
             params = list(inspect.signature(type(layer).forward).parameters)[2:]  # after self, hidden_states
             ctx = L.LayerCtx(spec=spec, runtime=runtime, fuse_norms=p.norms, fuse_mlp=p.mlp, activation=p.activation,
                              next_norm=nxt, arg_names=tuple(params))
@@ -427,7 +485,20 @@ def _apply(p: _Plan, state: PatchState) -> None:
     if p.final:
         state.bind(p.final_norm, L.final_norm_forward, L.NormCtx(runtime=runtime, kind=spec.norm))
     if p.head:
-        state.bind(p.lm_head, L.lm_head_forward)
+        tp = p.tp if sharding.placement(p.lm_head.weight) is not None else None
+        state.bind(p.lm_head, L.lm_head_forward, tp)
+
+
+def _rows(p: _Plan, linears: list[nn.Linear]):
+    """The stacked rows of several linears: views of one tensor (FusedRows), or on a
+    tensor-parallel model a copy of this rank's shards (ShardRows)."""
+    if p.tp is None:
+        return L.FusedRows(linears)
+    return L.ShardRows(functools.partial(L.stack_local_rows, linears))
+
+
+def _device(module: nn.Module) -> Optional[torch.device]:
+    return next((t.device for t in module.parameters()), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,6 +579,9 @@ def patch_model(model: nn.Module, attention: bool = True, mlp: bool = True, norm
                 report.add_stock("cuda_graphs", "CUDA graphs need a CUDA model")
             elif cuda_graphs and plan.unsupported:
                 report.add_stock("cuda_graphs", plan.unsupported)
+            elif cuda_graphs and len(plan.devices) > 1:
+                report.add_stock("cuda_graphs", f"the model spans {len(plan.devices)} devices (device_map): "
+                                 "decode runs eagerly, a CUDA graph is captured on one device")
             elif cuda_graphs:
                 _use_engine(model, state, spec)
         except BaseException:

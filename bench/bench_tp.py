@@ -1,0 +1,154 @@
+"""Tensor-parallel decode, stock vs patched, on several GPUs of one host (issue #10).
+
+    torchrun --nproc_per_node 2 bench/bench_tp.py --models llama3.1-8b,glm4-9b --ckpt-dir /tmp/tp_ckpts \
+        --json bench/results/<run>/tp.json
+
+Per model: rank 0 writes a random-weight checkpoint of the reference shape (once), every rank
+loads it with transformers' tp_plan="auto" (bf16), and then, in this one run:
+- stock TP: greedy tokens (32) and batch-1 decode tok/s (prompt 128, 128 new tokens);
+- patched TP (patch_model defaults: fused kernels on this rank's shards, the decode engine's CUDA
+  graph with the all-reduces captured): the same, plus patch + first-capture time;
+- the all-reduce share of the patched decode: GPU time of the NCCL kernels over all kernels in a
+  profiled generate of 32 tokens (mostly decode steps; prefill included).
+Rank 0 writes the JSON (device, versions, commit, per model the figures and whether the greedy
+tokens matched, with the first differing position).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from autoglm_kernels import patch_model, unpatch_model
+from autoglm_kernels.cli import bench as B
+from autoglm_kernels.demo_model import random_model
+
+PROMPT, NEW, CHECK = 128, 128, 32
+
+
+def _checkpoint(name: str, root: Path, rank: int) -> Path:
+    path = root / name
+    if rank == 0 and not (path / "config.json").exists():
+        model = random_model(name, device=f"cuda:{torch.cuda.current_device()}")
+        model.save_pretrained(path)
+        del model
+        torch.cuda.empty_cache()
+    dist.barrier()
+    return path
+
+
+def _greedy(model, ids, n: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, pad_token_id=0)[0, ids.shape[1]:].cpu()
+
+
+def _decode_rate(model, ids, repeats: int = 2) -> tuple[float, float]:
+    """(decode tok/s excluding the first token, TTFT ms): best of `repeats` timed generates."""
+    best = None
+    for _ in range(repeats):
+        total, first = B.time_generate(model, ids, NEW)
+        rate = (NEW - 1) / (total - first)
+        best = max(best or (0, 0), (rate, first * 1e3))
+    return best
+
+
+def _allreduce_share(model, ids) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        _greedy(model, ids, CHECK)
+        torch.cuda.synchronize()
+    total = nccl = 0.0
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", None)
+        t = getattr(evt, "self_cuda_time_total", 0.0) if t is None else t
+        total += t
+        if "nccl" in evt.key.lower():
+            nccl += t
+    return {"nccl_gpu_ms": nccl / 1e3, "all_gpu_ms": total / 1e3, "share": nccl / total if total else None}
+
+
+def run_model(name: str, root: Path, rank: int, size: int) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    path = _checkpoint(name, root, rank)
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=torch.bfloat16).eval()
+    load_s = time.perf_counter() - t0
+    ids = B.prompt_ids(model, 1, PROMPT)
+    out = {"model": name, "tp_size": size, "load_s": round(load_s, 1)}
+
+    _greedy(model, ids, 4)  # warm up
+    stock_tokens = _greedy(model, ids, CHECK)
+    out["stock_tok_s"], out["stock_ttft_ms"] = _decode_rate(model, ids)
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    report = patch_model(model)
+    _greedy(model, ids, 2)  # first capture of the decode graph
+    torch.cuda.synchronize()
+    out["patch_and_capture_s"] = round(time.perf_counter() - t0, 2)
+    out["report"] = str(report)
+    patched_tokens = _greedy(model, ids, CHECK)
+    out["patched_tok_s"], out["patched_ttft_ms"] = _decode_rate(model, ids)
+    out["allreduce"] = _allreduce_share(model, ids)
+    state = model.__dict__.get("_autoglm_patch")
+    out["engine"] = state.engine.stats() if state is not None and state.engine is not None else None
+    unpatch_model(model)
+
+    same = torch.equal(stock_tokens, patched_tokens)
+    diff = (stock_tokens != patched_tokens).nonzero()
+    out["greedy_match"] = same
+    out["first_mismatch"] = None if same else int(diff[0, 0])
+    out["speedup"] = out["patched_tok_s"] / out["stock_tok_s"]
+    w, kv = B.bytes_per_step(model, 1, PROMPT, NEW)
+    out["bytes_per_step_per_rank"] = (w + kv) / size
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="llama3.1-8b,glm4-9b")
+    ap.add_argument("--ckpt-dir", default="/tmp/autoglm_tp_ckpts")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    rank = int(os.environ["RANK"])
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl")
+    size = dist.get_world_size()
+    bandwidth = B.measure_read_bandwidth()
+    env = B.environment()
+    env.update(gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+               commit=os.environ.get("AUTOGLM_GIT_COMMIT") or subprocess.run(
+                   ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip(),
+               nccl=".".join(map(str, torch.cuda.nccl.version())), read_bandwidth_Bps=bandwidth)
+    results = []
+    for name in args.models.split(","):
+        r = run_model(name, Path(args.ckpt_dir), rank, size)
+        r["limit_tok_s_per_rank_bw"] = bandwidth / r["bytes_per_step_per_rank"]
+        r["patched_pct_of_limit"] = 100 * r["patched_tok_s"] / r["limit_tok_s_per_rank_bw"]
+        results.append(r)
+        if rank == 0:
+            print(f"{name} TP={size}: stock {r['stock_tok_s']:.1f} tok/s, patched {r['patched_tok_s']:.1f} tok/s "
+                  f"({r['speedup']:.2f}x), greedy {CHECK} tokens match: {r['greedy_match']} "
+                  f"(first mismatch {r['first_mismatch']}), all-reduce share {r['allreduce']['share']:.1%}, "
+                  f"TTFT {r['stock_ttft_ms']:.1f} -> {r['patched_ttft_ms']:.1f} ms, "
+                  f"patch+capture {r['patch_and_capture_s']} s, {r['patched_pct_of_limit']:.1f}% of limit", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"environment": env, "results": results}, indent=2))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
