@@ -66,7 +66,12 @@ def _run(op, *args):
     away in plain eager inference, skipping the dispatcher's custom-op layers (about 25 us of host
     time a call: a prefill makes four or five such calls per layer, and its time to first token
     is host-bound); through torch.ops everywhere else: torch.compile, fake and other tensor
-    subclasses, dispatch and function modes, and autograd (grad mode on)."""
+    subclasses, dispatch and function modes, and autograd (grad mode on). Runs on the device of
+    args[0] (a model split over GPUs by device_map calls ops for tensors off the current device)."""
+    device = args[0].device
+    if device.type == "cuda" and not torch.compiler.is_compiling() and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):  # Triton launches on the current device, not on the tensors'
+            return _run(op, *args)
     if (type(args[0]) is torch.Tensor and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0):
         return op.direct(*args)

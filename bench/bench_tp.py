@@ -50,6 +50,12 @@ def _greedy(model, ids, n: int) -> torch.Tensor:
                               do_sample=False, pad_token_id=0)[0, ids.shape[1]:].cpu()
 
 
+def _logits(model, seq) -> torch.Tensor:
+    """fp32 logits [CHECK, vocab] predicting the last CHECK tokens of seq (one forward)."""
+    with torch.inference_mode():
+        return model(seq).logits[0, -CHECK - 1:-1].float()
+
+
 def _decode_rate(model, ids, repeats: int = 2) -> tuple[float, float]:
     """(decode tok/s excluding the first token, TTFT ms): best of `repeats` timed generates."""
     best = None
@@ -88,6 +94,8 @@ def run_model(name: str, root: Path, rank: int, size: int) -> dict:
 
     _greedy(model, ids, 4)  # warm up
     stock_tokens = _greedy(model, ids, CHECK)
+    seq = torch.cat([ids, stock_tokens.to(ids.device)[None]], 1)  # teacher forcing on the stock tokens
+    stock_logits = _logits(model, seq)
     out["stock_tok_s"], out["stock_ttft_ms"] = _decode_rate(model, ids)
 
     torch.cuda.synchronize()
@@ -98,6 +106,7 @@ def run_model(name: str, root: Path, rank: int, size: int) -> dict:
     out["patch_and_capture_s"] = round(time.perf_counter() - t0, 2)
     out["report"] = str(report)
     patched_tokens = _greedy(model, ids, CHECK)
+    patched_logits = _logits(model, seq)
     out["patched_tok_s"], out["patched_ttft_ms"] = _decode_rate(model, ids)
     out["allreduce"] = _allreduce_share(model, ids)
     state = model.__dict__.get("_autoglm_patch")
@@ -108,6 +117,14 @@ def run_model(name: str, root: Path, rank: int, size: int) -> dict:
     diff = (stock_tokens != patched_tokens).nonzero()
     out["greedy_match"] = same
     out["first_mismatch"] = None if same else int(diff[0, 0])
+    gap = stock_logits.topk(2, dim=-1).values.diff(dim=-1).neg().squeeze(-1)  # stock top-1 minus top-2
+    out["teacher_forced"] = {
+        "argmax_agreement": (patched_logits.argmax(-1) == stock_logits.argmax(-1)).float().mean().item(),
+        "max_abs_logit_diff": (patched_logits - stock_logits).abs().max().item(),
+        "median_abs_logit_diff": (patched_logits - stock_logits).abs().median().item(),
+        "stock_top2_gap_median": gap.median().item(),
+        "stock_top2_gap_at_first_mismatch": None if same else gap[out["first_mismatch"]].item(),
+    }
     out["speedup"] = out["patched_tok_s"] / out["stock_tok_s"]
     w, kv = B.bytes_per_step(model, 1, PROMPT, NEW)
     out["bytes_per_step_per_rank"] = (w + kv) / size
@@ -142,7 +159,7 @@ def main() -> None:
         if rank == 0:
             print(f"{name} TP={size}: stock {r['stock_tok_s']:.1f} tok/s, patched {r['patched_tok_s']:.1f} tok/s "
                   f"({r['speedup']:.2f}x), greedy {CHECK} tokens match: {r['greedy_match']} "
-                  f"(first mismatch {r['first_mismatch']}), all-reduce share {r['allreduce']['share']:.1%}, "
+                  f"(first mismatch {r['first_mismatch']}; teacher-forced {r['teacher_forced']}), all-reduce share {r['allreduce']['share']:.1%}, "
                   f"TTFT {r['stock_ttft_ms']:.1f} -> {r['patched_ttft_ms']:.1f} ms, "
                   f"patch+capture {r['patch_and_capture_s']} s, {r['patched_pct_of_limit']:.1f}% of limit", flush=True)
             if args.json:

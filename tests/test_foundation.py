@@ -81,3 +81,30 @@ def test_triton_ops_run_directly_only_in_plain_eager_inference(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, w), ref)
     assert calls == [1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_ops_run_on_the_device_of_their_tensors():
+    """Tensors on GPU 1 while GPU 0 is current (a device_map model's second half): each op runs
+    on GPU 1 and gives what it gives there when GPU 1 is current."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda:1")
+    x = torch.randn(3, 256, device=dev, dtype=torch.bfloat16)
+    w = torch.randn(256, device=dev, dtype=torch.bfloat16)
+    lin = torch.randn(512, 256, device=dev, dtype=torch.bfloat16) / 16
+    q = torch.randn(1, 1, 8, 128, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 64, 128, device=dev, dtype=torch.bfloat16)
+    lens = torch.tensor([40], device=dev)
+
+    def run():
+        return [ops.rms_norm(x, w, 1e-6), ops.fused_linear(x, lin, None, "gated_silu"),
+                ops.decode_attention(q, k, k, lens)]
+
+    with torch.cuda.device(1):
+        want = run()
+    with torch.cuda.device(0):
+        got = run()
+    for g, r in zip(got, want):
+        assert g.device == dev
+        torch.testing.assert_close(g, r, rtol=0, atol=0)

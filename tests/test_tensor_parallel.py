@@ -67,7 +67,7 @@ def test_patched_tp2_model_gives_the_stock_tp2_tokens(tmp_path, name, port):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-@pytest.mark.parametrize("name,port", NAMES)
+@pytest.mark.parametrize("name,port", NAMES[1:3])
 def test_patched_tp2_on_two_gpus_engine_and_eager_agree(tmp_path, name, port):
     """NCCL, bf16: the decode engine's CUDA graphs (all-reduces captured) give the eager patched
     path's tokens exactly; logits within bf16 noise of stock TP; greedy agreement with stock printed."""

@@ -40,10 +40,10 @@ def main(path: str, out: str, cuda: bool) -> None:
     engine = state_of(model).engine  # CUDA: `got` came from it (its static cache, graphs)
     stats = engine.stats() if engine is not None else None
     eager = None
-    if cuda:  # the same kernels without the graphs
+    if cuda:  # the same kernels over the same kind of cache (static), without the graphs
         unpatch_model(model)
         patch_model(model, cuda_graphs=False)
-        eager = _generate(model, ids)
+        eager = _generate(model, ids, cache_implementation="static", disable_compile=True)
     unpatch_model(model)
     with torch.no_grad():
         after = model(input_ids=ids).logits

@@ -63,10 +63,11 @@ def tensor_parallel(model: nn.Module) -> tuple[Optional[TensorParallel], Optiona
     dtensors = [p for p in model.parameters() if is_dtensor(p)]
     if not dtensors:
         return None, None
-    meshes = {id(p.device_mesh): p.device_mesh for p in dtensors}
+    meshes = {(p.device_mesh.device_type, tuple(p.device_mesh.mesh.flatten().tolist()), p.device_mesh.ndim)
+              for p in dtensors}  # by value: transformers may build one mesh object per parallel style
     if len(meshes) > 1:
-        return None, "DTensor parameters on several device meshes"
-    mesh = next(iter(meshes.values()))
+        return None, f"DTensor parameters on {len(meshes)} different device meshes"
+    mesh = dtensors[0].device_mesh
     if mesh.ndim != 1:
         return None, f"a {mesh.ndim}-D device mesh (tensor parallelism is patched on a 1-D mesh only)"
     if not dist.is_initialized():
