@@ -9,7 +9,10 @@ loads it with transformers' tp_plan="auto" (bf16), and then, in this one run:
 - patched TP (patch_model defaults: fused kernels on this rank's shards, the decode engine's CUDA
   graph with the all-reduces captured): the same, plus patch + first-capture time;
 - the all-reduce share of the patched decode: GPU time of the NCCL kernels over all kernels in a
-  profiled generate of 32 tokens (mostly decode steps; prefill included).
+  profiled generate of 32 tokens (mostly decode steps; prefill included; an NCCL kernel's time
+  includes waiting for the other rank to arrive);
+- accuracy: teacher-forced logits of stock and patched bf16 on the stock greedy tokens, against
+  the same checkpoint loaded as a stock TP model in fp32 (and that model's greedy tokens).
 Rank 0 writes the JSON (device, versions, commit, per model the figures and whether the greedy
 tokens matched, with the first differing position).
 """
@@ -113,10 +116,8 @@ def run_model(name: str, root: Path, rank: int, size: int) -> dict:
     out["engine"] = state.engine.stats() if state is not None and state.engine is not None else None
     unpatch_model(model)
 
-    same = torch.equal(stock_tokens, patched_tokens)
-    diff = (stock_tokens != patched_tokens).nonzero()
-    out["greedy_match"] = same
-    out["first_mismatch"] = None if same else int(diff[0, 0])
+    out["first_mismatch"] = _first_mismatch(stock_tokens, patched_tokens)
+    out["greedy_match"] = same = out["first_mismatch"] is None
     gap = stock_logits.topk(2, dim=-1).values.diff(dim=-1).neg().squeeze(-1)  # stock top-1 minus top-2
     out["teacher_forced"] = {
         "argmax_agreement": (patched_logits.argmax(-1) == stock_logits.argmax(-1)).float().mean().item(),
@@ -130,6 +131,34 @@ def run_model(name: str, root: Path, rank: int, size: int) -> dict:
     out["bytes_per_step_per_rank"] = (w + kv) / size
     del model
     torch.cuda.empty_cache()
+    out["vs_fp32"] = _fp32_reference(path, ids, seq, stock_tokens, patched_tokens, stock_logits, patched_logits)
+    return out
+
+
+def _first_mismatch(a: torch.Tensor, b: torch.Tensor):
+    diff = (a != b).nonzero()
+    return None if len(diff) == 0 else int(diff[0, 0])
+
+
+def _fp32_reference(path, ids, seq, stock_tokens, patched_tokens, stock_logits, patched_logits) -> dict:
+    """The same checkpoint as a stock TP model in fp32: its greedy tokens and teacher-forced logits
+    against both bf16 models. The accuracy rule of patch_model (patched error <= 2x the stock bf16
+    model's error, max and mean) applied to the TP models; greedy tokens of stock bf16 vs fp32 show
+    how soon bf16 alone leaves the fp32 path on a random-weight model (near-tied logits)."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=torch.float32).eval()
+    ref_tokens = _greedy(ref, ids, CHECK)
+    ref_logits = _logits(ref, seq)
+    del ref
+    torch.cuda.empty_cache()
+    err = {k: (x - ref_logits).abs() for k, x in (("stock_bf16", stock_logits), ("patched_bf16", patched_logits))}
+    out = {f"{k}_max_err": e.max().item() for k, e in err.items()}
+    out.update({f"{k}_mean_err": e.mean().item() for k, e in err.items()})
+    out["rule_2x_stock_met"] = (out["patched_bf16_max_err"] <= 2 * out["stock_bf16_max_err"]
+                                and out["patched_bf16_mean_err"] <= 2 * out["stock_bf16_mean_err"])
+    out["first_mismatch_stock_bf16_vs_fp32"] = _first_mismatch(stock_tokens, ref_tokens)
+    out["first_mismatch_patched_bf16_vs_fp32"] = _first_mismatch(patched_tokens, ref_tokens)
     return out
 
 
@@ -161,7 +190,8 @@ def main() -> None:
                   f"({r['speedup']:.2f}x), greedy {CHECK} tokens match: {r['greedy_match']} "
                   f"(first mismatch {r['first_mismatch']}; teacher-forced {r['teacher_forced']}), all-reduce share {r['allreduce']['share']:.1%}, "
                   f"TTFT {r['stock_ttft_ms']:.1f} -> {r['patched_ttft_ms']:.1f} ms, "
-                  f"patch+capture {r['patch_and_capture_s']} s, {r['patched_pct_of_limit']:.1f}% of limit", flush=True)
+                  f"patch+capture {r['patch_and_capture_s']} s, {r['patched_pct_of_limit']:.1f}% of limit; "
+                  f"vs fp32 TP: {r['vs_fp32']}", flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps({"environment": env, "results": results}, indent=2))
     dist.destroy_process_group()

@@ -470,7 +470,7 @@ def test_device_map_dispatched_model_is_patched_behind_its_hooks():
 
 
 def test_offloading_hooks_stay_stock_with_a_reason():
-    accelerate = pytest.importorskip("accelerate")
+    pytest.importorskip("accelerate")
     from accelerate.hooks import AlignDevicesHook, add_hook_to_module
 
     model = _model("llama")

@@ -31,12 +31,12 @@ def main(path: str, out: str, cuda: bool) -> None:
     with torch.no_grad():
         ref_logits = model(input_ids=ids).logits
     ref = _generate(model, ids)
-    ref_static = _generate(model, ids, cache_implementation="static")
+    ref_static = _generate(model, ids, cache_implementation="static", disable_compile=True)
     report = patch_model(model)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     got = _generate(model, ids)
-    got_static = _generate(model, ids, cache_implementation="static")
+    got_static = _generate(model, ids, cache_implementation="static", disable_compile=True)
     engine = state_of(model).engine  # CUDA: `got` came from it (its static cache, graphs)
     stats = engine.stats() if engine is not None else None
     eager = None

@@ -129,6 +129,9 @@ class DecodeEngine:
         plan, why = self._generate_plan(args, kwargs)
         if plan is None:
             self._fallback(why)
+            # the eager patched path: generate would otherwise torch.compile the forward for a
+            # static cache of its own; disable_compile=False opts back in
+            kwargs.setdefault("disable_compile", True)
             return self._generate(*args, **kwargs)
         batch, needed, defer = plan
         cache = self.caches.get(batch, needed)
