@@ -85,21 +85,23 @@ def _allreduce_share(model, ids) -> dict:
     return {"nccl_gpu_ms": nccl / 1e3, "all_gpu_ms": total / 1e3, "share": nccl / total if total else None}
 
 
-def run_model(name: str, root: Path, rank: int, size: int) -> dict:
+def run_model(name: str, root: Path, rank: int, size: int, dtype: torch.dtype, timing: bool = True) -> dict:
+    """One model's figures (see the module docstring); timing=False: tokens and accuracy only."""
     from transformers import AutoModelForCausalLM
 
     path = _checkpoint(name, root, rank)
     t0 = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=dtype).eval()
     load_s = time.perf_counter() - t0
     ids = B.prompt_ids(model, 1, PROMPT)
-    out = {"model": name, "tp_size": size, "load_s": round(load_s, 1)}
+    out = {"model": name, "tp_size": size, "dtype": str(dtype).replace("torch.", ""), "load_s": round(load_s, 1)}
 
     _greedy(model, ids, 4)  # warm up
     stock_tokens = _greedy(model, ids, CHECK)
     seq = torch.cat([ids, stock_tokens.to(ids.device)[None]], 1)  # teacher forcing on the stock tokens
     stock_logits = _logits(model, seq)
-    out["stock_tok_s"], out["stock_ttft_ms"] = _decode_rate(model, ids)
+    if timing:
+        out["stock_tok_s"], out["stock_ttft_ms"] = _decode_rate(model, ids)
 
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -110,8 +112,9 @@ def run_model(name: str, root: Path, rank: int, size: int) -> dict:
     out["report"] = str(report)
     patched_tokens = _greedy(model, ids, CHECK)
     patched_logits = _logits(model, seq)
-    out["patched_tok_s"], out["patched_ttft_ms"] = _decode_rate(model, ids)
-    out["allreduce"] = _allreduce_share(model, ids)
+    if timing:
+        out["patched_tok_s"], out["patched_ttft_ms"] = _decode_rate(model, ids)
+        out["allreduce"] = _allreduce_share(model, ids)
     state = model.__dict__.get("_autoglm_patch")
     out["engine"] = state.engine.stats() if state is not None and state.engine is not None else None
     unpatch_model(model)
@@ -126,7 +129,8 @@ def run_model(name: str, root: Path, rank: int, size: int) -> dict:
         "stock_top2_gap_median": gap.median().item(),
         "stock_top2_gap_at_first_mismatch": None if same else gap[out["first_mismatch"]].item(),
     }
-    out["speedup"] = out["patched_tok_s"] / out["stock_tok_s"]
+    if timing:
+        out["speedup"] = out["patched_tok_s"] / out["stock_tok_s"]
     w, kv = B.bytes_per_step(model, 1, PROMPT, NEW)
     out["bytes_per_step_per_rank"] = (w + kv) / size
     del model
@@ -167,6 +171,8 @@ def main() -> None:
     ap.add_argument("--models", default="llama3.1-8b,glm4-9b")
     ap.add_argument("--ckpt-dir", default="/tmp/autoglm_tp_ckpts")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--tokens-only", action="store_true", help="greedy tokens and accuracy, no timing")
     args = ap.parse_args()
 
     rank = int(os.environ["RANK"])
@@ -181,19 +187,22 @@ def main() -> None:
                nccl=".".join(map(str, torch.cuda.nccl.version())), read_bandwidth_Bps=bandwidth)
     results = []
     for name in args.models.split(","):
-        r = run_model(name, Path(args.ckpt_dir), rank, size)
-        r["limit_tok_s_per_rank_bw"] = bandwidth / r["bytes_per_step_per_rank"]
-        r["patched_pct_of_limit"] = 100 * r["patched_tok_s"] / r["limit_tok_s_per_rank_bw"]
+        r = run_model(name, Path(args.ckpt_dir), rank, size, getattr(torch, args.dtype), not args.tokens_only)
         results.append(r)
-        if rank == 0:
+        if rank == 0 and args.tokens_only:
+            print(f"{name} TP={size} {args.dtype}: greedy {CHECK} tokens match: {r['greedy_match']} (first mismatch "
+                  f"{r['first_mismatch']}; teacher-forced {r['teacher_forced']}); vs fp32 TP: {r['vs_fp32']}", flush=True)
+        elif rank == 0:
+            r["limit_tok_s_per_rank_bw"] = bandwidth / r["bytes_per_step_per_rank"]
+            r["patched_pct_of_limit"] = 100 * r["patched_tok_s"] / r["limit_tok_s_per_rank_bw"]
             print(f"{name} TP={size}: stock {r['stock_tok_s']:.1f} tok/s, patched {r['patched_tok_s']:.1f} tok/s "
                   f"({r['speedup']:.2f}x), greedy {CHECK} tokens match: {r['greedy_match']} "
                   f"(first mismatch {r['first_mismatch']}; teacher-forced {r['teacher_forced']}), all-reduce share {r['allreduce']['share']:.1%}, "
                   f"TTFT {r['stock_ttft_ms']:.1f} -> {r['patched_ttft_ms']:.1f} ms, "
                   f"patch+capture {r['patch_and_capture_s']} s, {r['patched_pct_of_limit']:.1f}% of limit; "
                   f"vs fp32 TP: {r['vs_fp32']}", flush=True)
-            if args.json:
-                Path(args.json).write_text(json.dumps({"environment": env, "results": results}, indent=2))
+        if rank == 0 and args.json:
+            Path(args.json).write_text(json.dumps({"environment": env, "results": results}, indent=2))
     dist.destroy_process_group()
 
 
