@@ -216,6 +216,22 @@ def test_runtime_prefill_len_reuses_the_first_layers_read():
     assert Counter.reads == 4
 
 
+def test_runtime_full_mask_reads_each_mask_once():
+    class Mask:
+        reads = 0
+
+        def __init__(self, value):
+            self.value = value
+
+        def all(self):
+            Mask.reads += 1
+            return self.value
+
+    rt, full, padded = L.Runtime(), Mask(True), Mask(False)
+    assert [rt.full_mask(full) for _ in range(4)] == [True] * 4 and Mask.reads == 1  # one forward, 4 layers
+    assert not rt.full_mask(padded) and rt.full_mask(full) and Mask.reads == 3  # a new mask object: read again
+
+
 def test_sampling_and_inference_mode():
     model = _model("glm4")
     ids, mask = _prompt(batch=2)

@@ -210,3 +210,24 @@ def test_device_map_over_two_gpus(arch):
     unpatch_model(fused)
     with torch.no_grad():
         assert torch.equal(fused(input_ids=tokens).logits, stock(input_ids=tokens).logits)
+
+
+def test_eager_decode_without_padding_runs_sdpa(monkeypatch):
+    """Eager decode (no graph) over a DynamicCache with an all-ones mask: attention runs torch
+    SDPA (less host time than decode_attention's two Triton launches), within the 2x-stock rule."""
+    from autoglm_kernels import ops
+
+    ref = _build("llama", "cuda")
+    stock = copy.deepcopy(ref).to(torch.bfloat16)
+    fused = copy.deepcopy(ref).to(torch.bfloat16)
+    patch_model(fused, cuda_graphs=False, strict=True)
+    calls = []
+    real = ops.prefill_attention
+    monkeypatch.setattr(ops, "prefill_attention", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
+    torch.manual_seed(3)
+    ids = torch.randint(1, 2000, (1, PROMPT + NEW), device="cuda")
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        steps = [_stepwise_logits(m, ids, mask) for m in (ref, stock, fused)]
+    assert calls.count(1) == (NEW - 1) * 2, calls  # every decode step of both layers went to SDPA
+    _check_rule("llama eager decode (SDPA)", steps[2], steps[1], steps[0])

@@ -40,6 +40,7 @@ class Runtime:
         self.pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (residual, its next norm)
         self._lens = None  # (length, device, int32 tensor [1]): kv length of a DynamicCache step
         self._prefill = None  # (id of the cache, layer index, valid length): see prefill_len
+        self._full = None  # (mask, whether it is all ones): see full_mask
 
     def stash(self, residual: torch.Tensor, normed: torch.Tensor) -> None:
         self.pending = (residual, normed)
@@ -61,6 +62,14 @@ class Runtime:
             n = memo[2]
         self._prefill = (id(cache), layer_idx, n)
         return n
+
+    def full_mask(self, mask: torch.Tensor) -> bool:
+        """Whether a 2-D padding mask is all ones (no padding): read from the device once per mask
+        tensor, i.e. once per forward (every layer gets the same one). Eager paths only."""
+        memo = self._full
+        if memo is None or memo[0] is not mask:
+            memo = self._full = (mask, bool(mask.all()))  # the one host sync of an eager decode step
+        return memo[1]
 
     def lens(self, n: int, device: torch.device) -> torch.Tensor:
         """`n` as an int32 device tensor [1], built once per decode step (reused by every layer)."""
@@ -221,6 +230,12 @@ def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel]) -
     return y if lin.bias is None else y + local(lin.bias)
 
 
+def host_bound(x: torch.Tensor) -> bool:
+    """True for a CUDA forward that is launched op by op (not captured into a CUDA graph, not
+    compiled): its time is the host's, so fewer Python-launched kernels win over fused ones."""
+    return x.is_cuda and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+
+
 def _eps(norm: nn.Module) -> float:
     eps = getattr(norm, "variance_epsilon", None)
     return float(norm.eps if eps is None else eps)
@@ -232,6 +247,8 @@ def norm(kind: str, fused: bool, mod: nn.Module, x: torch.Tensor) -> torch.Tenso
         return mod(x)
     if kind == "rms":
         return ops.rms_norm(x, local(mod.weight), _eps(mod))
+    if host_bound(x):  # aten's LayerNorm is one kernel too, with a fraction of a Triton launch's host time
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], local(mod.weight), local(mod.bias), _eps(mod))
     return ops.layer_norm(x, local(mod.weight), local(mod.bias), _eps(mod))
 
 
@@ -242,6 +259,9 @@ def add_norm(kind: str, fused: bool, mod: nn.Module, x: torch.Tensor, residual: 
         return mod(residual), residual
     if kind == "rms":
         return ops.fused_add_rms_norm(x, residual, local(mod.weight), _eps(mod))
+    if host_bound(x):  # two aten kernels launch faster than one Triton kernel (see norm)
+        residual = residual + x
+        return norm(kind, True, mod, residual), residual
     return ops.fused_add_layer_norm(x, residual, local(mod.weight), local(mod.bias), _eps(mod))
 
 
@@ -323,6 +343,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
     mask = _check_mask(mask)
     S = q.shape[1]
     static_len = _static_length(cache, layer_idx, k) if cache is not None else None
+    if (S == 1 and cache is not None and static_len is None and valid_len is None and runtime is not None
+            and host_bound(q) and (mask is None or runtime.full_mask(mask))):
+        # eager decode over a cache that holds exactly the valid keys (DynamicCache), no padding:
+        # one query sees every key, which torch SDPA computes with a fifth of decode_attention's
+        # host time (two Triton launches); this step is host-bound
+        return ops.prefill_attention(q, k, v, scale=scale, causal=False)
     if S <= DECODE_MAX_Q and (cache is not None or valid_len is not None):
         if static_len is not None:
             kv_lens = static_len.reshape(1)  # int64 device counter: no copy, no sync
