@@ -194,6 +194,18 @@ def _prefill_attention_fake(q, k, v, kv_mask, scale, causal):
     return q.new_empty(q.shape)
 
 
+def _mask_for_kernel(kv_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """kv_mask with a contiguous last dim; a bool mask as uint8 under torch.compile (a cast: inductor
+    cannot lower the bitcast view the kernels take of a bool mask in eager mode)."""
+    if kv_mask is None:
+        return None
+    if kv_mask.stride(-1) != 1:
+        kv_mask = kv_mask.contiguous()
+    if kv_mask.dtype == torch.bool and torch.compiler.is_compiling():
+        kv_mask = kv_mask.to(torch.uint8)
+    return kv_mask
+
+
 def _check_attention(q, k, v, kv_mask, *, k_name: str, v_name: str):
     """Shared checks of q [B, Sq, Hq, D], k/v [B, Hk, L, D] and kv_mask [B, M]; returns (B, Sq, Hq, Hk, L, D)."""
     check_tensor("q", q, dtypes=FLOAT_DTYPES, dim=4)
@@ -255,8 +267,7 @@ def decode_attention(
     check_same("device", q=q, kv_lens=kv_lens)
     if kv_lens.shape[0] not in (1, B):
         raise ValueError(f"kv_lens must be [B={B}] or [1] (broadcast); got shape {tuple(kv_lens.shape)}")
-    if kv_mask is not None and kv_mask.stride(-1) != 1:
-        kv_mask = kv_mask.contiguous()
+    kv_mask = _mask_for_kernel(kv_mask)
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
     scale = D**-0.5 if scale is None else float(scale)
@@ -303,8 +314,7 @@ def prefill_attention(
         raise ValueError(f"k/v hold L={L} positions but q has S={S} queries; need L >= S (queries are the last S)")
     if kv_mask is not None and kv_mask.shape[1] < L:
         raise ValueError(f"kv_mask must cover all L={L} keys: [B={B}, >= {L}]; got {tuple(kv_mask.shape)}")
-    if kv_mask is not None and kv_mask.stride(-1) != 1:
-        kv_mask = kv_mask.contiguous()
+    kv_mask = _mask_for_kernel(kv_mask)
     if impl not in ("auto", "triton", "sdpa"):
         raise ValueError(f"impl must be 'auto', 'triton' or 'sdpa', got {impl!r}")
     scale = D**-0.5 if scale is None else float(scale)

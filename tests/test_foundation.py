@@ -108,3 +108,17 @@ def test_ops_run_on_the_device_of_their_tensors():
     for g, r in zip(got, want):
         assert g.device == dev
         torch.testing.assert_close(g, r, rtol=0, atol=0)
+
+
+def test_attention_ops_compile_with_bool_masks(monkeypatch):
+    """torch.compile traces the attention wrappers with a bool padding mask (they hand the kernels
+    uint8: inductor cannot lower the bitcast view eager mode uses); results equal eager."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU: the plain-torch references behind the ops
+    torch.manual_seed(0)
+    k, v = torch.randn(1, 2, 10, 64), torch.randn(1, 2, 10, 64)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    mask[0, :3] = False
+    for fn, q in ((lambda q, k, v, m: ops.decode_attention(q, k, v, torch.tensor([10]), kv_mask=m), torch.randn(1, 1, 4, 64)),
+                  (lambda q, k, v, m: ops.prefill_attention(q, k, v, kv_mask=m), torch.randn(1, 10, 4, 64))):
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(q, k, v, mask), fn(q, k, v, mask), atol=1e-5, rtol=1e-5)

@@ -31,10 +31,3 @@ def triton_op(name: str, *, mutates_args):
 
     return register
 
-
-def mask_bytes(mask: torch.Tensor) -> torch.Tensor:
-    """A bool mask as uint8 for the kernels: a free bitcast view in eager mode; a cast under
-    torch.compile, whose inductor cannot lower a view from bool to uint8."""
-    if mask.dtype != torch.bool:
-        return mask
-    return mask.to(torch.uint8) if torch.compiler.is_compiling() else mask.view(torch.uint8)

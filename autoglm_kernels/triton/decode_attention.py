@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import mask_bytes, triton_op
+from . import triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
@@ -235,7 +235,7 @@ def decode_attention(
     part_l = torch.empty((rows, max_splits), dtype=torch.float32, device=q.device)
     s_lens = kv_lens.stride(0) if kv_lens.shape[0] > 1 else 0
     if kv_mask is not None:
-        mask = mask_bytes(kv_mask)
+        mask = kv_mask.view(torch.uint8) if kv_mask.dtype == torch.bool else kv_mask
         sm_b, mask_len = mask.stride(0), mask.shape[1]
     else:
         mask, sm_b, mask_len = kv_lens, 0, 0  # unused pointer (HAS_MASK=False)

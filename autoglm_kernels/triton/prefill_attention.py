@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import mask_bytes, triton_op
+from . import triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: never NaN on empty rows
 _LOG2E = 1.4426950408889634
@@ -160,7 +160,7 @@ def prefill_attention(
     cfg = launch_config(D, q.device)
     out = torch.empty((B, S, Hq, D), dtype=q.dtype, device=q.device)
     if kv_mask is not None:
-        mask = mask_bytes(kv_mask)
+        mask = kv_mask.view(torch.uint8) if kv_mask.dtype == torch.bool else kv_mask
         sm_b = mask.stride(0)
     else:
         mask, sm_b = q, 0  # unused pointer (HAS_MASK=False)
