@@ -232,6 +232,23 @@ def test_runtime_full_mask_reads_each_mask_once():
     assert not rt.full_mask(padded) and rt.full_mask(full) and Mask.reads == 3  # a new mask object: read again
 
 
+@pytest.mark.parametrize("arch", ["llama", "glm4", "opt"])
+def test_host_bound_paths_give_the_stock_tokens(monkeypatch, arch):
+    """The eager CUDA path's host-time choices (aten linear without an activation, aten LayerNorm,
+    SDPA for an unpadded decode over a DynamicCache), forced on here on CPU: stock tokens."""
+    monkeypatch.setattr(L, "host_bound", lambda x: True)
+    model = _model(arch)
+    ids = torch.randint(1, 500, (1, 9))
+    ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+    patch_model(model, strict=True)
+    calls = []
+    real = L.ops.prefill_attention
+    monkeypatch.setattr(L.ops, "prefill_attention", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+    assert torch.equal(out, ref)
+    assert calls.count(1) == 11 * 2  # every decode step of both layers: the SDPA branch
+
+
 def test_sampling_and_inference_mode():
     model = _model("glm4")
     ids, mask = _prompt(batch=2)

@@ -218,6 +218,8 @@ class NormCtx:
 # small helpers over ops (every op takes [..., features] with strided rows and a contiguous last dim)
 # ---------------------------------------------------------------------------------------------
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none"):
+    if activation == "none" and host_bound(x):  # nothing to fuse: aten's linear (cuBLAS) launches with a
+        return torch.nn.functional.linear(x, weight, bias)  # fraction of the custom op's host time
     return ops.fused_linear(x, weight, bias, activation=activation)
 
 
@@ -232,7 +234,8 @@ def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel]) -
 
 def host_bound(x: torch.Tensor) -> bool:
     """True for a CUDA forward that is launched op by op (not captured into a CUDA graph, not
-    compiled): its time is the host's, so fewer Python-launched kernels win over fused ones."""
+    compiled): its time is the host's, so the kernels with the least host time per launch win
+    over fused ones that only save GPU time (see _linear, norm, add_norm, attend)."""
     return x.is_cuda and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
 
 
