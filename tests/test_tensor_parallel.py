@@ -58,6 +58,7 @@ def test_patched_tp2_model_gives_the_stock_tp2_tokens(tmp_path, name, port):
         assert r["sharded"] == "DTensor" and r["tp_size"] == 2, r  # transformers really sharded the weights
         n = r["patched_layers"]
         assert n == 2 and r["patched_attention"] == n and r["patched_mlp"] == n, r["report"]
+        assert r["patched_lm_head"] == 1 and r["tp_note"], r["report"]
         assert r["same_tokens"] and r["same_tokens_static"], r
         assert r["logits_max_err"] < 1e-4, r
         assert r["unpatched_bit_identical"], r

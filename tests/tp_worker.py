@@ -63,6 +63,7 @@ def main(path: str, out: str, cuda: bool) -> None:
         "patched_attention": report.num_patched("attention"),
         "patched_mlp": report.num_patched("mlp"),
         "patched_lm_head": report.num_patched("lm_head"),
+        "tp_note": any("tensor parallel: rank" in n for n in report.notes),
         "stock_tokens": ref.tolist(),
         "same_tokens": torch.equal(ref, got),
         "same_tokens_static": torch.equal(ref_static, got_static) and torch.equal(ref, ref_static),

@@ -487,6 +487,11 @@ def _apply(p: _Plan, state: PatchState) -> None:
     if p.head:
         tp = p.tp if sharding.placement(p.lm_head.weight) is not None else None
         state.bind(p.lm_head, L.lm_head_forward, tp)
+    if p.tp is not None:
+        copies = sum(r.weight.nbytes + (r.bias.nbytes if r.bias is not None else 0)
+                     for r in state.fused_rows if isinstance(r, L.ShardRows))
+        p.report.notes.append(f"tensor parallel: rank {p.tp.rank} of {p.tp.size}, fused forwards on the local shards; "
+                              f"stacked q/k/v and gate/up shards take {copies / 2**20:.1f} MiB more on this rank")
 
 
 def _rows(p: _Plan, linears: list[nn.Linear]):
