@@ -39,7 +39,7 @@ def local(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 @dataclass
 class TensorParallel:
-    """The TP group of a model: its process group, size and this process's rank in it."""
+    """The TP group of a model: its process group, its size, and this process's index in it."""
 
     group: object
     size: int
@@ -72,8 +72,9 @@ def tensor_parallel(model: nn.Module) -> tuple[Optional[TensorParallel], Optiona
         return None, f"a {mesh.ndim}-D device mesh (tensor parallelism is patched on a 1-D mesh only)"
     if not dist.is_initialized():
         return None, "DTensor parameters without an initialized process group"
-    group = mesh.get_group()
-    return TensorParallel(group=group, size=mesh.size(), rank=dist.get_rank(group)), None
+    # rank = this process's coordinate on the mesh: the index of its shards (and of its slot in
+    # an all-gather over the mesh's group, whose ranks follow the mesh order)
+    return TensorParallel(group=mesh.get_group(), size=mesh.size(), rank=mesh.get_local_rank()), None
 
 
 def placement(p) -> Optional[str]:
