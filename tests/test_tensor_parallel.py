@@ -59,7 +59,8 @@ def test_patched_tp2_model_gives_the_stock_tp2_tokens(tmp_path, name, port):
         n = r["patched_layers"]
         assert n == 2 and r["patched_attention"] == n and r["patched_mlp"] == n, r["report"]
         assert r["patched_lm_head"] == 1 and r["tp_note"], r["report"]
-        assert r["same_tokens"] and r["same_tokens_static"], r
+        assert r["same_tokens"] and r["same_tokens_static"] and r["same_tokens_padded_batch"], r
+        assert r["state_dict_unchanged"], r
         assert r["logits_max_err"] < 1e-4, r
         assert r["unpatched_bit_identical"], r
         assert "expected colwise" in r["wrong_layout_reason"], r
@@ -76,7 +77,7 @@ def test_patched_tp2_on_two_gpus_engine_and_eager_agree(tmp_path, name, port):
     for r in results:
         assert r["patched_layers"] == 2 and r["patched_attention"] == 2, r["report"]
         assert r["engine"] and r["engine"]["captures"] >= 1 and r["engine"]["replays"] >= 1, r["engine"]
-        assert r["engine_vs_eager_tokens"], r
+        assert r["engine_vs_eager_tokens"] and r["state_dict_unchanged"], r
         assert r["logits_max_err"] <= 0.05 * r["logits_max"] + 0.05, r
         assert r["unpatched_bit_identical"], r
         print(f"{name} rank {r['rank']}: greedy tokens patched == stock TP: {r['same_tokens']}; "

@@ -20,6 +20,14 @@ def _generate(model, ids, **kw):
     return model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, **kw)
 
 
+def _state(model) -> dict:
+    return {k: sharding.local(v).detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def main(path: str, out: str, cuda: bool) -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -32,9 +40,15 @@ def main(path: str, out: str, cuda: bool) -> None:
         ref_logits = model(input_ids=ids).logits
     ref = _generate(model, ids)
     ref_static = _generate(model, ids, cache_implementation="static", disable_compile=True)
+    padded = torch.tensor([[0, 0, 0, 9, 4, 77, 31, 2], [5, 17, 3, 99, 42, 7, 250, 11]], device=model.device)
+    pad_mask = (padded != 0).long()
+    ref_padded = _generate(model, padded, attention_mask=pad_mask)
+    before = _state(model)
     report = patch_model(model)
+    same_state = _same_state(before, _state(model))
     with torch.no_grad():
         logits = model(input_ids=ids).logits
+    got_padded = _generate(model, padded, attention_mask=pad_mask)
     got = _generate(model, ids)
     got_static = _generate(model, ids, cache_implementation="static", disable_compile=True)
     engine = state_of(model).engine  # CUDA: `got` came from it (its static cache, graphs)
@@ -67,6 +81,8 @@ def main(path: str, out: str, cuda: bool) -> None:
         "stock_tokens": ref.tolist(),
         "same_tokens": torch.equal(ref, got),
         "same_tokens_static": torch.equal(ref_static, got_static) and torch.equal(ref, ref_static),
+        "same_tokens_padded_batch": torch.equal(ref_padded, got_padded),
+        "state_dict_unchanged": same_state,
         "engine_vs_eager_tokens": None if eager is None else torch.equal(got, eager),
         "engine": stats,
         "logits_max_err": (logits - ref_logits).abs().max().item(),
