@@ -2,11 +2,17 @@
 
 Each function here is bound with `types.MethodType(fn, module)` to one module instance and reads
 what it needs from `module._autoglm` (a context built at patch time from the arch table) - no code
-per architecture. Every kernel is reached through autoglm_kernels.ops.
+per architecture. Every kernel is reached through autoglm_kernels.ops (or is a stock torch op).
 
 The decode step is free of host syncs (no .item(), no Python branching on tensor values; cache
 lengths come from device tensors), so a decode step over a StaticCache can be captured in a CUDA
 graph. A prefill over a StaticCache reads the cache length once per forward (Runtime.prefill_len).
+Two cost models: a captured (or compiled) step pays GPU time only, so it runs the fused kernels;
+an eager CUDA forward is bound by the host's launch time (host_bound), so where fusion only saves
+GPU time it runs the op with the least host time instead (aten linear, aten LayerNorm, SDPA for
+an unpadded decode over a DynamicCache, whose all-ones mask check is one host read per forward).
+Tensor-parallel models: the same forwards on each rank's shards, with the collectives of
+sharding.py after the row-parallel projections.
 Cross-layer fusion: the last residual add of layer i is fused with the norm that follows it
 (layer i+1's input norm, or the final norm); layer i hands that normed tensor on through
 `Runtime.stash`, and the consumer takes it only if it receives the very tensor object layer i
