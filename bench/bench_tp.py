@@ -36,15 +36,22 @@ from autoglm_kernels.demo_model import random_model
 PROMPT, NEW, CHECK = 128, 128, 32
 
 
-def _checkpoint(name: str, root: Path, rank: int) -> Path:
-    path = root / name
+def _checkpoint(name: str, root: Path, rank: int, layers: int | None) -> Path:
+    path = root / (name if layers is None else f"{name}-{layers}L")
     if rank == 0 and not (path / "config.json").exists():
-        model = random_model(name, device=f"cuda:{torch.cuda.current_device()}")
+        cuda = torch.cuda.is_available()
+        model = random_model(name, device=f"cuda:{torch.cuda.current_device()}" if cuda else "cpu",
+                             dtype=torch.bfloat16 if cuda else torch.float32, num_layers=layers)
         model.save_pretrained(path)
         del model
         torch.cuda.empty_cache()
     dist.barrier()
     return path
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _greedy(model, ids, n: int) -> torch.Tensor:
@@ -85,11 +92,12 @@ def _allreduce_share(model, ids) -> dict:
     return {"nccl_gpu_ms": nccl / 1e3, "all_gpu_ms": total / 1e3, "share": nccl / total if total else None}
 
 
-def run_model(name: str, root: Path, rank: int, size: int, dtype: torch.dtype, timing: bool = True) -> dict:
+def run_model(name: str, root: Path, rank: int, size: int, dtype: torch.dtype, timing: bool = True,
+              layers: int | None = None) -> dict:
     """One model's figures (see the module docstring); timing=False: tokens and accuracy only."""
     from transformers import AutoModelForCausalLM
 
-    path = _checkpoint(name, root, rank)
+    path = _checkpoint(name, root, rank, layers)
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(path, tp_plan="auto", dtype=dtype).eval()
     load_s = time.perf_counter() - t0
@@ -103,11 +111,11 @@ def run_model(name: str, root: Path, rank: int, size: int, dtype: torch.dtype, t
     if timing:
         out["stock_tok_s"], out["stock_ttft_ms"] = _decode_rate(model, ids)
 
-    torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     report = patch_model(model)
     _greedy(model, ids, 2)  # first capture of the decode graph
-    torch.cuda.synchronize()
+    _sync()
     out["patch_and_capture_s"] = round(time.perf_counter() - t0, 2)
     out["report"] = str(report)
     patched_tokens = _greedy(model, ids, CHECK)
@@ -135,7 +143,8 @@ def run_model(name: str, root: Path, rank: int, size: int, dtype: torch.dtype, t
     out["bytes_per_step_per_rank"] = (w + kv) / size
     del model
     torch.cuda.empty_cache()
-    out["vs_fp32"] = _fp32_reference(path, ids, seq, stock_tokens, patched_tokens, stock_logits, patched_logits)
+    if dtype != torch.float32:
+        out["vs_fp32"] = _fp32_reference(path, ids, seq, stock_tokens, patched_tokens, stock_logits, patched_logits)
     return out
 
 
@@ -171,27 +180,36 @@ def main() -> None:
     ap.add_argument("--models", default="llama3.1-8b,glm4-9b")
     ap.add_argument("--ckpt-dir", default="/tmp/autoglm_tp_ckpts")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"], help="on CUDA (CPU: float32)")
     ap.add_argument("--tokens-only", action="store_true", help="greedy tokens and accuracy, no timing")
+    ap.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's; fewer for CPU runs)")
     args = ap.parse_args()
 
     rank = int(os.environ["RANK"])
-    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    else:  # the CPU path: gloo, fp32 (no bf16 noise), tokens only: the TP plumbing at the real layer shapes
+        args.dtype, args.tokens_only = "float32", True
+    dist.init_process_group("nccl" if cuda else "gloo")
     size = dist.get_world_size()
-    bandwidth = B.measure_read_bandwidth()
+    bandwidth = B.measure_read_bandwidth() if cuda else None
     env = B.environment()
-    env.update(gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-               commit=os.environ.get("AUTOGLM_GIT_COMMIT") or subprocess.run(
-                   ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip(),
-               nccl=".".join(map(str, torch.cuda.nccl.version())), read_bandwidth_Bps=bandwidth)
+    env.update(commit=os.environ.get("AUTOGLM_GIT_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        read_bandwidth_Bps=bandwidth, layers=args.layers)
+    if cuda:
+        env.update(gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+                   nccl=".".join(map(str, torch.cuda.nccl.version())))
     results = []
     for name in args.models.split(","):
-        r = run_model(name, Path(args.ckpt_dir), rank, size, getattr(torch, args.dtype), not args.tokens_only)
+        r = run_model(name, Path(args.ckpt_dir), rank, size, getattr(torch, args.dtype), not args.tokens_only,
+                      args.layers)
         results.append(r)
         if rank == 0 and args.tokens_only:
             print(f"{name} TP={size} {args.dtype}: greedy {CHECK} tokens match: {r['greedy_match']} (first mismatch "
-                  f"{r['first_mismatch']}; teacher-forced {r['teacher_forced']}); vs fp32 TP: {r['vs_fp32']}", flush=True)
+                  f"{r['first_mismatch']}; teacher-forced {r['teacher_forced']}); vs fp32 TP: {r.get('vs_fp32')}",
+                  flush=True)
         elif rank == 0:
             r["limit_tok_s_per_rank_bw"] = bandwidth / r["bytes_per_step_per_rank"]
             r["patched_pct_of_limit"] = 100 * r["patched_tok_s"] / r["limit_tok_s_per_rank_bw"]
