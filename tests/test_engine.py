@@ -146,9 +146,11 @@ def test_cuda_graph_decode_matches_eager(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b"])
+@pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b", "opt-1.3b"])
 def test_patched_cuda_graph_decode_matches_eager_patched(name):
-    """patch_model's default on CUDA (fused layers + graph decode): the eager patched tokens."""
+    """patch_model's default on CUDA (fused layers + graph decode): the eager patched tokens, from
+    one captured graph (the warm-up ran the captured kernels: a capture that failed on a kernel
+    seen first inside it would fall back to eager decoding and show here as 0 captures)."""
     from autoglm_kernels import patch_model, unpatch_model
 
     model = _model(name, device="cuda", dtype=torch.bfloat16)
@@ -430,3 +432,33 @@ def test_engine_cache_reset_zeroes_every_layer_at_once():
             assert not layer.keys.any() and not layer.values.any()
     finally:
         engine.uninstall(model)
+
+
+def test_graph_step_is_marked_so_forwards_pick_the_captured_kernels():
+    """The step DecodeGraphs records (its warm-up and capture; capture=False: its one run) runs
+    inside graph_step(), where patch/layers.host_bound is False: the warm-up initializes the very
+    kernels the capture records, not the eager path's host-cheaper ones."""
+    from autoglm_kernels.engine.graphs import DecodeGraphs, graph_step, in_graph_step
+    from autoglm_kernels.patch import layers as L
+
+    class Layer:
+        cumulative_length = torch.zeros((), dtype=torch.long)
+
+    class Cache:
+        layers = [Layer()]
+
+    marks = []
+
+    def forward(input_ids):
+        marks.append(in_graph_step())
+        return {"logits": input_ids.float()}
+
+    graphs = DecodeGraphs(forward, capture=False)
+    graphs(Cache(), {"input_ids": torch.zeros(1, 1, dtype=torch.long)})
+    assert marks == [True] and not in_graph_step()
+
+    class CudaLike:  # host_bound reads only .is_cuda before it asks the graph-step mark
+        is_cuda = True
+
+    with graph_step():
+        assert in_graph_step() and not L.host_bound(CudaLike())

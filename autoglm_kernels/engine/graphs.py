@@ -14,6 +14,8 @@ share one memory pool.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import logging
 import time
@@ -23,6 +25,27 @@ from dataclasses import dataclass, field
 import torch
 
 log = logging.getLogger("autoglm_kernels.engine")
+
+
+_GRAPH_STEP = contextvars.ContextVar("autoglm_kernels_graph_step", default=False)
+
+
+def in_graph_step() -> bool:
+    """True while a step for a CUDA graph runs (its warm-up, its capture): forwards that pick
+    kernels by cost (patch/layers.host_bound) then pick the captured step's, so the warm-up
+    initializes (compiles, loads) exactly the kernels the capture records."""
+    return _GRAPH_STEP.get()
+
+
+@contextlib.contextmanager
+def graph_step():
+    """Mark the steps run inside as steps of a CUDA graph (see in_graph_step). The engine uses it;
+    so should a hand-written torch.cuda.graph capture of a patched model, around its warm-up too."""
+    token = _GRAPH_STEP.set(True)
+    try:
+        yield
+    finally:
+        _GRAPH_STEP.reset(token)
 
 
 def cache_counters(cache) -> list[torch.Tensor]:
@@ -135,6 +158,19 @@ class DecodeGraphs:
         inputs = {k: v.clone() for k, v in kwargs.items() if torch.is_tensor(v)}
         static_kwargs = {**kwargs, **inputs}
         cache_ref = weakref.ref(cache) if cache is not None else None
+        with graph_step():
+            slot = self._record(inputs, static_kwargs, kwargs, cache, cache_ref)
+        if slot.graph is None and self.disabled:
+            return slot
+        slot.capture_s = time.perf_counter() - start
+        self.captures += 1
+        self.slots[key] = slot
+        log.info("captured decode graph #%d in %.3f s (batch %s)", self.captures, slot.capture_s,
+                 next((v.shape[0] for v in inputs.values()), "?"))
+        return slot
+
+    def _record(self, inputs, static_kwargs, kwargs, cache, cache_ref) -> _Slot:
+        """Warm up and capture one step (capture=False: run it once); see _capture."""
         if not self.capture:
             slot = _Slot(None, inputs, self.forward(**static_kwargs), cache_ref)
         else:
@@ -164,11 +200,6 @@ class DecodeGraphs:
                 return _Slot(None, {}, self.forward(**kwargs), None)
             graph.replay()
             slot = _Slot(graph, inputs, output, cache_ref)
-        slot.capture_s = time.perf_counter() - start
-        self.captures += 1
-        self.slots[key] = slot
-        log.info("captured decode graph #%d in %.3f s (batch %s)", self.captures, slot.capture_s,
-                 next((v.shape[0] for v in inputs.values()), "?"))
         return slot
 
     def clear(self) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..engine.graphs import in_graph_step
 from .archs import ArchSpec
 from .sharding import TensorParallel, local
 
@@ -239,10 +240,13 @@ def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel]) -
 
 
 def host_bound(x: torch.Tensor) -> bool:
-    """True for a CUDA forward that is launched op by op (not captured into a CUDA graph, not
+    """True for a CUDA forward that is launched op by op (not a step for a CUDA graph, not
     compiled): its time is the host's, so the kernels with the least host time per launch win
-    over fused ones that only save GPU time (see _linear, norm, add_norm, attend)."""
-    return x.is_cuda and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+    over fused ones that only save GPU time (see _linear, norm, add_norm, attend). A graph's
+    warm-up (engine.graphs.graph_step) counts as the graph's step: it must initialize the very
+    kernels the capture records."""
+    return (x.is_cuda and not in_graph_step() and not torch.compiler.is_compiling()
+            and not torch.cuda.is_current_stream_capturing())
 
 
 def _eps(norm: nn.Module) -> float:
