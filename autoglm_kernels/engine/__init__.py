@@ -20,9 +20,10 @@ import torch
 
 from . import stop
 from .cache import EngineCache, StaticCachePool, bucket_len
-from .graphs import DecodeGraphs, cache_counters
+from .graphs import DecodeGraphs, cache_counters, graph_step
 
-__all__ = ["DecodeEngine", "EngineCache", "install", "uninstall", "engine_of", "bucket_len", "cache_counters"]
+__all__ = ["DecodeEngine", "EngineCache", "install", "uninstall", "engine_of", "bucket_len", "cache_counters",
+           "graph_step"]
 
 log = logging.getLogger("autoglm_kernels.engine")
 _ATTR = "_autoglm_engine"
