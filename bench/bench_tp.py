@@ -49,11 +49,6 @@ def _checkpoint(name: str, root: Path, rank: int, layers: int | None) -> Path:
     return path
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _greedy(model, ids, n: int) -> torch.Tensor:
     with torch.inference_mode():
         return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
@@ -79,16 +74,14 @@ def _decode_rate(model, ids, repeats: int = 2) -> tuple[float, float]:
 def _allreduce_share(model, ids) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
+    from autoglm_kernels.cli.profile import device_ops
+
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         _greedy(model, ids, CHECK)
         torch.cuda.synchronize()
-    total = nccl = 0.0
-    for evt in prof.key_averages():
-        t = getattr(evt, "self_device_time_total", None)
-        t = getattr(evt, "self_cuda_time_total", 0.0) if t is None else t
-        total += t
-        if "nccl" in evt.key.lower():
-            nccl += t
+    ops = device_ops(prof)  # name -> [count, GPU us]
+    total = sum(us for _, us in ops.values())
+    nccl = sum(us for name, (_, us) in ops.items() if "nccl" in name.lower())
     return {"nccl_gpu_ms": nccl / 1e3, "all_gpu_ms": total / 1e3, "share": nccl / total if total else None}
 
 
@@ -111,11 +104,11 @@ def run_model(name: str, root: Path, rank: int, size: int, dtype: torch.dtype, t
     if timing:
         out["stock_tok_s"], out["stock_ttft_ms"] = _decode_rate(model, ids)
 
-    _sync()
+    B._sync(ids.device)
     t0 = time.perf_counter()
     report = patch_model(model)
     _greedy(model, ids, 2)  # first capture of the decode graph
-    _sync()
+    B._sync(ids.device)
     out["patch_and_capture_s"] = round(time.perf_counter() - t0, 2)
     out["report"] = str(report)
     patched_tokens = _greedy(model, ids, CHECK)

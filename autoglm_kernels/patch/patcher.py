@@ -249,9 +249,7 @@ def _hooks_reason(model: nn.Module) -> Optional[str]:
             if (type(h).__name__ != "AlignDevicesHook" or getattr(h, "offload", False)
                     or getattr(h, "weights_map", None) is not None):
                 return f"accelerate {type(h).__name__} with offloaded weights (device_map to CPU/disk)"
-    if any(t.device.type == "meta" for t in model.parameters()):
-        return "parameters on the meta device (offloaded)"
-    return None
+    return None  # (weights left on the meta device: _plan_model's device checks refuse those already)
 
 
 def _tp_reason(p: _Plan) -> Optional[str]:

@@ -32,9 +32,7 @@ def is_dtensor(t) -> bool:
 
 def local(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A DTensor's local shard (the same storage, no copy); any other tensor (or None) as it is."""
-    if DTensor is not None and isinstance(t, DTensor):
-        return t._local_tensor
-    return t
+    return t._local_tensor if is_dtensor(t) else t
 
 
 @dataclass
