@@ -126,7 +126,18 @@ def test_no_merge_across_segments(pool):
     pool.check()
 
 
-def test_large_segments_grow_by_doubling(pool):
+def test_large_segments_are_as_big_as_the_request(pool):
+    reserved = []
+    for size in (2 * MiB, 19 * MiB, 30 * MiB, 30 * MiB, 200 * MiB):
+        pool.alloc(size)
+        reserved.append(pool.stats()["reserved_bytes"] // MiB)
+    # by default (max_growth 20 MiB) a segment holds the request rounded up to 2 MiB, at least 20 MiB
+    assert reserved == [20, 40, 70, 100, 300]
+    assert pool.stats()["backing_allocs"] == 5
+
+
+def test_large_segments_grow_by_doubling_when_asked():
+    pool = HostPool(max_growth_bytes=64 * MiB)
     reserved = []
     for size in (2 * MiB, 19 * MiB, 30 * MiB, 30 * MiB, 200 * MiB):
         pool.alloc(size)
@@ -135,11 +146,30 @@ def test_large_segments_grow_by_doubling(pool):
     # a request above that gets a segment of its own size
     assert reserved == [20, 40, 80, 144, 344]
     assert pool.stats()["backing_allocs"] == 5
-    flat = HostPool(max_growth_bytes=20 * MiB)
-    for _ in range(4):
-        flat.alloc(19 * MiB)
-    assert flat.stats()["reserved_bytes"] == 80 * MiB
-    flat.check()
+    pool.check()
+
+
+def test_growth_merges_wholly_free_segments_that_are_too_small(pool):
+    kept = pool.alloc(19 * MiB)  # segment A (20 MiB), stays in use
+    a, b = pool.alloc(19 * MiB), pool.alloc(19 * MiB)  # segments B and C
+    pool.free(a)
+    pool.free(b)
+    assert pool.stats()["reserved_bytes"] == 60 * MiB
+    big = pool.alloc(30 * MiB)  # fits no free block: B and C (40 MiB) become one 40 MiB segment
+    s = pool.stats()
+    assert (s["reserved_bytes"], s["peak_reserved_bytes"], s["segments"]) == (60 * MiB, 60 * MiB, 2)
+    assert (s["backing_allocs"], s["backing_frees"]) == (4, 2)
+    assert pool.owns(kept) and pool.owns(big)
+    c = pool.alloc(9 * MiB)  # the merged segment's remaining 10 MiB
+    assert big < c < big + 40 * MiB and pool.stats()["backing_allocs"] == 4
+    small = pool.alloc(4 * KiB)  # small segments are never merged into large ones
+    pool.free(small)
+    pool.alloc(50 * MiB)  # the only wholly free segment is the small one: the large pool grows
+    s = pool.stats()
+    assert (s["reserved_bytes"], s["small_segments"]) == (112 * MiB, 1)
+    for addr in (kept, big, c):
+        pool.free(addr)
+    pool.check()
 
 
 def test_stats_after_mixed_ops(pool):

@@ -2,6 +2,7 @@
 #include "pool/allocator.h"
 
 #include <algorithm>
+#include <functional>
 #include <cinttypes>
 #include <cstdio>
 
@@ -122,15 +123,19 @@ bool Allocator::grow(size_t rounded, bool small, std::string* why) {
     sizes = {kSmallSegment};
   } else {
     const size_t want = round_up(rounded, kLargeRound);
+    // best_fit found no block: every wholly free large segment is smaller than the request.
+    // Return them and take one segment as big as they were together (see allocator.h).
+    const size_t merged = release_free_segments(/*large_only=*/true);
     const size_t doubled = std::max(kMinLargeSegment, std::min(large_reserved_, max_growth_));
-    sizes = {std::max(want, doubled), std::max(want, kMinLargeSegment), want, rounded};
+    sizes = {std::max({want, merged, doubled}), std::max({want, merged, kMinLargeSegment}), std::max(want, merged),
+             want, rounded};
+    std::sort(sizes.begin(), sizes.end(), std::greater<size_t>());
+    sizes.erase(std::unique(sizes.begin(), sizes.end()), sizes.end());
   }
   auto attempt = [&]() {
     const size_t room = max_bytes_ ? max_bytes_ - std::min(reserved_, max_bytes_) : SIZE_MAX;
-    size_t tried = 0;
     for (size_t s : sizes) {
-      if (s == tried || s > room) continue;
-      tried = s;
+      if (s > room) continue;
       if (try_segment(s, small)) return true;
     }
     return false;
@@ -167,11 +172,11 @@ void Allocator::add_segment(void* ptr, size_t bytes, bool small) {
   free_set(small).insert(head);
 }
 
-size_t Allocator::release_free_segments() {
+size_t Allocator::release_free_segments(bool large_only) {
   size_t released = 0;
   for (auto it = segments_.begin(); it != segments_.end();) {
     Block* head = it->second.head;
-    if (head->allocated || head->next != nullptr) {  // free neighbours are always merged, so
+    if (head->allocated || head->next != nullptr || (large_only && head->small)) {  // free neighbours are always merged, so
       ++it;                                         // a free head without next spans the segment
       continue;
     }

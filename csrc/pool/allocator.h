@@ -3,9 +3,14 @@
 // Modelled on PyTorch's CUDACachingAllocator and RMM's pool_memory_resource:
 // - sizes are rounded up to 512 B;
 // - requests <= 1 MiB are served from a small pool of 2 MiB segments, larger ones from a
-//   large pool whose segments are at least 20 MiB (or the request rounded up to 2 MiB) and
-//   grow by doubling the large pool (each new segment as big as the large pool already is),
-//   up to `max_growth` bytes per segment;
+//   large pool whose segments are at least 20 MiB (or the request rounded up to 2 MiB);
+//   optionally (`max_growth` above 20 MiB) the large pool grows by doubling, each new segment
+//   as big as the large pool already is, up to `max_growth` bytes;
+// - a large request that no free block fits first returns the large pool's wholly free
+//   segments (each too small for it, and blocks never merge across segments) and takes one
+//   segment as big as they were together, or as the request: the arena defragments instead
+//   of growing while idle segments of the wrong sizes sit in it (PyTorch's caching allocator
+//   returns its cached segments only when cudaMalloc fails);
 // - best fit: std::set of free blocks ordered by (size, address), lower_bound;
 // - a block is split when the remainder is worth keeping (>= 512 B in the small pool,
 //   > 1 MiB in the large pool), and merged with free neighbours (prev/next links) when
@@ -39,7 +44,7 @@ constexpr size_t kSmallRequest = size_t(1) << 20;  // requests <= 1 MiB use the 
 constexpr size_t kSmallSegment = size_t(2) << 20;  // small pool segments: exactly 2 MiB
 constexpr size_t kMinLargeSegment = size_t(20) << 20;
 constexpr size_t kLargeRound = size_t(2) << 20;    // large segments: multiples of 2 MiB
-constexpr size_t kDefaultMaxGrowth = size_t(64) << 20;
+constexpr size_t kDefaultMaxGrowth = kMinLargeSegment;  // no doubling
 constexpr size_t kMaxRequest = size_t(1) << 56;    // larger requests are refused (overflow guard)
 
 using Stream = uintptr_t;  // an opaque stream handle (cudaStream_t on GPU)
@@ -85,7 +90,7 @@ enum class Status : int { kOk = 0, kOutOfMemory = 1, kInvalid = 2 };
 class Allocator {
  public:
   // max_bytes: cap on reserved bytes (0 = none); max_growth: largest segment the doubling
-  // growth creates (a bigger request still gets a segment of its own size).
+  // growth creates (a bigger request still gets a segment of its own size; 20 MiB = no doubling).
   explicit Allocator(Backing* backing, size_t max_bytes = 0, size_t max_growth = kDefaultMaxGrowth);
   ~Allocator();  // returns every segment to the backing
   Allocator(const Allocator&) = delete;
@@ -141,7 +146,7 @@ class Allocator {
   bool grow(size_t rounded, bool small, std::string* why);
   bool try_segment(size_t bytes, bool small);
   void add_segment(void* ptr, size_t bytes, bool small);
-  size_t release_free_segments();
+  size_t release_free_segments(bool large_only = false);
   void merge_into(Block* left, Block* right);  // left absorbs right (both free, neighbours)
   void release_events(std::vector<Pending>& pending);
   std::string describe() const;  // one line of stats for error messages
