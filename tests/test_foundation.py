@@ -83,6 +83,77 @@ def test_triton_ops_run_directly_only_in_plain_eager_inference(monkeypatch):
     assert calls == [1]
 
 
+def test_launch_cache_reuses_a_kernel_only_for_the_same_specialization():
+    """LaunchCache: the first launch of a specialization goes through Triton and keeps the
+    compiled kernel; later ones call it with every parameter in signature order (constexprs and
+    defaults filled in, launch options left out) and a 3-D grid. Another alignment, an int that
+    becomes 1 or divisible by 16, or another constexpr is another entry; a compiled kernel whose
+    launcher takes another signature is never cached."""
+    from types import SimpleNamespace
+
+    from autoglm_kernels.triton import LaunchCache
+
+    jit_calls, fast_calls = [], []
+
+    class FakeJit:
+        params = [SimpleNamespace(name=n, default=d) for n, d in
+                  (("X", None), ("n", None), ("BLOCK", None), ("FLAG", 3))]
+
+        def __init__(self, signature_len=4):
+            self.signature_len = signature_len
+
+        def __getitem__(self, grid):
+            def jit_run(*args, **kwargs):
+                jit_calls.append((grid, args, kwargs))
+                return Compiled(dict.fromkeys(range(self.signature_len)))
+            return jit_run
+
+    class Compiled:
+        def __init__(self, signature):
+            self.src = SimpleNamespace(signature=signature)
+
+        def __getitem__(self, grid):
+            return lambda *args: fast_calls.append((grid, args))
+
+    cache, fn = LaunchCache(), FakeJit()
+    buf = torch.zeros(64)
+    x, x_odd = buf[:32], buf[1:33]  # 16-byte aligned, and not
+    cache.launch(fn, (4,), x, 32, BLOCK=64, num_warps=4)
+    cache.launch(fn, (5,), x, 48, BLOCK=64, num_warps=4)  # same specialization (48 % 16 == 0)
+    assert len(jit_calls) == 1 and fast_calls == [((5, 1, 1), (x, 48, 64, 3))]
+    for args, kw in [((x_odd, 32), dict(BLOCK=64)), ((x, 33), dict(BLOCK=64)), ((x, 1), dict(BLOCK=64)),
+                     ((x, 32), dict(BLOCK=128)), ((x, 32), dict(BLOCK=64, FLAG=2))]:
+        cache.launch(fn, (1, 2), *args, **kw)
+    assert len(jit_calls) == 6 and len(fast_calls) == 1
+    cache.launch(fn, (1, 2), x, 32, BLOCK=64, FLAG=2)
+    assert fast_calls[-1] == ((1, 2, 1), (x, 32, 64, 2))
+    other = FakeJit(signature_len=2)  # a launcher without the constexprs (older Triton)
+    for _ in range(2):
+        cache.launch(other, (1,), x, 32, BLOCK=64)
+    assert len(jit_calls) == 8 and len(fast_calls) == 2
+
+
+@pytest.mark.gpu
+def test_launch_cache_gives_what_triton_gives():
+    """Norm and RoPE launches through the LaunchCache (plain eager inference) on inputs whose
+    specialization changes between calls (1, 16 and 17 rows; a misaligned view) match the
+    references on every call, the cached ones included."""
+    from autoglm_kernels.triton import LAUNCHES, rmsnorm
+
+    torch.manual_seed(0)
+    H = 4096
+    w = torch.randn(H, device="cuda", dtype=torch.bfloat16)
+    buf = torch.randn(17 * H + 1, device="cuda", dtype=torch.bfloat16)
+    before = len(LAUNCHES._kernels)
+    with torch.no_grad():
+        for rows in (1, 16, 17, 1, 16, 17):
+            for x in (buf[:rows * H].view(rows, H), buf[1:rows * H + 1].view(rows, H)):
+                want = rmsnorm.rms_norm_reference(x, w, 1e-6)
+                for _ in range(2):
+                    torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), want, rtol=1.6e-2, atol=1e-2)
+    assert len(LAUNCHES._kernels) > before
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_ops_run_on_the_device_of_their_tensors():

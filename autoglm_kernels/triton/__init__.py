@@ -1,6 +1,8 @@
 """Triton kernels, each registered as a torch op with torch.library.triton_op (so they compose
 with torch.compile and CUDA-graph capture) and called only through autoglm_kernels.ops."""
 
+import threading
+
 import torch
 
 try:
@@ -8,13 +10,15 @@ try:
 except ImportError:  # an older torch: no direct path
     set_wrap_triton_enabled = None
 
+_direct = threading.local()  # .on: inside an op's `direct` call on this thread
+
 
 def triton_op(name: str, *, mutates_args):
     """torch.library.triton_op that also keeps a `.direct` entry to the implementation: ops.py
     calls it in plain eager inference, where the dispatcher's custom-op layers would add 20-300
     us of host time per call (see ops._run). Like triton_op's own backend it launches the kernels
     as they are: with wrap_triton enabled, each launch would go through the tracing
-    higher-order op instead (about 350 us a call)."""
+    higher-order op instead (about 350 us a call). Its launches use the LaunchCache."""
 
     def register(fn):
         op = torch.library.triton_op(name, mutates_args=mutates_args)(fn)
@@ -23,11 +27,78 @@ def triton_op(name: str, *, mutates_args):
             return op
 
         def direct(*args):
-            with set_wrap_triton_enabled(False):
-                return fn(*args)
+            outer, _direct.on = getattr(_direct, "on", False), True
+            try:
+                with set_wrap_triton_enabled(False):
+                    return fn(*args)
+            finally:
+                _direct.on = outer
 
         op.direct = direct
         return op
 
     return register
 
+
+def _spec(a):
+    """What Triton specializes a kernel argument on (or finer): a tensor's dtype, device and 16-byte
+    alignment; an int's width, ==1 and divisibility by 16; a float's type; any other value itself."""
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.get_device(), a.data_ptr() % 16 == 0
+    if isinstance(a, bool) or a is None:
+        return a
+    if isinstance(a, int):
+        return a == 1, a % 16 == 0, -(2**31) <= a < 2**31, a < 2**63
+    if isinstance(a, float):
+        return float
+    return a
+
+
+class LaunchCache:
+    """Launches of @triton.jit kernels from the ops' direct (plain eager) path without
+    JITFunction.run's per-call argument binding, specialization and cache-key hashing, which
+    cost 30-40 us of host time a launch: the first launch of a specialization goes through
+    Triton (compiling if needed) and keeps the CompiledKernel it returns; later ones call that
+    kernel straight away. The key (`_spec` of every argument, which includes the tensors' device,
+    and the keyword arguments) is at least as fine as Triton's own, so a cached kernel is exactly
+    the one Triton would pick. The caller runs on its tensors' device (ops._run sees to it)."""
+
+    def __init__(self):
+        self._kernels = {}
+
+    @staticmethod
+    def _full_args(fn, args, kwargs):
+        """Every kernel parameter in signature order (what CompiledKernel's launcher takes),
+        constexprs and defaults included, and the launch options (num_warps, ...) left out."""
+        out = list(args)
+        for p in fn.params[len(args):]:
+            out.append(kwargs[p.name] if p.name in kwargs else p.default)
+        return out
+
+    def launch(self, fn, grid, *args, **kwargs):
+        key = (id(fn), len(grid), tuple(map(_spec, args)), tuple(kwargs.items()))
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            kernel = fn[grid](*args, **kwargs)
+            # Triton >= 3.3 launchers take every parameter, constexprs too; with any other
+            # signature (older Triton, the interpreter) every launch stays on Triton's path.
+            signature = getattr(getattr(kernel, "src", None), "signature", None)
+            if signature is not None and len(signature) == len(fn.params):
+                self._kernels[key] = kernel
+            return
+        kernel[tuple(grid) + (1,) * (3 - len(grid))](*self._full_args(fn, args, kwargs))
+
+    def clear(self):
+        self._kernels.clear()
+
+
+LAUNCHES = LaunchCache()
+
+
+def launch(fn, grid, *args, **kwargs):
+    """fn[grid](*args, **kwargs) for a kernel of an op implementation: through the LaunchCache on
+    the direct path with CUDA tensors, through torch.library.wrap_triton everywhere else (so
+    torch.compile and triton_op's tracing see the launch)."""
+    if getattr(_direct, "on", False) and isinstance(args[0], torch.Tensor) and args[0].is_cuda:
+        return LAUNCHES.launch(fn, grid, *args, **kwargs)
+    return torch.library.wrap_triton(fn)[grid](*args, **kwargs)

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import triton_op
+from . import launch, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
@@ -240,7 +240,7 @@ def decode_attention(
     else:
         mask, sm_b, mask_len = kv_lens, 0, 0  # unused pointer (HAS_MASK=False)
 
-    torch.library.wrap_triton(_split_kernel)[(max_splits, B * Hk, n_rb)](
+    launch(_split_kernel, (max_splits, B * Hk, n_rb),
         q, k_cache, v_cache, kv_lens, mask, part_o, part_m, part_l,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -253,7 +253,7 @@ def decode_attention(
     )
     # (row, 32-dim slice) programs: 4x the parallelism of one program per row, each loading
     # [64 splits x 128 B] per step, so the merge costs about one memory latency.
-    torch.library.wrap_triton(_reduce_kernel)[(rows, D // 32)](
+    launch(_reduce_kernel, (rows, D // 32),
         part_o, part_m, part_l, out, kv_lens, s_lens, C, Sq * Hq, max_splits,
         HEAD_DIM=D, BLOCK_N=BLOCK_N, MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT,
         BLOCK_S=64, BLOCK_D=32, num_warps=2,

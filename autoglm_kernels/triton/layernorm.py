@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from . import triton_op
+from . import launch, triton_op
 from .rmsnorm import MAX_HIDDEN, _triton_can_run, row_launch  # noqa: F401  (MAX_HIDDEN re-exported)
 
 
@@ -59,7 +58,7 @@ def _launch(x, residual, weight, bias, out, new_residual, eps):
     if geometry is None:
         return
     grid, args, x, residual, meta = geometry
-    wrap_triton(_layer_norm_kernel)[grid](
+    launch(_layer_norm_kernel, grid,
         x, residual if residual is not None else x, weight, bias if bias is not None else weight,
         out, new_residual if new_residual is not None else out, *args, eps,
         ADD=residual is not None, HAS_BIAS=bias is not None, **meta,

@@ -24,9 +24,8 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from . import triton_op
+from . import launch, triton_op
 
 MAX_HIDDEN = 32768  # one row in registers: 32 values per thread at 32 warps
 _TILE = 2048  # elements per program when several short rows share one (e.g. Qwen3 q_norm, D=128)
@@ -127,7 +126,7 @@ def _launch(mode, x, residual, weight1, weight2, out, new_residual, eps):
     if geometry is None:
         return
     grid, args, x, residual, meta = geometry
-    wrap_triton(_rms_norm_kernel)[grid](
+    launch(_rms_norm_kernel, grid,
         x, residual if residual is not None else x, weight1 if weight1 is not None else weight2, weight2,
         out, new_residual if new_residual is not None else out, *args, eps, MODE=mode, **meta,
     )

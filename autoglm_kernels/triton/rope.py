@@ -36,9 +36,8 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from . import triton_op
+from . import launch, triton_op
 
 LAYOUT_HALF, LAYOUT_GLM, LAYOUT_PAIRS = 0, 1, 2  # where frequency f's cos/sin sit (see module doc)
 
@@ -199,7 +198,7 @@ def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]
         kc_strides = (kc.stride(0), kc.stride(1), kc.stride(2))
         vc_strides = (vc.stride(0), vc.stride(1), vc.stride(2))
     grid = (B * S, triton.cdiv(Hq, block_h) + n_kb * (2 if append is not None else 1))
-    wrap_triton(_rope_kernel)[grid](
+    launch(_rope_kernel, grid,
         q, k, v, c4, s4, kc, vc, pos,
         S, Hq, Hk, F, D, C, sec1, sec2,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), *v_strides,
