@@ -466,7 +466,7 @@ for _name in ("rms_norm", "fused_add_rms_norm", "norm_add_norm", "layer_norm", "
 # ---------------------------------------------------------------------------------------------
 # rope: rotary embedding of q and k in place, one launch (triton/rope.py)
 # ---------------------------------------------------------------------------------------------
-from .triton import rope as _rope  # noqa: E402  (defines autoglm::rope, autoglm::rope_append_kv)
+from .triton import rope as _rope  # noqa: E402  (defines autoglm::rope, autoglm::rope_append_kv, autoglm::append_kv)
 
 
 @torch.library.register_fake("autoglm::rope")
@@ -476,6 +476,11 @@ def _rope_fake(q, k, cos, sin, interleaved, mrope_section):
 
 @torch.library.register_fake("autoglm::rope_append_kv")
 def _rope_append_kv_fake(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section):
+    return None
+
+
+@torch.library.register_fake("autoglm::append_kv")
+def _append_kv_fake(k, v, k_cache, v_cache, cache_len):
     return None
 
 
@@ -570,12 +575,30 @@ def rope_append_kv_(
     cumulative_length) advances by S. Slots >= C are skipped (the caller sizes the cache).
     """
     mrope_section = _check_rope(q, k, cos, sin, interleaved, mrope_section)
+    _check_append(k, v, k_cache, v_cache, cache_len, q=q)
+    _run(_rope.rope_append_kv, q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section)
+
+
+def append_kv_(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+               cache_len: torch.Tensor) -> None:
+    """Static-cache append for a model without RoPE (OPT): k, v [B, S, Hk, D] go to k_cache /
+    v_cache [B, Hk, C, D] at slots cache_len + [0, S), and cache_len advances by S; slots >= C
+    are skipped. What transformers' StaticLayer.update does, in two launches instead of five."""
+    check_tensor("k", k, dtypes=FLOAT_DTYPES, dim=4)
+    if k.stride(-1) != 1:
+        raise ValueError(f"k must have a contiguous last dim (stride 1), got strides {k.stride()}")
+    _check_append(k, v, k_cache, v_cache, cache_len)
+    _run(_rope.append_kv, k, v, k_cache, v_cache, cache_len)
+
+
+def _check_append(k, v, k_cache, v_cache, cache_len, q=None) -> None:
+    """The append arguments of rope_append_kv_ / append_kv_ (k already checked)."""
     B, S, Hk, D = k.shape
     check_tensor("v", v, dtypes=FLOAT_DTYPES, dim=4)
     check_tensor("k_cache", k_cache, dtypes=FLOAT_DTYPES, dim=4)
     check_tensor("v_cache", v_cache, dtypes=FLOAT_DTYPES, dim=4)
     check_tensor("cache_len", cache_len, dtypes=(torch.int32, torch.int64))
-    check_same("device", q=q, v=v, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len)
+    check_same("device", q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len)
     check_same("dtype", k=k, v=v, k_cache=k_cache, v_cache=v_cache)
     if v.shape != k.shape:
         raise ValueError(f"v must have k's shape [B, S, Hk, D]; got k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -590,11 +613,11 @@ def rope_append_kv_(
             raise ValueError(f"{name} must have a contiguous last dim (stride 1), got strides {t.stride()}")
     if cache_len.numel() != 1:
         raise ValueError(f"cache_len must hold one count (the cache's valid length); got shape {tuple(cache_len.shape)}")
-    _run(_rope.rope_append_kv, q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section)
 
 
 KERNELS["apply_rope_"] = _norm_rope_kernel_state()
 KERNELS["rope_append_kv_"] = _norm_rope_kernel_state()
+KERNELS["append_kv_"] = _norm_rope_kernel_state()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,12 +49,15 @@ def test_static_buffer_path_matches_eager_generate(name):
 @pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b", "opt-1.3b"])
 def test_engine_over_patched_model_matches_stock(name, monkeypatch):
     """Fused layers + static cache + static-buffer decode step: the stock tokens, exactly (fp32).
-    Prefill and decode steps append k/v through rope_append_kv_ (RoPE + static-cache write in one op)."""
+    Prefill and decode steps append k/v through rope_append_kv_ (RoPE + static-cache write in one
+    op), or append_kv_ for OPT (no RoPE)."""
     from autoglm_kernels import ops, patch_model, unpatch_model
 
     appends = []
-    real = ops.rope_append_kv_
-    monkeypatch.setattr(ops, "rope_append_kv_", lambda *a, **k: (appends.append(a[0].shape), real(*a, **k))[1])
+    for op_name in ("rope_append_kv_", "append_kv_"):
+        real = getattr(ops, op_name)
+        monkeypatch.setattr(ops, op_name, lambda *a, _real=real, _name=op_name, **k: (
+            appends.append((_name, a[0].shape[1])), _real(*a, **k))[1])
 
     torch.manual_seed(0)
     cfg = reference_config(name, tiny=True)
@@ -77,8 +80,8 @@ def test_engine_over_patched_model_matches_stock(name, monkeypatch):
         # fix captured a new graph for every token).
         assert eng.stats()["replays"] == 9 and eng.stats()["captures"] == 1, eng.stats()
         # 2 layers x (the prefill, which initializes the empty cache, + 9 decode steps)
-        rope = name != "opt-1.3b"  # OPT has learned positions: no RoPE, the stock cache update
-        assert [s[1] for s in appends] == ([7] * 2 + [1] * 18) * rope, appends
+        op_name = "append_kv_" if name == "opt-1.3b" else "rope_append_kv_"  # OPT: learned positions
+        assert appends == [(op_name, n) for n in [7] * 2 + [1] * 18], appends
     finally:
         engine.uninstall(model)
         unpatch_model(model)

@@ -473,3 +473,77 @@ def test_gpu_rope_append_kv_opcheck_and_graph():
     assert int(n) == 8
     assert torch.equal(vc[:, :, 5:8], v.transpose(1, 2).expand(B, Hk, 3, D))
     assert kc[:, :, 8:].abs().sum() == 0 and kc[:, :, :5].abs().sum() == 0
+
+
+# ------------------------------------------------------------------ append_kv_ (no RoPE: OPT)
+@pytest.mark.parametrize("B,S,Hq,Hk,D,C,start,model", APPEND_CASES)
+@pytest.mark.parametrize("dtype", CPU_DTYPES if DEV == "cpu" else [torch.bfloat16, torch.float16])
+def test_append_kv_matches_static_update(B, S, Hq, Hk, D, C, start, model, dtype):
+    """append_kv_ writes exactly what transformers' StaticLayer.update writes (a copy: bit for
+    bit), into the slots from the counter on, skips slots past the capacity and advances the
+    counter; k and v (views into a fused qkv output) are not modified."""
+    from transformers.cache_utils import StaticLayer
+
+    qkv = torch.randn(B, S, (Hq + 2 * Hk) * D, device=DEV, dtype=dtype)
+    k = qkv[..., Hq * D: (Hq + Hk) * D].view(B, S, Hk, D)
+    v = qkv[..., (Hq + Hk) * D:].view(B, S, Hk, D)
+    k_cache = torch.randn(B, Hk, C, D, device=DEV, dtype=dtype)
+    v_cache = torch.randn(B, Hk, C, D, device=DEV, dtype=dtype)
+    cache_len = torch.tensor(start, device=DEV)
+    kc0, vc0, qkv0 = k_cache.clone(), v_cache.clone(), qkv.clone()
+    ops.append_kv_(k, v, k_cache, v_cache, cache_len)
+    assert int(cache_len) == start + S and torch.equal(qkv, qkv0)
+    if start + S <= C:
+        layer = StaticLayer(max_cache_len=C)
+        layer.lazy_initialization(k.transpose(1, 2), v.transpose(1, 2))
+        layer.keys.copy_(kc0)
+        layer.values.copy_(vc0)
+        layer.cumulative_length.fill_(start)
+        layer.update(k.transpose(1, 2), v.transpose(1, 2))
+        assert torch.equal(k_cache, layer.keys) and torch.equal(v_cache, layer.values)
+    slots = [p for p in range(start, start + S) if p < C]
+    untouched = [p for p in range(C) if p not in slots]
+    assert torch.equal(k_cache[:, :, untouched], kc0[:, :, untouched])
+    assert torch.equal(k_cache[:, :, slots], k.transpose(1, 2)[:, :, : len(slots)])
+    assert torch.equal(v_cache[:, :, slots], v.transpose(1, 2)[:, :, : len(slots)])
+
+
+def test_append_kv_opcheck_and_errors():
+    B, S, Hk, D, C = 2, 3, 2, 32, 8
+    k, v = torch.randn(B, S, Hk, D), torch.randn(B, S, Hk, D)
+    kc, vc = torch.zeros(B, Hk, C, D), torch.zeros(B, Hk, C, D)
+    torch.library.opcheck(torch.ops.autoglm.append_kv, (k, v, kc, vc, torch.tensor(2)), test_utils=CPU_OPCHECK)
+    with pytest.raises(ValueError, match=r"k_cache must be \[B=2, Hk=2, capacity, D=32\]"):
+        ops.append_kv_(k, v, torch.zeros(B, Hk, C, D + 1), vc, torch.tensor(0))
+    with pytest.raises(ValueError, match="v must have k's shape"):
+        ops.append_kv_(k, v[:, :2], kc, vc, torch.tensor(0))
+    with pytest.raises(ValueError, match="k must have 4 dims"):
+        ops.append_kv_(k[0], v, kc, vc, torch.tensor(0))
+    with pytest.raises(ValueError, match="contiguous last dim"):
+        ops.append_kv_(k.transpose(2, 3), v.transpose(2, 3), kc, vc, torch.tensor(0))
+    with pytest.raises(TypeError, match="share one dtype"):
+        ops.append_kv_(k, v, kc.half(), vc.half(), torch.tensor(0))
+
+
+@pytest.mark.gpu
+def test_gpu_append_kv_opcheck_and_graph():
+    B, S, Hk, D, C = 1, 1, 32, 64, 64  # OPT-1.3B's decode step
+    dt = torch.bfloat16
+    k, v = (torch.randn(B, S, Hk, D, device="cuda", dtype=dt) for _ in range(2))
+    kc, vc = torch.zeros(B, Hk, C, D, device="cuda", dtype=dt), torch.zeros(B, Hk, C, D, device="cuda", dtype=dt)
+    n = torch.tensor(5, device="cuda")
+    torch.library.opcheck(torch.ops.autoglm.append_kv, (k, v, kc, vc, n))
+    n.fill_(5)
+    kc.zero_()
+    vc.zero_()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        ops.append_kv_(k, v, kc, vc, n)
+    n.fill_(5)
+    for _ in range(3):  # each replay appends at the counter's current slot
+        g.replay()
+    torch.cuda.synchronize()
+    assert int(n) == 8
+    assert torch.equal(kc[:, :, 5:8], k.transpose(1, 2).expand(B, Hk, 3, D))
+    assert torch.equal(vc[:, :, 5:8], v.transpose(1, 2).expand(B, Hk, 3, D))
+    assert kc[:, :, 8:].abs().sum() == 0 and kc[:, :, :5].abs().sum() == 0

@@ -398,11 +398,14 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
     if ctx.qk_norm is not None:
         q = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[0], q)
         k = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[1], k)
-    layer = _appendable_layer(cache, self.layer_idx, k, v) if ctx.rope is not None and ctx.fuse_rope else None
-    if layer is not None:  # over a static cache: RoPE + cache append in one launch
-        cos, sin = position_embeddings
-        ops.rope_append_kv_(q, k, v, cos, sin, layer.keys, layer.values, layer.cumulative_length,
-                            interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)
+    layer = _appendable_layer(cache, self.layer_idx, k, v) if ctx.rope is None or ctx.fuse_rope else None
+    if layer is not None:  # over a static cache: RoPE + cache append in one launch (no RoPE: append only)
+        if ctx.rope is None:
+            ops.append_kv_(k, v, layer.keys, layer.values, layer.cumulative_length)
+        else:
+            cos, sin = position_embeddings
+            ops.rope_append_kv_(q, k, v, cos, sin, layer.keys, layer.values, layer.cumulative_length,
+                                interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)
         k, v = layer.keys, layer.values
     else:
         if ctx.rope is not None:

@@ -23,6 +23,10 @@ torch op `autoglm::rope_append_kv(q!, k, v, cos, sin, k_cache!, v_cache!, cache_
   rotated k and v are written to k_cache/v_cache [B, Hk, C, D] at slots cache_len + [0, S), then
   cache_len (the layer's 0-d device counter) advances by S. Slots >= C are not written.
 
+torch op `autoglm::append_kv(k, v, k_cache!, v_cache!, cache_len!) -> ()`
+  the same append for a model without RoPE (OPT): rope_append_kv's kernel with no rotary dims
+  and no q heads, two launches (the copy, the counter) instead of the stock update's five.
+
 Grid: (B*S tokens, head blocks of q, then of k, then (append) of v). Each program loads its
 token's cos/sin once and handles BLOCK_H heads. Positions and the cache slot come only from
 device tensors: graph-capturable.
@@ -184,7 +188,7 @@ def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]
     if cos.dim() == 4:
         sec1, sec2 = mrope_section[0], mrope_section[0] + mrope_section[1]
     c4, s4 = _as_4d(cos, B, S), _as_4d(sin, B, S)
-    block_f = triton.next_power_of_2(int(F))
+    block_f = max(1, triton.next_power_of_2(int(F)))  # F = 0: append_kv (no rotary dims)
     pairs = 512 if B * S < 64 else 2048  # decode: more, smaller programs; prefill: bigger tiles
     block_h = max(1, min(triton.next_power_of_2(int(max(Hq, Hk))), pairs // block_f))
     n_kb = triton.cdiv(Hk, block_h)
@@ -250,3 +254,26 @@ def rope_append_kv(
         return
     _launch(q, k, cos, sin, interleaved, mrope_section, append=(v, k_cache, v_cache, cache_len))
     cache_len.add_(q.shape[1])  # after the kernel read it (stream order)
+
+
+def append_kv_reference(k, v, k_cache, v_cache, cache_len) -> None:
+    """Plain-torch append_kv (the fallback where Triton cannot run; syncs with the host)."""
+    S, C = k.shape[1], k_cache.shape[2]
+    slots = torch.arange(S, device=k.device) + cache_len.reshape(()).to(torch.int64)
+    keep = slots < C
+    k_cache.index_copy_(2, slots[keep], k.transpose(1, 2)[:, :, keep])
+    v_cache.index_copy_(2, slots[keep], v.transpose(1, 2)[:, :, keep])
+    cache_len.add_(S)
+
+
+@triton_op("autoglm::append_kv", mutates_args={"k_cache", "v_cache", "cache_len"})
+def append_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+              cache_len: torch.Tensor) -> None:
+    if k.shape[0] * k.shape[1] == 0:
+        return
+    if not _triton_can_run(k.device):
+        append_kv_reference(k, v, k_cache, v_cache, cache_len)
+        return
+    no_rotary = k[:, :, 0, :0]  # cos/sin of R = 0 [B, S, 0]: the kernel only copies (never read)
+    _launch(k[:, :, :0], k, no_rotary, no_rotary, False, None, append=(v, k_cache, v_cache, cache_len))
+    cache_len.add_(k.shape[1])  # after the kernel read it (stream order)
