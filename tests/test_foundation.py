@@ -155,6 +155,40 @@ def test_launch_cache_gives_what_triton_gives():
 
 
 @pytest.mark.gpu
+def test_dependent_launches_match_the_dispatcher_path():
+    """A chain of dependent kernels (norm -> GEMV -> norm -> ...) launched back to back on the
+    direct path (programmatic dependent launch on sm_90+: each kernel may start before the one
+    before it ends) and replayed from a CUDA graph gives bit for bit what the dispatcher path
+    gives, on every replay: no kernel reads its input early."""
+    from autoglm_kernels import triton as kernels
+
+    torch.manual_seed(0)
+    H = 2048
+    ws = [torch.randn(H, H, device="cuda", dtype=torch.bfloat16) / 45 for _ in range(4)]
+    g = torch.rand(H, device="cuda", dtype=torch.bfloat16) + 0.5
+
+    def chain(x):
+        for i in range(24):
+            x = ops.fused_linear(ops.rms_norm(x, g, 1e-6), ws[i % 4], None, "silu")
+        return x
+
+    x0 = torch.randn(1, H, device="cuda", dtype=torch.bfloat16)
+    want = chain(x0)  # grad mode on: the dispatcher path
+    with torch.no_grad():
+        assert torch.equal(chain(x0), want)
+        static_x = x0.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain(static_x)
+        for _ in range(10):
+            out.zero_()
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, want)
+    print(f"PDL on: {kernels.PDL and torch.cuda.get_device_capability()[0] >= 9}")
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_ops_run_on_the_device_of_their_tensors():
     """Tensors on GPU 1 while GPU 0 is current (a device_map model's second half): each op runs

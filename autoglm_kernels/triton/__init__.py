@@ -1,9 +1,13 @@
 """Triton kernels, each registered as a torch op with torch.library.triton_op (so they compose
 with torch.compile and CUDA-graph capture) and called only through autoglm_kernels.ops."""
 
+import dataclasses
+import os
 import threading
 
 import torch
+import triton
+import triton.language as tl
 
 try:
     from torch._library.triton import set_wrap_triton_enabled
@@ -11,6 +15,39 @@ except ImportError:  # an older torch: no direct path
     set_wrap_triton_enabled = None
 
 _direct = threading.local()  # .on: inside an op's `direct` call on this thread
+
+
+def _pdl_supported() -> bool:
+    """Triton can launch with programmatic dependent launch (a `launch_pdl` compile option)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return False
+    return any(f.name == "launch_pdl" for f in dataclasses.fields(CUDAOptions))
+
+
+# Programmatic dependent launch (Hopper and newer) for the ops' direct launches: a kernel may start
+# while the one before it finishes (AUTOGLM_PDL=0 turns it off; the CUDA GEMV reads the same switch).
+PDL = os.environ.get("AUTOGLM_PDL", "1") != "0" and _pdl_supported()
+_pdl_devices: dict = {}
+
+
+def _pdl_on(device_index: int) -> bool:
+    on = _pdl_devices.get(device_index)
+    if on is None:
+        on = _pdl_devices[device_index] = PDL and torch.cuda.get_device_capability(device_index)[0] >= 9
+    return on
+
+
+@triton.jit
+def pdl_prologue(PDL: tl.constexpr):
+    """First statement of every kernel: under programmatic dependent launch, let the next kernel
+    begin launching now, then wait until the previous kernel has finished and its writes are
+    visible (so nothing below may read or write memory before this). No code unless PDL."""
+    if PDL:
+        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
 
 def triton_op(name: str, *, mutates_args):
@@ -97,8 +134,11 @@ LAUNCHES = LaunchCache()
 
 def launch(fn, grid, *args, **kwargs):
     """fn[grid](*args, **kwargs) for a kernel of an op implementation: through the LaunchCache on
-    the direct path with CUDA tensors, through torch.library.wrap_triton everywhere else (so
-    torch.compile and triton_op's tracing see the launch)."""
+    the direct path with CUDA tensors (with programmatic dependent launch where PDL is on),
+    through torch.library.wrap_triton everywhere else (so torch.compile and triton_op's tracing
+    see the launch). Every kernel takes a PDL constexpr and starts with pdl_prologue(PDL)."""
     if getattr(_direct, "on", False) and isinstance(args[0], torch.Tensor) and args[0].is_cuda:
+        if _pdl_on(args[0].get_device()):
+            kwargs["PDL"] = kwargs["launch_pdl"] = True
         return LAUNCHES.launch(fn, grid, *args, **kwargs)
     return torch.library.wrap_triton(fn)[grid](*args, **kwargs)

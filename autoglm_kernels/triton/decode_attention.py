@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, triton_op
+from . import launch, pdl_prologue, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
@@ -86,7 +86,9 @@ def _split_kernel(
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     split = tl.program_id(0)
     bh = tl.program_id(1)  # b * Hk + hk
     rb = tl.program_id(2)  # block of query rows
@@ -150,8 +152,10 @@ def _reduce_kernel(
     PART_O, PART_M, PART_L, OUT, KV_LENS, s_lens, C, SqHq, MAX_SPLITS,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """out[row, dims of this program] = sum_s w_s * o_s / sum_s w_s * l_s, w_s = 2^(m_s - max m)."""
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)  # (b * Sq + i) * Hq + h
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     b = row // SqHq

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import launch, triton_op
+from . import launch, pdl_prologue, triton_op
 from .rmsnorm import MAX_HIDDEN, _triton_can_run, row_launch  # noqa: F401  (MAX_HIDDEN re-exported)
 
 
@@ -31,7 +31,9 @@ def _layer_norm_kernel(
     sx_o, sx_i, sr_o, sr_i,
     eps,
     ADD: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, triton_op
+from . import launch, pdl_prologue, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: never NaN on empty rows
 _LOG2E = 1.4426950408889634
@@ -82,7 +82,9 @@ def _prefill_kernel(
     S, L, Hq, qk_scale,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     mb = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last, causal) query blocks start first
     bh = tl.program_id(1)  # b * Hq + h
     b = bh // Hq

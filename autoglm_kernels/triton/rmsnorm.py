@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, triton_op
+from . import launch, pdl_prologue, triton_op
 
 MAX_HIDDEN = 32768  # one row in registers: 32 values per thread at 32 warps
 _TILE = 2048  # elements per program when several short rows share one (e.g. Qwen3 q_norm, D=128)
@@ -78,7 +78,9 @@ def _rms_norm_kernel(
     sx_o, sx_i, sr_o, sr_i,
     eps,
     MODE: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    pdl_prologue(PDL)
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, triton_op
+from . import launch, pdl_prologue, triton_op
 
 LAYOUT_HALF, LAYOUT_GLM, LAYOUT_PAIRS = 0, 1, 2  # where frequency f's cos/sin sit (see module doc)
 
@@ -94,9 +94,11 @@ def _rope_kernel(
     sc_m, sc_b, sc_s, sc_r, ss_m, ss_b, ss_s, ss_r,
     INTERLEAVED: tl.constexpr, LAYOUT: tl.constexpr, APPEND: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Program (token, head block): q head blocks rotate in place; k head blocks rotate in place,
     or (APPEND) into the cache at slot POS + s; then (APPEND only) v head blocks copy to the cache."""
+    pdl_prologue(PDL)
     tok = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     b = tok // S

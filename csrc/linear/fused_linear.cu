@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 
 #include "linear/fused_linear.h"
 
@@ -78,6 +79,21 @@ __device__ __forceinline__ void load_weight(uint32_t (&r)[4], const void* p) {
       : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
       : "l"(p));
 }
+
+// Programmatic dependent launch (sm_90+, launched with the attribute by launch_gemv_act): let
+// the next kernel begin launching, and wait until the previous kernel has finished and its
+// writes are visible. The same protocol as the Triton kernels' pdl_prologue; no-ops otherwise.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // 16-byte activation load: x is small and re-read by every block, so let it cache.
 __device__ __forceinline__ void load_x(uint32_t (&r)[4], const void* p) {
@@ -167,6 +183,20 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   const int num_steps = (K + kStepK - 1) / kStepK;
   const int step_begin = warp * steps_per_warp;
   const int step_end = min(step_begin + steps_per_warp, num_steps);
+
+  // Nothing before pdl_wait() may touch x or y (the previous kernel may still write x, or read
+  // what y overwrites); the weights are constant, so the warp's first batch of them is pulled
+  // into L2 while the previous kernel finishes.
+  pdl_launch_dependents();
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int k = (step_begin + u) * kStepK;
+    if (step_begin + u < step_end && k + 8 * t < K) {
+      if (ok_lo) prefetch_l2(w_lo + k);
+      if (ok_hi) prefetch_l2(w_hi + k);
+    }
+  }
+  pdl_wait();
 
   float acc[MT][4];
 #pragma unroll
@@ -322,6 +352,43 @@ int resident_blocks(int warps) {
   return cache[warps];
 }
 
+// AUTOGLM_PDL=0 turns programmatic dependent launch off (read once per process, as in
+// autoglm_kernels/triton/__init__.py); otherwise on for devices of compute capability >= 9.
+bool pdl_enabled() {
+  static const bool env_on = [] {
+    const char* env = std::getenv("AUTOGLM_PDL");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  if (!env_on) return false;
+  constexpr int kMaxDevices = 64;
+  static int cache[kMaxDevices] = {};  // 0 unknown, 1 off, 2 on
+  const int dev = c10::cuda::current_device();
+  if (dev < 0 || dev >= kMaxDevices) return false;
+  if (cache[dev] == 0) {
+    int major = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    cache[dev] = major >= 9 ? 2 : 1;
+  }
+  return cache[dev] == 2;
+}
+
+// kernel<<<grid, block, 0, stream>>>(args...), with the programmatic-serialization attribute
+// where PDL is on (the kernel must start with pdl_launch_dependents / pdl_wait).
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
+}
+
 template <typename scalar_t, int MT, Act ACT>
 void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                      int64_t n_out) {
@@ -347,14 +414,8 @@ void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::option
   const T* bp = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr<scalar_t>()) : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
-  if (bp != nullptr) {
-    gemv_kernel<T, MT, ACT, true>
-        <<<grid, block, 0, stream>>>(xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp);
-  } else {
-    gemv_kernel<T, MT, ACT, false>
-        <<<grid, block, 0, stream>>>(xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true> : gemv_kernel<T, MT, ACT, false>, grid, block, stream, xp,
+             wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp);
 }
 
 template <typename scalar_t, int MT>
