@@ -141,4 +141,5 @@ def launch(fn, grid, *args, **kwargs):
         if _pdl_on(args[0].get_device()):
             kwargs["PDL"] = kwargs["launch_pdl"] = True
         return LAUNCHES.launch(fn, grid, *args, **kwargs)
-    return torch.library.wrap_triton(fn)[grid](*args, **kwargs)
+    # every argument explicit: torch.compile's kernel wrapper does not fill in defaults
+    return torch.library.wrap_triton(fn)[grid](*args, **kwargs, PDL=False)
