@@ -83,7 +83,7 @@ def _lib() -> ctypes.CDLL:
     sigs = {
         "autoglm_pool_last_error_message": (ctypes.c_char_p, []),
         "autoglm_pool_stats_size": (u64, []),
-        "autoglm_pool_host_create": (p, [u64, u64, u64]),
+        "autoglm_pool_host_create": (p, [u64, u64, u64, ctypes.c_int]),
         "autoglm_pool_host_destroy": (None, [p]),
         "autoglm_pool_host_alloc": (i, [p, u64, u64, ctypes.POINTER(u64)]),
         "autoglm_pool_host_free": (i, [p, u64, u64]),
@@ -154,15 +154,17 @@ class HostPool:
     consecutive segments are adjacent (the allocator must still not merge across them).
     `stream` arguments are opaque ints; events recorded at frees stay pending until
     complete_events(), so cross-stream waits show in stats()["stream_waits"].
+    grows_in_place: the last segment can grow into the addresses after it, as the GPU pool's
+    virtual-memory arena does.
     """
 
     def __init__(self, capacity_bytes: int = 1 << 50, max_bytes: Optional[int] = None, *,
-                 max_growth_bytes: int = DEFAULT_MAX_GROWTH):
+                 max_growth_bytes: int = DEFAULT_MAX_GROWTH, grows_in_place: bool = False):
         capacity = _nbytes("capacity_bytes", capacity_bytes)
         cap = 0 if max_bytes is None else _nbytes("max_bytes", max_bytes, positive=True)
         growth = _nbytes("max_growth_bytes", max_growth_bytes, positive=True)
         self._lib = _lib()
-        self._handle = self._lib.autoglm_pool_host_create(capacity, cap, growth)
+        self._handle = self._lib.autoglm_pool_host_create(capacity, cap, growth, int(bool(grows_in_place)))
         if not self._handle:
             raise MemoryError("could not create the host pool")
 

@@ -9,6 +9,7 @@ invariant checked in C++ after every operation. GPU: MemoryPool under torch.
 import bisect
 import ctypes
 import math
+import os
 import random
 import threading
 import time
@@ -186,6 +187,39 @@ def test_stats_after_mixed_ops(pool):
     pool.configure()  # peaks and counters restart from here
     s = pool.stats()
     assert (s["allocs"], s["frees"], s["backing_allocs"], s["peak_allocated_bytes"]) == (0, 0, 0, 0)
+
+
+def test_a_segment_that_grows_in_place_takes_only_what_its_free_tail_lacks():
+    pool = HostPool(grows_in_place=True)
+    a = pool.alloc(18 * MiB)  # a 20 MiB segment with a 2 MiB free tail
+    b = pool.alloc(30 * MiB)  # the segment grows by the 28 MiB the tail lacks, and b starts in the tail
+    s = pool.stats()
+    assert (s["reserved_bytes"], s["segments"], s["backing_allocs"]) == (48 * MiB, 1, 2)
+    assert b == a + 18 * MiB
+    c = pool.alloc(40 * MiB)  # no free tail: grows by 40 MiB
+    assert pool.stats()["reserved_bytes"] == 88 * MiB and pool.stats()["segments"] == 1 and c == b + 30 * MiB
+    pool.free(b)
+    d = pool.alloc(25 * MiB)  # fits the 30 MiB hole: no growth
+    assert d == b and pool.stats()["backing_allocs"] == 3
+    small = pool.alloc(4 * KiB)  # small requests keep their own 2 MiB segments
+    for addr in (a, c, d, small):
+        pool.free(addr)
+    s = pool.stats()
+    assert (s["segments"], s["free_blocks"], s["largest_free_bytes"]) == (2, 2, 88 * MiB)
+    assert pool.release() == 90 * MiB
+    pool.check()
+
+
+def test_growing_in_place_respects_the_cap():
+    pool = HostPool(max_bytes=48 * MiB, grows_in_place=True)
+    a = pool.alloc(19 * MiB)  # the whole 20 MiB segment (a 1 MiB remainder is not split off)
+    with pytest.raises(OutOfMemoryError, match="cap of 48.00 MiB"):
+        pool.alloc(40 * MiB)  # growing by 40 MiB would pass the cap
+    b = pool.alloc(27 * MiB)  # grows by 28 MiB: 48 MiB in all, still one segment
+    assert pool.stats()["reserved_bytes"] == 48 * MiB and pool.stats()["segments"] == 1
+    pool.free(a)
+    pool.free(b)
+    pool.check()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,6 +471,11 @@ def test_random_trace_100k_ops_invariants_after_every_op(pool):
     assert time.perf_counter() - t0 < 60
 
 
+def test_random_trace_growing_in_place():
+    pool = HostPool(capacity_bytes=64 * GiB, grows_in_place=True)
+    _run_trace(pool, 30_000, seed=3)
+
+
 def test_random_trace_under_a_cap():
     cap = 3 * GiB
     pool = HostPool(max_bytes=cap)
@@ -472,6 +511,25 @@ def cuda_pool():
     yield p
     p.check()
     p.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(os.environ.get("AUTOGLM_POOL_VMM") == "0", reason="AUTOGLM_POOL_VMM=0: cudaMalloc segments")
+def test_gpu_large_pool_is_one_arena_that_grows_in_place(cuda_pool):
+    """torch's segments of growing sizes come from one virtual-memory arena that grows in place
+    (cudaMalloc segments would add one segment per request), and the memory works."""
+    before = cuda_pool.stats()
+    with cuda_pool:
+        ts = [torch.empty(n * MiB, dtype=torch.uint8, device="cuda") for n in (30, 100, 250)]
+        for i, t in enumerate(ts):
+            t.fill_(i + 1)
+        torch.cuda.synchronize()
+        s = cuda_pool.stats()
+        assert s["segments"] - before["segments"] <= 1, (before, s)
+        assert s["backing_allocs"] > before["backing_allocs"]
+        assert [int(t[-1]) for t in ts] == [1, 2, 3]
+        del ts, t
+    cuda_pool.check()
 
 
 @pytest.mark.gpu

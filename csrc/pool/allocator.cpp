@@ -122,6 +122,7 @@ bool Allocator::grow(size_t rounded, bool small, std::string* why) {
   if (small) {
     sizes = {kSmallSegment};
   } else {
+    if (extend_segment(rounded)) return true;
     const size_t want = round_up(rounded, kLargeRound);
     // best_fit found no block: every wholly free large segment is smaller than the request.
     // Return them and take one segment as big as they were together (see allocator.h).
@@ -150,6 +151,36 @@ bool Allocator::grow(size_t rounded, bool small, std::string* why) {
     *why = "the pool cap of " + fmt_bytes(max_bytes_) + " leaves room for " + fmt_bytes(room) + " more";
   } else {
     *why = "the backing allocator could not provide a segment of " + fmt_bytes(needed);
+  }
+  return false;
+}
+
+bool Allocator::extend_segment(size_t rounded) {
+  for (auto& [base, seg] : segments_) {
+    if (seg.small) continue;
+    Block* tail = seg.head;
+    while (tail->next != nullptr) tail = tail->next;
+    const size_t free_tail = tail->allocated ? 0 : tail->size;  // < rounded: best_fit found nothing
+    const size_t need = round_up(rounded - std::min(rounded, free_tail), kLargeRound);
+    if (max_bytes_ && reserved_ + need > max_bytes_) return false;
+    const uintptr_t end = base + seg.size;
+    if (!backing_->extend(reinterpret_cast<void*>(end), need)) continue;
+    seg.size += need;
+    reserved_ += need;
+    large_reserved_ += need;
+    peak_reserved_ = std::max(peak_reserved_, reserved_);
+    ++backing_allocs_;
+    if (!tail->allocated) {  // the free tail absorbs the new range (its events stay with it)
+      free_large_.erase(tail);
+      tail->size += need;
+      free_large_.insert(tail);
+    } else {
+      Block* block = new Block(end, need, /*is_small=*/false);
+      block->prev = tail;
+      tail->next = block;
+      free_large_.insert(block);
+    }
+    return true;
   }
   return false;
 }

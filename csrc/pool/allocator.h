@@ -6,7 +6,10 @@
 //   large pool whose segments are at least 20 MiB (or the request rounded up to 2 MiB);
 //   optionally (`max_growth` above 20 MiB) the large pool grows by doubling, each new segment
 //   as big as the large pool already is, up to `max_growth` bytes;
-// - a large request that no free block fits first returns the large pool's wholly free
+// - where the backing can grow a segment in place (a virtual-memory arena on the GPU), a large
+//   request that no free block fits first tries that: the segment grows by what its free tail
+//   block lacks, so the large pool stays one contiguous arena in which all free space coalesces;
+// - otherwise, a large request that no free block fits first returns the large pool's wholly free
 //   segments (each too small for it, and blocks never merge across segments) and takes one
 //   segment as big as they were together, or as the request: the arena defragments instead
 //   of growing while idle segments of the wrong sizes sit in it (PyTorch's caching allocator
@@ -60,6 +63,13 @@ class Backing {
   virtual bool event_done(Event event) = 0;
   virtual void wait_event(Event event, Stream stream) = 0;  // later work on stream waits for event
   virtual void release_event(Event event) = 0;
+  // Growing a large segment in place (a virtual-memory arena): map `bytes` more at `end`, the
+  // end of a segment this backing handed out. False where it cannot (the default: cudaMalloc).
+  virtual bool extend(void* end, size_t bytes) {
+    (void)end;
+    (void)bytes;
+    return false;
+  }
 };
 
 // Plain data, mirrored field by field by ctypes in autoglm_kernels/memory.py.
@@ -145,6 +155,7 @@ class Allocator {
   Block* best_fit(bool small, size_t size);
   bool grow(size_t rounded, bool small, std::string* why);
   bool try_segment(size_t bytes, bool small);
+  bool extend_segment(size_t rounded);
   void add_segment(void* ptr, size_t bytes, bool small);
   size_t release_free_segments(bool large_only = false);
   void merge_into(Block* left, Block* right);  // left absorbs right (both free, neighbours)

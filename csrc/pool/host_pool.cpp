@@ -3,12 +3,14 @@
 // HostBacking hands out fake address ranges that are never dereferenced, from a simulated
 // device of `capacity` bytes, so 1 GiB requests cost no RAM. Consecutive segments are
 // adjacent in address space on purpose: the allocator must still never merge across them.
+// With grows_in_place it also simulates the GPU's virtual-memory arena (extend()).
 // Its events complete only when the test says so (autoglm_pool_host_complete_events), so
 // cross-stream waits can be observed.
 //
 // C API through ctypes; status codes: 0 ok, 1 out of memory, 2 invalid argument. The
 // message of the last failure on the calling thread: autoglm_pool_last_error_message().
 #include <cstdint>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
@@ -21,7 +23,21 @@ namespace {
 
 class HostBacking final : public Backing {
  public:
-  explicit HostBacking(uint64_t capacity) : capacity_(capacity) {}
+  HostBacking(uint64_t capacity, bool grows_in_place) : capacity_(capacity), grows_in_place_(grows_in_place) {}
+
+  // Like a virtual-memory arena (pool_cuda.cpp): only the last segment handed out can grow,
+  // into the address range right after it.
+  bool extend(void* end, size_t bytes) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto addr = reinterpret_cast<uintptr_t>(end);
+    if (!grows_in_place_ || segments_.empty() || addr != next_ || bytes == 0 || bytes > capacity_ - used_) return false;
+    auto last = std::prev(segments_.end());
+    if (last->first + last->second != addr) return false;
+    last->second += bytes;
+    next_ += bytes;
+    used_ += bytes;
+    return true;
+  }
 
   void* allocate(size_t bytes) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -92,6 +108,7 @@ class HostBacking final : public Backing {
  private:
   std::mutex mutex_;
   const uint64_t capacity_;
+  const bool grows_in_place_;
   uint64_t used_ = 0, misuse_ = 0, waits_ = 0;
   uintptr_t next_ = uintptr_t(1) << 40;  // far from any real heap address
   uintptr_t event_id_ = 0;
@@ -100,8 +117,8 @@ class HostBacking final : public Backing {
 };
 
 struct HostPool {
-  HostPool(uint64_t capacity, uint64_t max_bytes, uint64_t max_growth)
-      : backing(capacity), allocator(&backing, max_bytes, max_growth) {}
+  HostPool(uint64_t capacity, uint64_t max_bytes, uint64_t max_growth, bool grows_in_place)
+      : backing(capacity, grows_in_place), allocator(&backing, max_bytes, max_growth) {}
   HostBacking backing;  // declared first: destroyed after the allocator returns its segments
   Allocator allocator;
 };
@@ -127,8 +144,8 @@ const char* autoglm_pool_last_error_message(void) { return autoglm::pool::thread
 
 uint64_t autoglm_pool_stats_size(void) { return sizeof(Stats); }
 
-void* autoglm_pool_host_create(uint64_t capacity, uint64_t max_bytes, uint64_t max_growth) {
-  return new (std::nothrow) HostPool(capacity, max_bytes, max_growth);
+void* autoglm_pool_host_create(uint64_t capacity, uint64_t max_bytes, uint64_t max_growth, int grows_in_place) {
+  return new (std::nothrow) HostPool(capacity, max_bytes, max_growth, grows_in_place != 0);
 }
 
 void autoglm_pool_host_destroy(void* handle) { delete as_pool(handle); }

@@ -1,4 +1,5 @@
-// The pool allocator on CUDA devices: cudaMalloc/cudaFree backing with CUDA events, one pool
+// The pool allocator on CUDA devices: a virtual-memory arena for the large pool (cudaMalloc
+// segments where that is not available) and CUDA events for the backing, one pool
 // per device (a registry), and the C symbols that torch's CUDAPluggableAllocator calls
 // (autoglm_pool_alloc / autoglm_pool_free) plus control functions for ctypes
 // (autoglm_kernels/memory.py). Compiled only in CUDA builds.
@@ -11,13 +12,16 @@
 //
 // The symbols called by torch never throw and never abort: a refused free (foreign pointer,
 // double free) is recorded (errors counter, message), logged to stderr, and changes nothing.
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "pool/allocator.h"
@@ -58,12 +62,54 @@ bool is_capturing(cudaStream_t stream) {
   return status != cudaStreamCaptureStatusNone;
 }
 
+// The CUDA driver's virtual-memory functions, looked up through the runtime (no link to libcuda).
+struct Vmm {
+  decltype(&cuMemAddressReserve) reserve = nullptr;
+  decltype(&cuMemCreate) create = nullptr;
+  decltype(&cuMemRelease) release = nullptr;
+  decltype(&cuMemMap) map = nullptr;
+  decltype(&cuMemUnmap) unmap = nullptr;
+  decltype(&cuMemSetAccess) set_access = nullptr;
+  decltype(&cuMemGetAllocationGranularity) granularity = nullptr;
+  bool ok = false;
+};
+
+const Vmm& vmm() {
+  static const Vmm table = [] {
+    Vmm v;
+    auto get = [](const char* name, auto& fn) {
+      void* p = nullptr;
+      cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+      if (cudaGetDriverEntryPointByVersion(name, &p, 12000, cudaEnableDefault, &found) != cudaSuccess ||
+          found != cudaDriverEntryPointSuccess || p == nullptr) {
+        (void)cudaGetLastError();
+        return false;
+      }
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(p);
+      return true;
+    };
+    v.ok = get("cuMemAddressReserve", v.reserve) && get("cuMemCreate", v.create) && get("cuMemRelease", v.release) &&
+           get("cuMemMap", v.map) && get("cuMemUnmap", v.unmap) && get("cuMemSetAccess", v.set_access) &&
+           get("cuMemGetAllocationGranularity", v.granularity);
+    return v;
+  }();
+  return table;
+}
+
+// Segments from cudaMalloc, except the large pool's arena: a virtual address range as big as the
+// device's memory, reserved once and mapped from its start as the arena grows (extend()), so the
+// allocator keeps the large pool as one segment whose free space always coalesces (what torch's
+// expandable_segments does for its own allocator). AUTOGLM_POOL_VMM=0, or a driver without the
+// virtual-memory API: plain cudaMalloc segments.
 class CudaBacking final : public Backing {
  public:
   explicit CudaBacking(int device) : device_(device) {}
 
   void* allocate(size_t bytes) override {
     DeviceGuard guard(device_);
+    if (bytes > kSmallSegment && mapped_ == 0 && arena_ready() && bytes <= va_size_ && map_at(va_base_, bytes)) {
+      return reinterpret_cast<void*>(va_base_);
+    }
     void* ptr = nullptr;
     if (cudaMalloc(&ptr, bytes) != cudaSuccess) {
       (void)cudaGetLastError();  // out of memory is not sticky; clear it for torch's next check
@@ -72,8 +118,32 @@ class CudaBacking final : public Backing {
     return ptr;
   }
 
-  void deallocate(void* ptr, size_t) override {
+  bool extend(void* end, size_t bytes) override {
+    const auto at = reinterpret_cast<uintptr_t>(end);
+    if (mapped_ == 0 || at != va_base_ + mapped_ || bytes > va_size_ - mapped_) return false;
     DeviceGuard guard(device_);
+    return map_at(at, bytes);
+  }
+
+  void deallocate(void* ptr, size_t bytes) override {
+    DeviceGuard guard(device_);
+    const auto addr = reinterpret_cast<uintptr_t>(ptr);
+    if (mapped_ != 0 && addr >= va_base_ && addr < va_base_ + va_size_) {
+      // The arena (always all of it: the allocator returns whole segments). Unmapping does not
+      // wait for the GPU the way cudaFree does, so finish the work that may still use it first.
+      if (cudaDeviceSynchronize() != cudaSuccess) (void)cudaGetLastError();
+      for (const Chunk& c : chunks_) {
+        (void)vmm().unmap(c.addr, c.size);
+        (void)vmm().release(c.handle);
+      }
+      if (bytes != mapped_) {
+        std::fprintf(stderr, "autoglm_kernels memory pool (cuda:%d): arena release of %zu bytes, %zu mapped\n",
+                     device_, bytes, mapped_);
+      }
+      chunks_.clear();
+      mapped_ = 0;
+      return;
+    }
     const cudaError_t err = cudaFree(ptr);  // synchronizes: pending work on the segment is done
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
@@ -127,8 +197,74 @@ class CudaBacking final : public Backing {
     return nullptr;
   }
 
+  CUmemAllocationProp device_memory() const {
+    CUmemAllocationProp prop = {};
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = device_;
+    return prop;
+  }
+
+  // Reserves the arena's address range on first use; false where the arena is not available.
+  bool arena_ready() {
+    if (arena_tried_) return va_base_ != 0;
+    arena_tried_ = true;
+    const char* env = std::getenv("AUTOGLM_POOL_VMM");
+    if ((env != nullptr && std::string(env) == "0") || !vmm().ok) return false;
+    const CUmemAllocationProp prop = device_memory();
+    size_t granularity = 0;
+    if (vmm().granularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS ||
+        granularity == 0 || kLargeRound % granularity != 0) {
+      return false;  // the allocator sizes large segments in 2 MiB steps
+    }
+    size_t free_bytes = 0, total = 0;
+    if (cudaMemGetInfo(&free_bytes, &total) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    const size_t size = (total + kLargeRound - 1) / kLargeRound * kLargeRound;
+    CUdeviceptr base = 0;
+    if (vmm().reserve(&base, size, 0, 0, 0) != CUDA_SUCCESS) return false;
+    va_base_ = static_cast<uintptr_t>(base);
+    va_size_ = size;
+    return true;
+  }
+
+  // Physical memory for [at, at + bytes) of the arena; false (nothing changed) when out of memory.
+  bool map_at(uintptr_t at, size_t bytes) {
+    const CUmemAllocationProp prop = device_memory();
+    CUmemGenericAllocationHandle handle = 0;
+    if (vmm().create(&handle, bytes, &prop, 0) != CUDA_SUCCESS) return false;
+    if (vmm().map(at, bytes, 0, handle, 0) != CUDA_SUCCESS) {
+      (void)vmm().release(handle);
+      return false;
+    }
+    CUmemAccessDesc access = {};
+    access.location = prop.location;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    if (vmm().set_access(at, bytes, &access, 1) != CUDA_SUCCESS) {
+      (void)vmm().unmap(at, bytes);
+      (void)vmm().release(handle);
+      return false;
+    }
+    chunks_.push_back(Chunk{at, bytes, handle});
+    mapped_ += bytes;
+    return true;
+  }
+
+  struct Chunk {
+    uintptr_t addr;
+    size_t size;
+    CUmemGenericAllocationHandle handle;
+  };
+
   const int device_;
   std::vector<cudaEvent_t> cache_;  // recycled events (guarded by the allocator's mutex)
+  // The arena (guarded by the allocator's mutex, like everything the backing does).
+  bool arena_tried_ = false;
+  uintptr_t va_base_ = 0;
+  size_t va_size_ = 0, mapped_ = 0;
+  std::vector<Chunk> chunks_;
 };
 
 struct DevicePool {
