@@ -157,9 +157,9 @@ def test_launch_cache_gives_what_triton_gives():
 @pytest.mark.gpu
 def test_dependent_launches_match_the_dispatcher_path():
     """A chain of dependent kernels (norm -> GEMV -> norm -> ...) launched back to back on the
-    direct path (programmatic dependent launch on sm_90+: each kernel may start before the one
-    before it ends) and replayed from a CUDA graph gives bit for bit what the dispatcher path
-    gives, on every replay: no kernel reads its input early."""
+    direct path (with AUTOGLM_PDL=1 on sm_90+, programmatic dependent launch: each kernel may
+    start before the one before it ends) and replayed from a CUDA graph gives bit for bit what
+    the dispatcher path gives, on every replay: no kernel reads its input early."""
     from autoglm_kernels import triton as kernels
 
     torch.manual_seed(0)

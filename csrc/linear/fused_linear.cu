@@ -352,12 +352,12 @@ int resident_blocks(int warps) {
   return cache[warps];
 }
 
-// AUTOGLM_PDL=0 turns programmatic dependent launch off (read once per process, as in
-// autoglm_kernels/triton/__init__.py); otherwise on for devices of compute capability >= 9.
+// AUTOGLM_PDL=1 turns programmatic dependent launch on for devices of compute capability >= 9
+// (read once per process; opt-in, as in autoglm_kernels/triton/__init__.py, which says why).
 bool pdl_enabled() {
   static const bool env_on = [] {
     const char* env = std::getenv("AUTOGLM_PDL");
-    return env == nullptr || std::string(env) != "0";
+    return env != nullptr && std::string(env) == "1";
   }();
   if (!env_on) return false;
   constexpr int kMaxDevices = 64;
