@@ -84,6 +84,17 @@ def test_report_folder_without_json(capsys, tmp_path):
     assert_user_error(code, err, "no benchmark JSON found")
 
 
+def test_report_names_cut_down_models(capsys, tmp_path):
+    """A pytest-benchmark generate entry of a model with fewer layers (bench_memory's 4) is not
+    listed under the reference model's name."""
+    doc = {"benchmarks": [{"name": "test_generate[fused]", "group": "g", "extra_info": {
+        "impl": "fused", "model": "llama3.2-1b", "num_layers": 4, "tok_per_s": 327.2}}]}
+    (tmp_path / "bench_memory.json").write_text(json.dumps(doc))
+    code, out, err = cli(capsys, "report", str(tmp_path), "--no-plots")
+    assert code == 0, err
+    assert "| llama3.2-1b (4 layers) | fused |" in out
+
+
 @no_cuda_only
 @pytest.mark.parametrize("argv,needle", [
     (["demo", "--device", "cuda"], "no CUDA GPU is visible"),

@@ -53,8 +53,10 @@ def _add(data: RunData, path: Path, doc) -> bool:
         for b in doc["benchmarks"]:
             extra = b.get("extra_info") or {}
             if "tok_per_s" in extra:
-                data.generate.append({"model": extra.get("model") or b.get("group") or b.get("name"),
-                                      "mode": extra.get("impl", "?"), **extra})
+                model = extra.get("model") or b.get("group") or b.get("name")
+                if extra.get("num_layers"):  # a cut-down model (bench_memory's 4 layers): not the reference
+                    model = f"{model} ({extra['num_layers']} layers)"
+                data.generate.append({**extra, "model": model, "mode": extra.get("impl", "?")})
             else:
                 data.kernels.append(b)
             if data.read_bw_gb_per_s is None and extra.get("read_bw_gb_per_s"):
