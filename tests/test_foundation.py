@@ -88,7 +88,8 @@ def test_launch_cache_reuses_a_kernel_only_for_the_same_specialization():
     compiled kernel; later ones call it with every parameter in signature order (constexprs and
     defaults filled in, launch options left out) and a 3-D grid. Another alignment, an int that
     becomes 1 or divisible by 16, or another constexpr is another entry; a compiled kernel whose
-    launcher takes another signature is never cached."""
+    launcher takes another signature, or a launch with a constexpr passed positionally, is never
+    cached."""
     from types import SimpleNamespace
 
     from autoglm_kernels.triton import LaunchCache
@@ -96,8 +97,8 @@ def test_launch_cache_reuses_a_kernel_only_for_the_same_specialization():
     jit_calls, fast_calls = [], []
 
     class FakeJit:
-        params = [SimpleNamespace(name=n, default=d) for n, d in
-                  (("X", None), ("n", None), ("BLOCK", None), ("FLAG", 3))]
+        params = [SimpleNamespace(name=n, default=d, is_constexpr=c) for n, d, c in
+                  (("X", None, False), ("n", None, False), ("BLOCK", None, True), ("FLAG", 3, True))]
 
         def __init__(self, signature_len=4):
             self.signature_len = signature_len
@@ -131,6 +132,9 @@ def test_launch_cache_reuses_a_kernel_only_for_the_same_specialization():
     for _ in range(2):
         cache.launch(other, (1,), x, 32, BLOCK=64)
     assert len(jit_calls) == 8 and len(fast_calls) == 2
+    for block in (64, 128):  # BLOCK passed positionally: never cached (the key would not hold its value)
+        cache.launch(fn, (1,), x, 32, block)
+    assert len(jit_calls) == 10 and len(fast_calls) == 2
 
 
 @pytest.mark.gpu

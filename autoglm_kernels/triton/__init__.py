@@ -120,9 +120,11 @@ class LaunchCache:
         if kernel is None:
             kernel = fn[grid](*args, **kwargs)
             # Triton >= 3.3 launchers take every parameter, constexprs too; with any other
-            # signature (older Triton, the interpreter) every launch stays on Triton's path.
+            # signature (older Triton, the interpreter) every launch stays on Triton's path, as
+            # it does for a constexpr passed positionally (its key holds _spec, not the value).
             signature = getattr(getattr(kernel, "src", None), "signature", None)
-            if signature is not None and len(signature) == len(fn.params):
+            if (signature is not None and len(signature) == len(fn.params)
+                    and not any(p.is_constexpr for p in fn.params[:len(args)])):
                 self._kernels[key] = kernel
             return
         kernel[tuple(grid) + (1,) * (3 - len(grid))](*self._full_args(fn, args, kwargs))
@@ -140,7 +142,7 @@ def launch(fn, grid, *args, **kwargs):
     through torch.library.wrap_triton everywhere else (so torch.compile and triton_op's tracing
     see the launch). Every kernel takes a PDL constexpr and starts with pdl_prologue(PDL)."""
     if getattr(_direct, "on", False) and isinstance(args[0], torch.Tensor) and args[0].is_cuda:
-        if _pdl_on(args[0].get_device()):
+        if PDL and _pdl_on(args[0].get_device()):
             kwargs["PDL"] = kwargs["launch_pdl"] = True
         return LAUNCHES.launch(fn, grid, *args, **kwargs)
     # every argument explicit: torch.compile's kernel wrapper does not fill in defaults
