@@ -35,9 +35,10 @@ _pdl_devices: dict = {}
 
 
 def _pdl_on(device_index: int) -> bool:
+    """Where PDL is on: whether this device can run it (compute capability 9.0 or newer)."""
     on = _pdl_devices.get(device_index)
     if on is None:
-        on = _pdl_devices[device_index] = PDL and torch.cuda.get_device_capability(device_index)[0] >= 9
+        on = _pdl_devices[device_index] = torch.cuda.get_device_capability(device_index)[0] >= 9
     return on
 
 

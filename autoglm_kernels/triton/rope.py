@@ -230,17 +230,22 @@ def rope(
     _launch(q, k, cos, sin, interleaved, mrope_section)
 
 
+def append_kv_reference(k, v, k_cache, v_cache, cache_len) -> None:
+    """Plain-torch append_kv (the fallback where Triton cannot run; syncs with the host)."""
+    S, C = k.shape[1], k_cache.shape[2]
+    slots = torch.arange(S, device=k.device) + cache_len.reshape(()).to(torch.int64)
+    keep = slots < C
+    k_cache.index_copy_(2, slots[keep], k.transpose(1, 2)[:, :, keep])
+    v_cache.index_copy_(2, slots[keep], v.transpose(1, 2)[:, :, keep])
+    cache_len.add_(S)
+
+
 def rope_append_kv_reference(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved: bool,
                              mrope_section: Optional[list[int]]) -> None:
     """Plain-torch rope_append_kv (the fallback where Triton cannot run; syncs with the host)."""
     k = k.clone()
     rope_reference_(q, k, cos, sin, interleaved, mrope_section)
-    S, C = q.shape[1], k_cache.shape[2]
-    slots = torch.arange(S, device=q.device) + cache_len.reshape(()).to(torch.int64)
-    keep = slots < C
-    k_cache.index_copy_(2, slots[keep], k.transpose(1, 2)[:, :, keep])
-    v_cache.index_copy_(2, slots[keep], v.transpose(1, 2)[:, :, keep])
-    cache_len.add_(S)
+    append_kv_reference(k, v, k_cache, v_cache, cache_len)
 
 
 @triton_op("autoglm::rope_append_kv", mutates_args={"q", "k_cache", "v_cache", "cache_len"})
@@ -256,16 +261,6 @@ def rope_append_kv(
         return
     _launch(q, k, cos, sin, interleaved, mrope_section, append=(v, k_cache, v_cache, cache_len))
     cache_len.add_(q.shape[1])  # after the kernel read it (stream order)
-
-
-def append_kv_reference(k, v, k_cache, v_cache, cache_len) -> None:
-    """Plain-torch append_kv (the fallback where Triton cannot run; syncs with the host)."""
-    S, C = k.shape[1], k_cache.shape[2]
-    slots = torch.arange(S, device=k.device) + cache_len.reshape(()).to(torch.int64)
-    keep = slots < C
-    k_cache.index_copy_(2, slots[keep], k.transpose(1, 2)[:, :, keep])
-    v_cache.index_copy_(2, slots[keep], v.transpose(1, 2)[:, :, keep])
-    cache_len.add_(S)
 
 
 @triton_op("autoglm::append_kv", mutates_args={"k_cache", "v_cache", "cache_len"})
