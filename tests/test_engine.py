@@ -300,9 +300,14 @@ def test_deferred_stop_hook_only_covers_engine_caches():
 
     from autoglm_kernels.engine import stop
 
+    from transformers.generation import utils as gen_utils
+
     assert stop.install_hook()
-    hooked = DeferredStopCheck.__dict__["is_supported"]
-    assert stop.install_hook() and DeferredStopCheck.__dict__["is_supported"] is hooked  # idempotent: no second wrap
+    built = gen_utils.DeferredStopCheck
+    hooked = inspect.getattr_static(built, "is_supported")
+    assert stop.install_hook() and gen_utils.DeferredStopCheck is built  # idempotent: no second subclass or wrap
+    assert inspect.getattr_static(gen_utils.DeferredStopCheck, "is_supported") is hooked
+    assert issubclass(built, DeferredStopCheck) or built is DeferredStopCheck
     model = _model()
     cfg = model.config
     cache = engine.EngineCache(config=cfg, max_cache_len=64)
@@ -317,6 +322,70 @@ def test_deferred_stop_hook_only_covers_engine_caches():
     # anything else: transformers' own decision (not deferred on CUDA)
     assert not DeferredStopCheck.is_supported(cuda, StaticCache(config=cfg, max_cache_len=64), False, is_assistant=False)
     assert not DeferredStopCheck.is_supported(cuda, None, False, is_assistant=False)
+
+
+def test_engine_stop_check_streams_the_first_token_at_once(monkeypatch):
+    """For the engine's calls the prefill's token is streamed when it is sampled (time to first
+    token), every later token one step late as DeferredStopCheck does, each exactly once; other
+    deferred calls keep transformers' behaviour. (CPU: the check's events are stubbed.)"""
+    from transformers.generation import utils as gen_utils
+
+    from autoglm_kernels.engine import stop
+
+    class Event:  # the CPU has no events: copies are synchronous there anyway
+        def __init__(self, **kwargs):
+            pass
+
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class Collect:
+        def __init__(self):
+            self.tokens = []
+
+        def put(self, value):
+            self.tokens.append(value.tolist())
+
+        def end(self):
+            pass
+
+    monkeypatch.setattr(torch, "Event", Event)
+    assert stop.install_hook()
+    model = _model()
+    cache = engine.EngineCache(config=model.config, max_cache_len=64)
+    cache.defer_stop = True
+    ids = torch.ones(1, 4, dtype=torch.long)
+
+    def run(engine_call: bool, tokens: list[int], eos_after: int | None):
+        check_cls = gen_utils.DeferredStopCheck
+        cuda = torch.device("cuda")  # a device object only: nothing runs there
+        assert check_cls.is_supported(cuda, cache if engine_call else None, False, is_assistant=False) is engine_call
+        streamer = Collect()
+        check = check_cls(ids, 100, None, False, streamer)
+        seen, stopped = [], False
+        for step, tok in enumerate(tokens, 1):
+            unfinished = torch.tensor([0 if eos_after is not None and step >= eos_after else 1])
+            stopped = check(unfinished, torch.tensor([tok]), ids.shape[1] + step)
+            seen.append(list(streamer.tokens))
+            if stopped:
+                break
+        undo = check.finish()
+        return seen, streamer.tokens, undo
+
+    seen, streamed, undo = run(True, [5, 6, 7], None)
+    assert seen == [[[5]], [[5]], [[5], [6]]] and streamed == [[5], [6], [7]] and undo == 0
+    seen, streamed, undo = run(True, [5], None)
+    assert seen == [[[5]]] and streamed == [[5]] and undo == 0
+    seen, streamed, undo = run(True, [5, 6, 7], 2)  # EOS at step 2, known one step late: step 3 undone
+    assert streamed == [[5], [6]] and undo == 1
+    # a deferred call that is not the engine's (is_supported said no, e.g. mps elsewhere): first token one step late
+    stop._claimed.next = False
+    check = gen_utils.DeferredStopCheck(ids, 100, None, False, Collect())
+    check(torch.tensor([1]), torch.tensor([5]), 5)
+    assert check.streamer.tokens == []
 
 
 def test_generate_plan_defers_only_on_cuda_without_returned_cache():
