@@ -3,7 +3,9 @@
 Two parts, both on CUDA:
   ops     host microseconds per call of each op through its typed wrapper (ops.*), through
           torch.ops.autoglm.* (dispatcher, no checks) and, for the Triton ops, through the
-          implementation function itself (no dispatcher), beside the stock code it replaces.
+          implementation's direct (plain eager) entry, beside the stock code it replaces; for
+          fused_add_rms_norm also the kernel launch alone (outputs preallocated: `launch`) and
+          Triton's CompiledKernel runner alone (`runner`), to split the host time by layer.
           Tiny decode-shaped inputs, so the GPU never holds the host back.
   prefill per model and mode (stock, graph-stock, patched): time to first token (a 128-token
           prompt), the host time of the prefill forward, the host syncs in it (profiler count of
@@ -64,6 +66,30 @@ def op_rows() -> list[dict]:
     lens = torch.tensor([128], device=dev, dtype=torch.int32)
     sc = 128 ** -0.5
 
+    out, new_r = torch.empty_like(x), torch.empty_like(x)
+    from autoglm_kernels import triton as tk
+
+    def launch_only():  # the op's kernel launch with its outputs preallocated (LaunchCache path)
+        tk._direct.on = True
+        try:
+            rn._launch(rn._ADD_RMS, x, r, None, w, out, new_r, 1e-5)
+        finally:
+            tk._direct.on = False
+
+    seen = []
+    real_launch = tk.LAUNCHES.launch
+    tk.LAUNCHES.launch = lambda fn, grid, *a, **kw: (seen.append((fn, grid, a, kw)), real_launch(fn, grid, *a, **kw))[1]
+    launch_only()
+    launch_only()
+    tk.LAUNCHES.launch = real_launch
+    fn, grid, a, kw = seen[-1]
+    kernel = tk.LAUNCHES._kernels[(id(fn), len(grid), tuple(map(tk._spec, a)), tuple(kw.items()))]
+    full = tk.LAUNCHES._full_args(fn, a, kw)
+    grid3 = tuple(grid) + (1,) * (3 - len(grid))
+
+    def runner_only():  # Triton's CompiledKernel launcher alone
+        kernel[grid3](*full)
+
     def stock_gated():
         g, u = torch.nn.functional.linear(x, Wg).chunk(2, dim=-1)
         return torch.nn.functional.silu(g) * u
@@ -71,11 +97,12 @@ def op_rows() -> list[dict]:
     cases = {
         "rms_norm": dict(
             wrapper=lambda: ops.rms_norm(x, w, 1e-5), dispatcher=lambda: torch.ops.autoglm.rms_norm(x, w, 1e-5),
-            impl=lambda: rn.rms_norm._init_fn(x, w, 1e-5), stock=lambda: norm(x)),
+            impl=lambda: rn.rms_norm.direct(x, w, 1e-5), stock=lambda: norm(x)),
         "fused_add_rms_norm": dict(
             wrapper=lambda: ops.fused_add_rms_norm(x, r, w, 1e-5),
             dispatcher=lambda: torch.ops.autoglm.fused_add_rms_norm(x, r, w, 1e-5),
-            impl=lambda: rn.fused_add_rms_norm._init_fn(x, r, w, 1e-5), stock=lambda: norm(x + r)),
+            impl=lambda: rn.fused_add_rms_norm.direct(x, r, w, 1e-5), launch=launch_only, runner=runner_only,
+            stock=lambda: norm(x + r)),
         "fused_linear 4096->4608": dict(
             wrapper=lambda: ops.fused_linear(x, W), dispatcher=lambda: torch.ops.autoglm.fused_linear(x, W, None, "none"),
             stock=lambda: torch.nn.functional.linear(x, W)),
@@ -85,12 +112,12 @@ def op_rows() -> list[dict]:
         "apply_rope_ (GLM interleaved)": dict(
             wrapper=lambda: ops.apply_rope_(q, k, cos, sin, interleaved=True),
             dispatcher=lambda: torch.ops.autoglm.rope(q, k, cos, sin, True, None),
-            impl=lambda: rp.rope._init_fn(q, k, cos, sin, True, None),
+            impl=lambda: rp.rope.direct(q, k, cos, sin, True, None),
             stock=lambda: apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)),
         "decode_attention (32/2 heads, 256 slots)": dict(
             wrapper=lambda: ops.decode_attention(q, kc, vc, lens, scale=sc),
             dispatcher=lambda: torch.ops.autoglm.decode_attention(q, kc, vc, lens, None, sc, 0),
-            impl=lambda: da.decode_attention._init_fn(q, kc, vc, lens, None, sc, 0),
+            impl=lambda: da.decode_attention.direct(q, kc, vc, lens, None, sc, 0),
             stock=lambda: torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), kc[:, :, :128], vc[:, :, :128], scale=sc, enable_gqa=True)),
         "torch.add (reference point)": dict(stock=lambda: x + r),
@@ -112,10 +139,15 @@ def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | 
             time_generate(model, ids, 2)  # warm-up (Triton compiles, graph capture)
         ttft = statistics.median(time_generate(model, ids, 2)[1] for _ in range(repeats))
         row = {"model": name, "mode": mode, "ttft_ms": round(1e3 * ttft, 2)}
+        marks: dict = {}
         with host_timers(model, "forward") as timers:
-            time_generate(model, ids, 1)  # one forward: the prefill
-        forward_us = timers["forward"].us()
-        row["prefill_forward_host_ms"] = round(forward_us / 1e3, 2) if forward_us is not None else None
+            time_generate(model, ids, 2, marks=marks)  # the prefill forward, then one decode step
+        first = timers["forward"].first
+        if first is not None:  # where the time to first token goes, on the host
+            row["prefill_forward_host_ms"] = round(1e3 * (first[1] - first[0]), 2)
+            row["before_prefill_ms"] = round(1e3 * (first[0] - marks["start"]), 2)
+            if marks.get("first_token") is not None:
+                row["after_prefill_ms"] = round(1e3 * (marks["first_token"] - first[1]), 2)
         from torch.profiler import ProfilerActivity, profile
 
         from autoglm_kernels.cli.profile import device_ops
@@ -144,18 +176,44 @@ def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | 
         undo()
 
 
+def decode_row(model, name: str, mode: str) -> dict:
+    """Eager decode (no engine): host microseconds per decode step's forward and per call of one
+    decoder layer (layer 1), over a 33-token generate from a 128-token prompt."""
+    ids = prompt_ids(model, 1, 128)
+    undo = _setup(model, mode)
+    try:
+        time_generate(model, ids, 8)  # warm-up
+        layer = model.model.layers[1] if hasattr(model, "model") and hasattr(model.model, "layers") else None
+        if layer is None:
+            layer = model.model.decoder.layers[1]
+        with host_timers(model, "forward") as fwd, host_timers(layer, "forward") as lay:
+            total, ttft = time_generate(model, ids, 33)
+        row = {"model": name, "mode": mode, "tok_per_s": round(32 / (total - ttft), 1),
+               "forward_host_us": fwd["forward"].us(), "layer_host_us": lay["forward"].us(),
+               "layer_calls": lay["forward"].calls}
+        print(json.dumps(row), flush=True)
+        return row
+    finally:
+        undo()
+
+
 def main() -> None:
     p = script_parser(__doc__, modes="stock,graph-stock,patched", repeats=5)
     p.add_argument("--skip-ops", action="store_true", help="only the prefill part (--tiny implies it)")
     p.add_argument("--cprofile", metavar="DIR", help="write cProfile listings of each prefill there")
+    p.add_argument("--decode-modes", default="", help="also time eager decode per layer in these modes "
+                   "(e.g. stock,patched-eager)")
     args = p.parse_args()
     cdir = Path(args.cprofile) if args.cprofile else None
     if cdir:
         cdir.mkdir(parents=True, exist_ok=True)
-    out = {"environment": environment(), "ops_host_us": [] if args.skip_ops or args.tiny else op_rows(), "prefill": []}
+    out = {"environment": environment(), "ops_host_us": [] if args.skip_ops or args.tiny else op_rows(), "prefill": [],
+           "decode": []}
     for name, model in script_models(args.models, args.tiny):
         for mode in args.modes.split(","):
             out["prefill"].append(prefill_row(model, name, mode, args.repeats, cdir))
+        for mode in filter(None, args.decode_modes.split(",")):
+            out["decode"].append(decode_row(model, name, mode))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -128,6 +128,7 @@ class HostTimer:
 
     def __init__(self, fn):
         self.fn, self.total, self.calls = fn, 0.0, 0
+        self.first: tuple[float, float] | None = None  # perf_counter at entry and exit of the first call
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -135,8 +136,11 @@ class HostTimer:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.total += time.perf_counter() - t
+                end = time.perf_counter()
+                self.total += end - t
                 self.calls += 1
+                if self.first is None:
+                    self.first = (t, end)
 
         self.wrapper = wrapper
 
@@ -311,8 +315,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_generate(model, ids, new_tokens: int, **gen_kwargs) -> tuple[float, float | None]:
-    """(total seconds, seconds to the first new token or None) of one greedy generate of exactly new_tokens."""
+def time_generate(model, ids, new_tokens: int, marks: dict | None = None, **gen_kwargs) -> tuple[float, float | None]:
+    """(total seconds, seconds to the first new token or None) of one greedy generate of exactly
+    new_tokens; `marks` (if given) gets the perf_counter of its start and first token."""
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -338,6 +343,8 @@ def time_generate(model, ids, new_tokens: int, **gen_kwargs) -> tuple[float, flo
                        min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, streamer=clock, **gen_kwargs)
     _sync(ids.device)
     end = time.perf_counter()
+    if marks is not None:
+        marks.update(start=start, first_token=clock.at)
     return end - start, (clock.at - start if clock.at is not None else None)
 
 
