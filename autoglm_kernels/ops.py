@@ -37,28 +37,37 @@ def check_tensor(
     dim: Optional[int | Iterable[int]] = None,
     contiguous: bool = False,
 ) -> None:
-    """Raise a clear TypeError/ValueError when `t` is not a tensor of the expected dtype/rank/layout."""
+    """Raise a clear TypeError/ValueError when `t` is not a tensor of the expected dtype/rank/layout.
+    (Every wrapper runs these checks at every call: the passing case does the least work.)"""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if dtypes is not None:
-        dtypes = tuple(dtypes)
-        if t.dtype not in dtypes:
-            want = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-            raise TypeError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}; expected one of: {want}")
-    if dim is not None:
+    if dtypes is not None and t.dtype not in dtypes:
+        want = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} has dtype {str(t.dtype).replace('torch.', '')}; expected one of: {want}")
+    if dim is not None and (t.dim() != dim if type(dim) is int else t.dim() not in dim):
         dims = (dim,) if isinstance(dim, int) else tuple(dim)
-        if t.dim() not in dims:
-            raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must have {' or '.join(map(str, dims))} dims, got shape {tuple(t.shape)}")
     if contiguous and not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (got strides {t.stride()} for shape {tuple(t.shape)}); call .contiguous()")
 
 
 def check_same(what: str, **tensors) -> None:
     """All given tensors (None skipped) share device (what='device') or dtype (what='dtype')."""
+    first = None
+    for v in tensors.values():
+        if v is not None:
+            if first is None:
+                first = getattr(v, what)
+            elif getattr(v, what) != first:
+                break
+    else:
+        return
     items = [(k, getattr(v, what)) for k, v in tensors.items() if v is not None]
-    if len({v for _, v in items}) > 1:
-        listing = ", ".join(f"{k} on {v}" if what == "device" else f"{k}: {str(v).replace('torch.', '')}" for k, v in items)
-        raise (ValueError if what == "device" else TypeError)(f"tensors must share one {what}; got {listing}")
+    listing = ", ".join(f"{k} on {v}" if what == "device" else f"{k}: {str(v).replace('torch.', '')}" for k, v in items)
+    raise (ValueError if what == "device" else TypeError)(f"tensors must share one {what}; got {listing}")
+
+
+_is_compiling = torch.compiler.is_compiling
 
 
 def _run(op, *args):
@@ -68,11 +77,11 @@ def _run(op, *args):
     is host-bound); through torch.ops everywhere else: torch.compile, fake and other tensor
     subclasses, dispatch and function modes, and autograd (grad mode on). Runs on the device of
     args[0] (a model split over GPUs by device_map calls ops for tensors off the current device)."""
-    device = args[0].device
-    if device.type == "cuda" and not torch.compiler.is_compiling() and device.index != torch.cuda.current_device():
-        with torch.cuda.device(device):  # Triton launches on the current device, not on the tensors'
+    a0 = args[0]
+    if a0.is_cuda and not _is_compiling() and a0.get_device() != torch._C._cuda_getDevice():
+        with torch.cuda.device(a0.device):  # Triton launches on the current device, not on the tensors'
             return _run(op, *args)
-    if (type(args[0]) is torch.Tensor and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    if (type(a0) is torch.Tensor and not torch.is_grad_enabled() and not _is_compiling()
             and not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0):
         return op.direct(*args)
     return op(*args)

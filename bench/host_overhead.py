@@ -8,9 +8,10 @@ Two parts, both on CUDA:
           Triton's CompiledKernel runner alone (`runner`), to split the host time by layer.
           Tiny decode-shaped inputs, so the GPU never holds the host back.
   prefill per model and mode (stock, graph-stock, patched): time to first token (a 128-token
-          prompt), the host time of the prefill forward, the host syncs in it (profiler count of
-          aten::_local_scalar_dense), the GPU time and kernel count of the 1-token generate, and
-          cProfile listings (--cprofile DIR).
+          prompt) and its host time before, in and after the prefill forward; then (--decode-modes)
+          eager decode host time per step and per layer; last (the profiler slows a process's later
+          launches) the host syncs of the prefill (profiler count of aten::_local_scalar_dense),
+          the GPU time and kernel count of the 1-token generate, and cProfile listings (--cprofile DIR).
 
     python bench/host_overhead.py --models llama3.2-1b,glm4-9b --json out.json --cprofile out/
 """
@@ -83,12 +84,11 @@ def op_rows() -> list[dict]:
     launch_only()
     tk.LAUNCHES.launch = real_launch
     fn, grid, a, kw = seen[-1]
-    kernel = tk.LAUNCHES._kernels[(id(fn), len(grid), tuple(map(tk._spec, a)), tuple(kw.items()))]
-    full = tk.LAUNCHES._full_args(fn, a, kw)
+    kernel, tail = tk.LAUNCHES._kernels[(id(fn), len(grid), tk._specs(a), tuple(kw.items()))]
     grid3 = tuple(grid) + (1,) * (3 - len(grid))
 
     def runner_only():  # Triton's CompiledKernel launcher alone
-        kernel[grid3](*full)
+        kernel[grid3](*a, *tail)
 
     def stock_gated():
         g, u = torch.nn.functional.linear(x, Wg).chunk(2, dim=-1)
@@ -131,7 +131,9 @@ def op_rows() -> list[dict]:
     return rows
 
 
-def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | None) -> dict:
+def prefill_row(model, name: str, mode: str, repeats: int) -> dict:
+    """Time to first token and where it goes on the host (no profiler runs before: once torch's
+    profiler has traced CUDA in a process, kernel launches there cost more host time)."""
     ids = prompt_ids(model, 1, 128)
     undo = _setup(model, mode)
     try:
@@ -139,15 +141,30 @@ def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | 
             time_generate(model, ids, 2)  # warm-up (Triton compiles, graph capture)
         ttft = statistics.median(time_generate(model, ids, 2)[1] for _ in range(repeats))
         row = {"model": name, "mode": mode, "ttft_ms": round(1e3 * ttft, 2)}
-        marks: dict = {}
-        with host_timers(model, "forward") as timers:
-            time_generate(model, ids, 2, marks=marks)  # the prefill forward, then one decode step
-        first = timers["forward"].first
-        if first is not None:  # where the time to first token goes, on the host
-            row["prefill_forward_host_ms"] = round(1e3 * (first[1] - first[0]), 2)
-            row["before_prefill_ms"] = round(1e3 * (first[0] - marks["start"]), 2)
-            if marks.get("first_token") is not None:
-                row["after_prefill_ms"] = round(1e3 * (marks["first_token"] - first[1]), 2)
+        spans = []
+        for _ in range(repeats):
+            marks: dict = {}
+            with host_timers(model, "forward") as timers:
+                time_generate(model, ids, 2, marks=marks)  # the prefill forward, then one decode step
+            first = timers["forward"].first
+            if first is not None and marks.get("first_token") is not None:
+                spans.append((first[0] - marks["start"], first[1] - first[0], marks["first_token"] - first[1]))
+        if spans:  # where the time to first token goes, on the host (medians)
+            for i, key in enumerate(("before_prefill_ms", "prefill_forward_host_ms", "after_prefill_ms")):
+                row[key] = round(1e3 * statistics.median(s[i] for s in spans), 2)
+        print(json.dumps(row), flush=True)
+        return row
+    finally:
+        undo()
+
+
+def profile_row(model, name: str, mode: str, row: dict, cprofile_dir: Path | None) -> None:
+    """Add the host syncs, GPU time and kernel count of a 1-token generate to `row` (torch
+    profiler), and write a cProfile listing of one to cprofile_dir."""
+    ids = prompt_ids(model, 1, 128)
+    undo = _setup(model, mode)
+    try:
+        time_generate(model, ids, 1)
         from torch.profiler import ProfilerActivity, profile
 
         from autoglm_kernels.cli.profile import device_ops
@@ -170,8 +187,6 @@ def prefill_row(model, name: str, mode: str, repeats: int, cprofile_dir: Path | 
             text = io.StringIO()
             pstats.Stats(pr, stream=text).sort_stats("tottime").print_stats(40)
             (cprofile_dir / f"cprofile_{name}_{mode}.txt").write_text(text.getvalue())
-        print(json.dumps(row), flush=True)
-        return row
     finally:
         undo()
 
@@ -201,6 +216,7 @@ def main() -> None:
     p = script_parser(__doc__, modes="stock,graph-stock,patched", repeats=5)
     p.add_argument("--skip-ops", action="store_true", help="only the prefill part (--tiny implies it)")
     p.add_argument("--cprofile", metavar="DIR", help="write cProfile listings of each prefill there")
+    p.add_argument("--no-profile", action="store_true", help="skip the torch-profiler and cProfile part")
     p.add_argument("--decode-modes", default="", help="also time eager decode per layer in these modes "
                    "(e.g. stock,patched-eager)")
     args = p.parse_args()
@@ -210,10 +226,14 @@ def main() -> None:
     out = {"environment": environment(), "ops_host_us": [] if args.skip_ops or args.tiny else op_rows(), "prefill": [],
            "decode": []}
     for name, model in script_models(args.models, args.tiny):
-        for mode in args.modes.split(","):
-            out["prefill"].append(prefill_row(model, name, mode, args.repeats, cdir))
+        rows = [prefill_row(model, name, mode, args.repeats) for mode in args.modes.split(",")]
         for mode in filter(None, args.decode_modes.split(",")):
             out["decode"].append(decode_row(model, name, mode))
+        if not args.no_profile:  # last: the profiler slows the process's later launches
+            for row in rows:
+                profile_row(model, name, row["mode"], row, cdir)
+                print(json.dumps(row), flush=True)
+        out["prefill"] += rows
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -137,6 +137,19 @@ def test_launch_cache_reuses_a_kernel_only_for_the_same_specialization():
     assert len(jit_calls) == 10 and len(fast_calls) == 2
 
 
+def test_launch_cache_key_matches_spec():
+    """The launch cache's inline key (_specs) equals _spec of every argument, for each kind of
+    argument the kernels take and at the boundaries Triton specializes on."""
+    from autoglm_kernels.triton import _spec, _specs
+
+    buf = torch.zeros(64, dtype=torch.float16)
+    values = [buf, buf[1:], buf[8:], torch.zeros(3, dtype=torch.int64), torch.nn.Parameter(torch.zeros(4)),
+              0, 1, -1, 15, 16, 17, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**63 - 1, 2**63, True, False, None,
+              0.5, 1e-5, "x", (1, 2)]
+    assert _specs(values) == tuple(map(_spec, values))
+    assert _specs([]) == ()
+
+
 @pytest.mark.gpu
 def test_launch_cache_gives_what_triton_gives():
     """Norm and RoPE launches through the LaunchCache (plain eager inference) on inputs whose

@@ -53,12 +53,23 @@ def pdl_prologue(PDL: tl.constexpr):
         tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) on the host (triton.cdiv is a constexpr function: about 2 us a host call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (>= 1), on the host (triton.next_power_of_2 costs about 2 us a call)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 def triton_op(name: str, *, mutates_args):
     """torch.library.triton_op that also keeps a `.direct` entry to the implementation: ops.py
     calls it in plain eager inference, where the dispatcher's custom-op layers would add 20-300
     us of host time per call (see ops._run). Like triton_op's own backend it launches the kernels
-    as they are: with wrap_triton enabled, each launch would go through the tracing
-    higher-order op instead (about 350 us a call). Its launches use the LaunchCache."""
+    as they are: CUDA tensors through the LaunchCache; elsewhere (the CPU interpreter) with
+    wrap_triton disabled, since each launch would otherwise go through the tracing higher-order
+    op (about 350 us a call)."""
 
     def register(fn):
         op = torch.library.triton_op(name, mutates_args=mutates_args)(fn)
@@ -69,6 +80,8 @@ def triton_op(name: str, *, mutates_args):
         def direct(*args):
             outer, _direct.on = getattr(_direct, "on", False), True
             try:
+                if args[0].is_cuda:  # launch() takes the LaunchCache path: wrap_triton is never reached
+                    return fn(*args)
                 with set_wrap_triton_enabled(False):
                     return fn(*args)
             finally:
@@ -94,14 +107,26 @@ def _spec(a):
     return a
 
 
+_Tensor = torch.Tensor
+
+
+def _specs(args) -> tuple:
+    """tuple(map(_spec, args)) with the common cases inline (no call per argument): the launch
+    cache builds this key at every launch."""
+    return tuple([(a.dtype, a.get_device(), not a.data_ptr() & 15) if isinstance(a, _Tensor)
+                  else (a == 1, not a & 15, -2147483648 <= a < 2147483648, a < 9223372036854775808)
+                  if type(a) is int else _spec(a) for a in args])
+
+
 class LaunchCache:
     """Launches of @triton.jit kernels from the ops' direct (plain eager) path without
     JITFunction.run's per-call argument binding, specialization and cache-key hashing, which
     cost 30-40 us of host time a launch: the first launch of a specialization goes through
-    Triton (compiling if needed) and keeps the CompiledKernel it returns; later ones call that
-    kernel straight away. The key (`_spec` of every argument, which includes the tensors' device,
-    and the keyword arguments) is at least as fine as Triton's own, so a cached kernel is exactly
-    the one Triton would pick. The caller runs on its tensors' device (ops._run sees to it)."""
+    Triton (compiling if needed) and keeps the CompiledKernel it returns, with the parameters
+    after the positional ones (constexprs, defaults); later ones call that kernel straight away.
+    The key (`_spec` of every argument, which includes the tensors' device, and the keyword
+    arguments) is at least as fine as Triton's own, so a cached kernel is exactly the one Triton
+    would pick. The caller runs on its tensors' device (ops._run sees to it)."""
 
     def __init__(self):
         self._kernels = {}
@@ -116,9 +141,9 @@ class LaunchCache:
         return out
 
     def launch(self, fn, grid, *args, **kwargs):
-        key = (id(fn), len(grid), tuple(map(_spec, args)), tuple(kwargs.items()))
-        kernel = self._kernels.get(key)
-        if kernel is None:
+        key = (id(fn), len(grid), _specs(args), tuple(kwargs.items()))
+        hit = self._kernels.get(key)
+        if hit is None:
             kernel = fn[grid](*args, **kwargs)
             # Triton >= 3.3 launchers take every parameter, constexprs too; with any other
             # signature (older Triton, the interpreter) every launch stays on Triton's path, as
@@ -126,9 +151,10 @@ class LaunchCache:
             signature = getattr(getattr(kernel, "src", None), "signature", None)
             if (signature is not None and len(signature) == len(fn.params)
                     and not any(p.is_constexpr for p in fn.params[:len(args)])):
-                self._kernels[key] = kernel
+                self._kernels[key] = (kernel, tuple(self._full_args(fn, args, kwargs)[len(args):]))
             return
-        kernel[tuple(grid) + (1,) * (3 - len(grid))](*self._full_args(fn, args, kwargs))
+        kernel, tail = hit
+        kernel[grid if len(grid) == 3 else tuple(grid) + (1,) * (3 - len(grid))](*args, *tail)
 
     def clear(self):
         self._kernels.clear()

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, pdl_prologue, triton_op
+from . import cdiv, launch, next_power_of_2, pdl_prologue, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
@@ -59,7 +59,7 @@ def block_n(head_dim: int) -> int:
 
 def rows_block(rows: int) -> int:
     """Query rows per program (tl.dot needs >= 16), a power of two."""
-    return min(MAX_ROWS_PER_PROGRAM, max(16, triton.next_power_of_2(rows)))
+    return min(MAX_ROWS_PER_PROGRAM, max(16, next_power_of_2(rows)))
 
 
 def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
@@ -67,11 +67,11 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     capacity C, each still reading >= MIN_BLOCKS_PER_SPLIT tiles. Depends on shapes only."""
     B, Sq, Hq, D = q.shape
     Hk, C = k_cache.shape[1], k_cache.shape[2]
-    n_rb = triton.cdiv((Hq // Hk) * Sq, rows_block((Hq // Hk) * Sq))
+    n_rb = cdiv((Hq // Hk) * Sq, rows_block((Hq // Hk) * Sq))
     sms = _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device()) \
         if q.device.type == "cuda" else 4  # interpreter: a few splits, to exercise the reduction
-    want = triton.cdiv(TARGET_PROGRAMS_PER_SM * sms, B * Hk * n_rb)
-    cap = triton.cdiv(max(C, 1), block_n(D) * MIN_BLOCKS_PER_SPLIT)
+    want = cdiv(TARGET_PROGRAMS_PER_SM * sms, B * Hk * n_rb)
+    cap = cdiv(max(C, 1), block_n(D) * MIN_BLOCKS_PER_SPLIT)
     return max(1, min(want, cap))
 
 
@@ -229,10 +229,10 @@ def decode_attention(
     G = Hq // Hk
     BLOCK_M = rows_block(G * Sq)
     BLOCK_N = block_n(D)
-    n_rb = triton.cdiv(G * Sq, BLOCK_M)
+    n_rb = cdiv(G * Sq, BLOCK_M)
     max_splits = num_splits if num_splits > 0 else default_num_splits(q, k_cache)
 
-    out = torch.empty((B, Sq, Hq, D), dtype=q.dtype, device=q.device)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
     rows = B * Sq * Hq
     part_o = torch.empty((rows, max_splits, D), dtype=torch.float32, device=q.device)
     part_m = torch.empty((rows, max_splits), dtype=torch.float32, device=q.device)

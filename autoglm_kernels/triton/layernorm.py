@@ -77,7 +77,7 @@ def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     if not _triton_can_run(x.device):
         return layer_norm_reference(x, weight, bias, eps).contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
     _launch(x, None, weight, bias, out, None, eps)
     return out
 
@@ -89,7 +89,7 @@ def fused_add_layer_norm(
     if not _triton_can_run(x.device):
         h = (residual + x).contiguous()
         return layer_norm_reference(h, weight, bias, eps).contiguous(), h
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    new_residual = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    new_residual = torch.empty_like(x, memory_format=torch.contiguous_format)
     _launch(x, residual, weight, bias, out, new_residual, eps)
     return out, new_residual

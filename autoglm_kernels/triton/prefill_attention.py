@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, pdl_prologue, triton_op
+from . import cdiv, launch, pdl_prologue, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: never NaN on empty rows
 _LOG2E = 1.4426950408889634
@@ -160,13 +160,13 @@ def prefill_attention(
     B, S, Hq, D = q.shape
     Hk, L = k.shape[1], k.shape[2]
     cfg = launch_config(D, q.device)
-    out = torch.empty((B, S, Hq, D), dtype=q.dtype, device=q.device)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if kv_mask is not None:
         mask = kv_mask.view(torch.uint8) if kv_mask.dtype == torch.bool else kv_mask
         sm_b = mask.stride(0)
     else:
         mask, sm_b = q, 0  # unused pointer (HAS_MASK=False)
-    grid = (triton.cdiv(S, cfg["BLOCK_M"]), B * Hq)
+    grid = (cdiv(S, cfg["BLOCK_M"]), B * Hq)
     launch(_prefill_kernel, grid,
         q, k, v, mask, out,
         q.stride(0), q.stride(1), q.stride(2),

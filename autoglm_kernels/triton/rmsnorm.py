@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, pdl_prologue, triton_op
+from . import cdiv, launch, next_power_of_2, pdl_prologue, triton_op
 
 MAX_HIDDEN = 32768  # one row in registers: 32 values per thread at 32 warps
 _TILE = 2048  # elements per program when several short rows share one (e.g. Qwen3 q_norm, D=128)
@@ -46,6 +46,8 @@ def row_view(t: torch.Tensor) -> tuple[int, int, torch.Tensor]:
         return 0, 0, t
     if t.dim() == 2:
         return 0, t.stride(0), t
+    if t.dim() == 3:  # [B, S, H]: already one outer stride
+        return t.stride(0), t.stride(1), t
     try:
         v = t.view(-1, t.shape[-2], t.shape[-1])
     except RuntimeError:  # leading dims not foldable into one stride
@@ -58,7 +60,7 @@ def launch_config(hidden: int) -> tuple[int, int, int]:
     """(BLOCK_H, ROWS, num_warps): a power-of-two row block, enough rows per program to fill
     _TILE elements, and about 16 values per thread (H=4096 -> 8 warps). Depends on H only, so
     a compiled graph does not specialize on the row count."""
-    block_h = triton.next_power_of_2(int(hidden))
+    block_h = next_power_of_2(int(hidden))
     rows = max(1, _TILE // block_h)
     num_warps = min(32, max(1, rows * block_h // 512))
     return block_h, rows, num_warps
@@ -120,7 +122,7 @@ def row_launch(x: torch.Tensor, residual: torch.Tensor | None):
     n_inner = x.shape[-2] if x.dim() >= 2 else 1
     block_h, rows, num_warps = launch_config(H)
     args = (n_rows, n_inner, H, sx_o, sx_i, sr_o, sr_i)
-    return (triton.cdiv(n_rows, rows),), args, x, residual, dict(ROWS=rows, BLOCK_H=block_h, num_warps=num_warps)
+    return (cdiv(n_rows, rows),), args, x, residual, dict(ROWS=rows, BLOCK_H=block_h, num_warps=num_warps)
 
 
 def _launch(mode, x, residual, weight1, weight2, out, new_residual, eps):
@@ -149,7 +151,7 @@ def _out_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if not _triton_can_run(x.device):
         return rms_norm_reference(x, weight, eps).contiguous()
-    out = torch.empty(x.shape, dtype=_out_dtype(x, weight), device=x.device)
+    out = torch.empty_like(x, dtype=_out_dtype(x, weight), memory_format=torch.contiguous_format)
     _launch(_RMS, x, None, None, weight, out, None, eps)
     return out
 
@@ -161,8 +163,8 @@ def fused_add_rms_norm(
     if not _triton_can_run(x.device):
         h = (residual + x).contiguous()
         return rms_norm_reference(h, weight, eps).contiguous(), h
-    out = torch.empty(x.shape, dtype=_out_dtype(x, weight), device=x.device)
-    new_residual = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x, dtype=_out_dtype(x, weight), memory_format=torch.contiguous_format)
+    new_residual = torch.empty_like(x, memory_format=torch.contiguous_format)
     _launch(_ADD_RMS, x, residual, None, weight, out, new_residual, eps)
     return out, new_residual
 
@@ -174,7 +176,7 @@ def norm_add_norm(
     if not _triton_can_run(x.device):
         h = (residual + rms_norm_reference(x, weight1, eps)).contiguous()
         return rms_norm_reference(h, weight2, eps).contiguous(), h
-    out = torch.empty(x.shape, dtype=_out_dtype(x, weight2), device=x.device)
-    new_residual = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    out = torch.empty_like(x, dtype=_out_dtype(x, weight2), memory_format=torch.contiguous_format)
+    new_residual = torch.empty_like(x, memory_format=torch.contiguous_format)
     _launch(_RMS_ADD_RMS, x, residual, weight1, weight2, out, new_residual, eps)
     return out, new_residual

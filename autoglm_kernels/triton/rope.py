@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import launch, pdl_prologue, triton_op
+from . import cdiv, launch, next_power_of_2, pdl_prologue, triton_op
 
 LAYOUT_HALF, LAYOUT_GLM, LAYOUT_PAIRS = 0, 1, 2  # where frequency f's cos/sin sit (see module doc)
 
@@ -190,10 +190,10 @@ def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]
     if cos.dim() == 4:
         sec1, sec2 = mrope_section[0], mrope_section[0] + mrope_section[1]
     c4, s4 = _as_4d(cos, B, S), _as_4d(sin, B, S)
-    block_f = max(1, triton.next_power_of_2(int(F)))  # F = 0: append_kv (no rotary dims)
+    block_f = max(1, next_power_of_2(int(F)))  # F = 0: append_kv (no rotary dims)
     pairs = 512 if B * S < 64 else 2048  # decode: more, smaller programs; prefill: bigger tiles
-    block_h = max(1, min(triton.next_power_of_2(int(max(Hq, Hk))), pairs // block_f))
-    n_kb = triton.cdiv(Hk, block_h)
+    block_h = max(1, min(next_power_of_2(int(max(Hq, Hk))), pairs // block_f))
+    n_kb = cdiv(Hk, block_h)
     if append is None:
         v, kc, vc, pos, C = k, k, k, q, 0  # unused (APPEND=False)
         v_strides, kc_strides, vc_strides = (0, 0, 0), (0, 0, 0), (0, 0, 0)
@@ -203,7 +203,7 @@ def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]
         v_strides = (v.stride(0), v.stride(1), v.stride(2))
         kc_strides = (kc.stride(0), kc.stride(1), kc.stride(2))
         vc_strides = (vc.stride(0), vc.stride(1), vc.stride(2))
-    grid = (B * S, triton.cdiv(Hq, block_h) + n_kb * (2 if append is not None else 1))
+    grid = (B * S, cdiv(Hq, block_h) + n_kb * (2 if append is not None else 1))
     launch(_rope_kernel, grid,
         q, k, v, c4, s4, kc, vc, pos,
         S, Hq, Hk, F, D, C, sec1, sec2,
@@ -211,7 +211,7 @@ def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]
         *kc_strides, *vc_strides,
         *c4.stride(), *s4.stride(),
         INTERLEAVED=interleaved, LAYOUT=cos_layout(interleaved, mrope_section, cos.dim()), APPEND=append is not None,
-        BLOCK_H=block_h, BLOCK_F=block_f, BLOCK_D=triton.next_power_of_2(int(D)),
+        BLOCK_H=block_h, BLOCK_F=block_f, BLOCK_D=next_power_of_2(int(D)),
         num_warps=4 if block_h * block_f <= 512 else 8,
     )
 
