@@ -8,9 +8,8 @@ Two parts, both on CUDA:
           Triton's CompiledKernel runner alone (`runner`), to split the host time by layer.
           Tiny decode-shaped inputs, so the GPU never holds the host back.
   prefill per model and mode (stock, graph-stock, patched): time to first token (a 128-token
-          prompt) and its host time before, in and after the prefill forward; then (--decode-modes)
-          eager decode host time per step and per layer; last (the profiler slows a process's later
-          launches) the host syncs of the prefill (profiler count of aten::_local_scalar_dense),
+          prompt) and its host time before, in and after the prefill forward; last (the profiler
+          slows a process's later launches) the host syncs of the prefill (profiler count of aten::_local_scalar_dense),
           the GPU time and kernel count of the 1-token generate, and cProfile listings (--cprofile DIR).
 
     python bench/host_overhead.py --models llama3.2-1b,glm4-9b --json out.json --cprofile out/
@@ -191,44 +190,18 @@ def profile_row(model, name: str, mode: str, row: dict, cprofile_dir: Path | Non
         undo()
 
 
-def decode_row(model, name: str, mode: str) -> dict:
-    """Eager decode (no engine): host microseconds per decode step's forward and per call of one
-    decoder layer (layer 1), over a 33-token generate from a 128-token prompt."""
-    ids = prompt_ids(model, 1, 128)
-    undo = _setup(model, mode)
-    try:
-        time_generate(model, ids, 8)  # warm-up
-        layer = model.model.layers[1] if hasattr(model, "model") and hasattr(model.model, "layers") else None
-        if layer is None:
-            layer = model.model.decoder.layers[1]
-        with host_timers(model, "forward") as fwd, host_timers(layer, "forward") as lay:
-            total, ttft = time_generate(model, ids, 33)
-        row = {"model": name, "mode": mode, "tok_per_s": round(32 / (total - ttft), 1),
-               "forward_host_us": fwd["forward"].us(), "layer_host_us": lay["forward"].us(),
-               "layer_calls": lay["forward"].calls}
-        print(json.dumps(row), flush=True)
-        return row
-    finally:
-        undo()
-
-
 def main() -> None:
     p = script_parser(__doc__, modes="stock,graph-stock,patched", repeats=5)
     p.add_argument("--skip-ops", action="store_true", help="only the prefill part (--tiny implies it)")
     p.add_argument("--cprofile", metavar="DIR", help="write cProfile listings of each prefill there")
     p.add_argument("--no-profile", action="store_true", help="skip the torch-profiler and cProfile part")
-    p.add_argument("--decode-modes", default="", help="also time eager decode per layer in these modes "
-                   "(e.g. stock,patched-eager)")
     args = p.parse_args()
     cdir = Path(args.cprofile) if args.cprofile else None
     if cdir:
         cdir.mkdir(parents=True, exist_ok=True)
-    out = {"environment": environment(), "ops_host_us": [] if args.skip_ops or args.tiny else op_rows(), "prefill": [],
-           "decode": []}
+    out = {"environment": environment(), "ops_host_us": [] if args.skip_ops or args.tiny else op_rows(), "prefill": []}
     for name, model in script_models(args.models, args.tiny):
         rows = [prefill_row(model, name, mode, args.repeats) for mode in args.modes.split(",")]
-        for mode in filter(None, args.decode_modes.split(",")):
-            out["decode"].append(decode_row(model, name, mode))
         if not args.no_profile:  # last: the profiler slows the process's later launches
             for row in rows:
                 profile_row(model, name, row["mode"], row, cdir)

@@ -235,18 +235,29 @@ def test_runtime_full_mask_reads_each_mask_once():
 @pytest.mark.parametrize("arch", ["llama", "glm4", "opt"])
 def test_host_bound_paths_give_the_stock_tokens(monkeypatch, arch):
     """The eager CUDA path's host-time choices (aten linear without an activation, aten LayerNorm,
-    SDPA for an unpadded decode over a DynamicCache), forced on here on CPU: stock tokens."""
+    SDPA for an unpadded decode over a DynamicCache, no mask for an unpadded prompt), forced on
+    here on CPU: stock tokens; a left-padded batch keeps its mask."""
     monkeypatch.setattr(L, "host_bound", lambda x: True)
     model = _model(arch)
-    ids = torch.randint(1, 500, (1, 9))
+    ids = torch.randint(1, 500, (1, 20))  # > 16 tokens: the prefill kernel's path
     ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
     patch_model(model, strict=True)
     calls = []
     real = L.ops.prefill_attention
-    monkeypatch.setattr(L.ops, "prefill_attention", lambda *a, **k: calls.append(a[0].shape[1]) or real(*a, **k))
+    monkeypatch.setattr(L.ops, "prefill_attention",
+                        lambda *a, **k: calls.append((a[0].shape[1], k.get("kv_mask") is None)) or real(*a, **k))
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
     assert torch.equal(out, ref)
-    assert calls.count(1) == 11 * 2  # every decode step of both layers: the SDPA branch
+    assert calls.count((1, True)) == 11 * 2  # every decode step of both layers: the SDPA branch
+    assert calls.count((20, True)) == 2  # the unpadded prompt: no mask
+    unpatch_model(model)
+    ids2, mask2 = _prompt(batch=2, length=20, pad=(0, 3))
+    ref2 = model.generate(input_ids=ids2, attention_mask=mask2, max_new_tokens=6, do_sample=False)
+    patch_model(model, strict=True)
+    calls.clear()
+    out2 = model.generate(input_ids=ids2, attention_mask=mask2, max_new_tokens=6, do_sample=False)
+    assert torch.equal(out2, ref2)
+    assert calls and not any(no_mask for S, no_mask in calls if S > 1)  # padded prompt: its mask is kept
 
 
 def test_sampling_and_inference_mode():

@@ -377,6 +377,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
                              "(cached + new tokens); use a larger max_cache_len")
     if valid_len is not None and valid_len < k.shape[2]:
         k, v = k[:, :, :valid_len], v[:, :, :valid_len]
+    if mask is not None and runtime is not None and host_bound(q) and runtime.full_mask(mask):
+        mask = None  # no padding (one host read per forward): a prompt over no prefix runs torch SDPA,
+        # with a fraction of the Triton kernel's host time (ops.prefill_attention's dispatch)
     return ops.prefill_attention(q, k, v, kv_mask=mask, scale=scale, causal=True)
 
 
