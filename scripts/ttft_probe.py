@@ -1,9 +1,10 @@
 """Where a patched model's time to first token goes before and in the prefill, on the host:
-every synchronizing CUDA call of one 2-token generate (torch.cuda.set_sync_debug_mode, with the
-caller's stack), the engine's steps before the prefill timed one by one, and a cProfile listing
-sorted by cumulative time. Stock first for comparison.
+the host time before, in and after the prefill forward for stock, patched-eager and patched;
+for patched also every synchronizing CUDA call of one 2-token generate (torch.cuda.set_sync_debug_mode,
+with the caller's stack), the engine's steps before the prefill, and a cProfile listing sorted by
+cumulative time.
 
-    python scripts/ttft_probe.py llama3.2-1b > probe.txt
+    python scripts/ttft_probe.py llama3.2-1b llama3.1-8b > probe.txt
 """
 import cProfile
 import io
@@ -15,8 +16,8 @@ import warnings
 
 import torch
 
-from autoglm_kernels import engine, patch_model
-from autoglm_kernels.cli.bench import prompt_ids, time_generate
+from autoglm_kernels import engine
+from autoglm_kernels.cli.bench import _setup, host_timers, prompt_ids, time_generate
 from autoglm_kernels.demo_model import random_model
 
 
@@ -89,18 +90,32 @@ def cprofile(model, ids) -> str:
     return out.getvalue()
 
 
-name = sys.argv[1] if len(sys.argv) > 1 else "llama3.2-1b"
-model = random_model(name)
-ids = prompt_ids(model, 1, 128)
-for mode in ("stock", "patched"):
-    if mode == "patched":
-        patch_model(model)
-    for _ in range(3):
-        time_generate(model, ids, 2)
-    ttft = sorted(time_generate(model, ids, 2)[1] for _ in range(5))[2]
-    print(f"== {name} {mode}: TTFT {1e3 * ttft:.2f} ms")
-    for s in syncs(model, ids):
-        print("  sync:", s)
-    if mode == "patched":
-        print("  engine steps (ms):", engine_steps(model, ids))
-        print(cprofile(model, ids)[:12000])
+def timeline(model, ids, repeats: int = 5) -> dict:
+    """Median host ms from generate's start to the prefill forward, in it, and from it to the first token."""
+    rows = []
+    for _ in range(repeats):
+        marks = {}
+        with host_timers(model, "forward") as t:
+            time_generate(model, ids, 2, marks=marks)
+        a, b = t["forward"].first
+        rows.append((a - marks["start"], b - a, marks["first_token"] - b, marks["first_token"] - marks["start"]))
+    keys = ("before", "forward", "after", "ttft")
+    return {k: round(1e3 * sorted(r[i] for r in rows)[len(rows) // 2], 2) for i, k in enumerate(keys)}
+
+
+for name in sys.argv[1:] or ["llama3.2-1b"]:
+    model = random_model(name)
+    ids = prompt_ids(model, 1, 128)
+    for mode in ("stock", "patched-eager", "patched"):
+        undo = _setup(model, mode)
+        for _ in range(3):
+            time_generate(model, ids, 2)
+        print(f"== {name} {mode}: {timeline(model, ids)}", flush=True)
+        if mode == "patched" and engine.engine_of(model) is not None:
+            print("  engine steps (ms):", engine_steps(model, ids))
+            for s in syncs(model, ids):
+                print("  sync:", s)
+            print(cprofile(model, ids)[:9000])
+        undo()
+    del model
+    torch.cuda.empty_cache()
