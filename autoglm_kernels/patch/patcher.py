@@ -27,7 +27,9 @@ from .report import PatchReport
 
 STATE_ATTR = "_autoglm_patch"
 OFF = "disabled by option"  # reasons starting with this are not failures under strict=True
-_MISSING = object()
+class _MISSING:  # "no instance attribute there": a class, so a deepcopy keeps it the same object
+    pass
+
 
 
 class PatchState:
@@ -46,7 +48,9 @@ class PatchState:
         self.fused_rows: list = []  # FusedRows / ShardRows, released by undo
         self.memory_pool = None  # autoglm_kernels.memory.MemoryPool each generate() runs in, if any
         self.engine = None  # autoglm_kernels.engine.DecodeEngine when cuda_graphs is on
-        self._undo: list[Callable[[], None]] = []
+        # What to undo, newest last, as data (not closures) so that a deepcopy of a patched model
+        # gets records naming its own modules: (function, *arguments).
+        self._undo: list[tuple] = []
 
     def bind(self, module: nn.Module, fn: Callable, ctx=None) -> None:
         """module.forward = fn bound to this instance (and module._autoglm = ctx), undoably. A module
@@ -57,28 +61,32 @@ class PatchState:
         setattr(module, attr, types.MethodType(fn, module))
         if ctx is not None:
             module._autoglm = ctx
-
-        def undo():
-            module.__dict__.pop(attr, None)
-            module.__dict__.pop("_autoglm", None)
-            if prev is not _MISSING:
-                setattr(module, attr, prev)
-
-        self._undo.append(undo)
+        self._undo.append((_unbind, module, attr, prev))
 
     def set_dict_attr(self, obj, name: str, value) -> None:
         prev = obj.__dict__[name]
         obj.__dict__[name] = value
-        self._undo.append(lambda: obj.__dict__.__setitem__(name, prev))
+        self._undo.append((_set_dict, obj, name, prev))
 
     def undo(self) -> None:
-        for fn in reversed(self._undo):
-            fn()
+        for fn, *args in reversed(self._undo):
+            fn(*args)
         self._undo.clear()
         for rows in self.fused_rows:
             rows.release()
         self.fused_rows.clear()
         self.runtime.pending = None
+
+
+def _unbind(module: nn.Module, attr: str, prev) -> None:
+    module.__dict__.pop(attr, None)
+    module.__dict__.pop("_autoglm", None)
+    if prev is not _MISSING:
+        setattr(module, attr, prev)
+
+
+def _set_dict(obj, name: str, value) -> None:
+    obj.__dict__[name] = value
 
 
 def state_of(model: nn.Module) -> Optional[PatchState]:
@@ -398,17 +406,17 @@ def _use_memory_pool(model: nn.Module, state: PatchState, pool, created: bool) -
     model.generate = pooled_generate
     state.memory_pool = pool
     state.report.add_patched("memory_pool")
+    state._undo.append((_undo_memory_pool, model, state, pooled_generate, prev, pool if created else None))
 
-    def undo():
-        if model.__dict__.get("generate") is pooled_generate:
-            model.__dict__.pop("generate")
-            if prev is not _MISSING:
-                model.generate = prev
-        state.memory_pool = None
-        if created:
-            pool.close()
 
-    state._undo.append(undo)
+def _undo_memory_pool(model: nn.Module, state: PatchState, pooled_generate, prev, created_pool) -> None:
+    if model.__dict__.get("generate") is pooled_generate:
+        model.__dict__.pop("generate")
+        if prev is not _MISSING:
+            model.generate = prev
+    state.memory_pool = None
+    if created_pool is not None:
+        created_pool.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +529,7 @@ def _use_engine(model: nn.Module, state: PatchState, spec: ArchSpec) -> None:
         state.report.add_stock("cuda_graphs", spec.no_static_cache)
     else:
         state.report.add_patched("cuda_graphs")
-    state._undo.append(lambda: engine.uninstall(model))
+    state._undo.append((engine.uninstall, model))
     state.engine = eng
 
 
