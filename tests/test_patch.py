@@ -173,6 +173,39 @@ def test_static_cache(arch):
                        _generate(_unpatched(model), ids[:, -5:], mask[:, -5:], n=10, cache_implementation="static"))
 
 
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_host_bound_static_prefill(monkeypatch, arch):
+    """An eager (host-bound) prompt over a StaticCache: OPT's K/V go in by two slice copies instead
+    of the append kernel (decode steps still append with it); the stock tokens, chunked prompts
+    included; a prompt the cache cannot hold is refused before anything is written."""
+    from transformers import StaticCache
+
+    monkeypatch.setattr(L, "host_bound", lambda x: True)
+    model = _model(arch)
+    ids, mask = _prompt(batch=2, length=20, pad=(0, 3))
+    ref = _generate(model, ids, mask, n=10, cache_implementation="static")
+    patch_model(model, strict=True)
+    appends = []
+    real = L.ops.append_kv_
+    monkeypatch.setattr(L.ops, "append_kv_", lambda k, *a: appends.append(k.shape[1]) or real(k, *a))
+    assert torch.equal(_generate(model, ids, mask, n=10, cache_implementation="static"), ref)
+    if arch == "opt":
+        assert appends and set(appends) == {1}  # decode steps only
+    full, _ = _prompt(batch=1, length=40)
+    stock = _logits(_unpatched(model), full)
+    cache = StaticCache(config=model.config, max_cache_len=48)
+    with torch.no_grad():
+        first = model(input_ids=full[:, :20], past_key_values=cache).logits
+        second = model(input_ids=full[:, 20:], past_key_values=cache).logits
+        torch.testing.assert_close(torch.cat([first, second], 1), stock, atol=1e-4, rtol=1e-4)
+        if arch != "opt":  # (on the CPU, Llama's RoPE and so its cache update stay stock)
+            return
+        counters = [layer.cumulative_length.clone() for layer in cache.layers]
+        with pytest.raises(ValueError, match="static cache holds 48 positions, but this forward needs 57"):
+            model(input_ids=full[:, :17], past_key_values=cache)
+    assert all(torch.equal(layer.cumulative_length, c) for layer, c in zip(cache.layers, counters))
+
+
 def test_static_cache_prefill_reads_the_length_once_per_forward(monkeypatch):
     """A prefill over a StaticCache reads the cache length from the device at its first layer only
     (every read is a host sync that idles the GPU); chunked prefills give the stock logits."""
@@ -273,6 +306,25 @@ def test_sampling_and_inference_mode():
     unpatch_model(model)  # weights were re-viewed under inference_mode: they must still work for autograd
     model.train()
     model(input_ids=ids).logits.sum().backward()
+
+
+def test_unpatching_a_deepcopy_leaves_the_original_patched():
+    """A deepcopy of a patched model is patched on its own modules: unpatching the copy restores
+    the copy only (the undo records name the copy's modules, not the original's)."""
+    from autoglm_kernels.patch import state_of
+
+    model = _model("opt")
+    ids, _ = _prompt()
+    ref = _logits(model, ids)
+    patch_model(model, strict=True)
+    layer = model.model.decoder.layers[0]
+    copy_ = copy.deepcopy(model)
+    assert unpatch_model(copy_)
+    assert "forward" in layer.__dict__ and state_of(model) is not None  # the original is still patched
+    assert "forward" not in copy_.model.decoder.layers[0].__dict__
+    torch.testing.assert_close(_logits(copy_, ids), ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(_logits(model, ids), ref, rtol=0, atol=1e-4)
+    assert unpatch_model(model) and "forward" not in layer.__dict__
 
 
 def test_idempotent_and_per_instance():

@@ -47,6 +47,7 @@ class Runtime:
         self.pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (residual, its next norm)
         self._lens = None  # (length, device, int32 tensor [1]): kv length of a DynamicCache step
         self._prefill = None  # (id of the cache, layer index, valid length): see prefill_len
+        self._start = None  # the same, before the layer's update: see prefill_start
         self._full = None  # (mask, whether it is all ones): see full_mask
 
     def stash(self, residual: torch.Tensor, normed: torch.Tensor) -> None:
@@ -62,12 +63,19 @@ class Runtime:
         the cache on the host). Read from the device once per forward, at its first static layer;
         the later layers (higher layer_idx, same cache) advanced their counters by the same count,
         so they reuse it instead of each stalling the host until the GPU catches up."""
-        memo = self._prefill
+        return self._read_once("_prefill", cache, layer_idx, counter)
+
+    def prefill_start(self, cache, layer_idx: int, counter: torch.Tensor) -> int:
+        """prefill_len's twin read before the layer's update: the positions already cached."""
+        return self._read_once("_start", cache, layer_idx, counter)
+
+    def _read_once(self, slot: str, cache, layer_idx: int, counter) -> int:
+        memo = getattr(self, slot)
         if memo is None or memo[0] != id(cache) or layer_idx <= memo[1]:
             n = int(counter)  # the one host sync of a static-cache prefill
         else:
             n = memo[2]
-        self._prefill = (id(cache), layer_idx, n)
+        setattr(self, slot, (id(cache), layer_idx, n))
         return n
 
     def full_mask(self, mask: torch.Tensor) -> bool:
@@ -370,7 +378,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
             kv_lens = runtime.lens(n, k.device) if runtime is not None else torch.full(
                 (1,), n, dtype=torch.int32, device=k.device)
         return ops.decode_attention(q, k, v, kv_lens, kv_mask=mask, scale=scale)
-    if static_len is not None:  # prefill into a static cache: attend over the valid prefix only
+    if static_len is not None and valid_len is None:  # prefill into a static cache: the valid prefix only
         valid_len = runtime.prefill_len(cache, layer_idx, static_len) if runtime is not None else int(static_len)
         if valid_len > k.shape[2]:
             raise ValueError(f"the static cache holds {k.shape[2]} positions, but this forward needs {valid_len} "
@@ -402,8 +410,19 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
         q = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[0], q)
         k = norm("rms", ctx.fuse_qk_norm, ctx.qk_norm[1], k)
     layer = _appendable_layer(cache, self.layer_idx, k, v) if ctx.rope is None or ctx.fuse_rope else None
+    valid = None
     if layer is not None:  # over a static cache: RoPE + cache append in one launch (no RoPE: append only)
-        if ctx.rope is None:
+        if S > DECODE_MAX_Q:  # a prompt: the cached length read once per forward, the room checked first
+            valid = ctx.runtime.prefill_start(cache, self.layer_idx, layer.cumulative_length) + S
+            if valid > layer.keys.shape[2]:
+                raise ValueError(f"the static cache holds {layer.keys.shape[2]} positions, but this forward needs "
+                                 f"{valid} (cached + new tokens); use a larger max_cache_len")
+        if ctx.rope is None and valid is not None and host_bound(k):
+            # launched op by op: two slice copies and the count cost less host time than a launch
+            layer.keys[:, :, valid - S:valid].copy_(k.transpose(1, 2))
+            layer.values[:, :, valid - S:valid].copy_(v.transpose(1, 2))
+            layer.cumulative_length.add_(S)
+        elif ctx.rope is None:
             ops.append_kv_(k, v, layer.keys, layer.values, layer.cumulative_length)
         else:
             cos, sin = position_embeddings
@@ -421,7 +440,8 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
-    out = attend(q, k, v, attention_mask, ctx.scale, runtime=ctx.runtime, cache=cache, layer_idx=self.layer_idx)
+    out = attend(q, k, v, attention_mask, ctx.scale, runtime=ctx.runtime, cache=cache, layer_idx=self.layer_idx,
+                 valid_len=valid)
     return _out_linear(out.reshape(B, S, hq * d), getattr(self, ctx.o_proj), ctx.tp), None
 
 
