@@ -297,3 +297,19 @@ def test_bench_builds_the_autoglm_phone_text_decoder(capsys, tmp_path):
     assert code == 0, out + err
     rows = json.loads(out_json.read_text())["results"]
     assert [r["mode"] for r in rows] == ["stock", "patched"] and all(r["error"] is None for r in rows), rows
+
+
+def test_accuracy_script_smoke(tmp_path):
+    """bench/accuracy.py (#7's accuracy rule at the reference shapes, a GPU run) on tiny CPU models:
+    its step-by-step teacher-forced loop reproduces generate's fp32 greedy tokens, and it reports
+    the rule and the greedy agreement."""
+    out = tmp_path / "acc.json"
+    run = subprocess.run([sys.executable, "bench/accuracy.py", "--tiny", "--models", "llama3.2-1b,autoglm-phone-9b",
+                          "--prompts", "2", "--json", str(out)], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [r["model"] for r in results] == ["llama3.2-1b", "autoglm-phone-9b"]
+    for r in results:
+        assert r["fp32_loop_matches_generate"] and r["rule_2x_stock_met"]
+        assert 0 <= r["greedy_agreement_patched_vs_stock_bf16"] <= 1 and r["stock_bf16_max_err"] > 0
