@@ -5,9 +5,23 @@ import inspect
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.generation.streamers import BaseStreamer
 
 from autoglm_kernels import engine
 from autoglm_kernels.models import reference_config
+
+
+class _Collect(BaseStreamer):
+    """A streamer that keeps every put() as a list."""
+
+    def __init__(self):
+        self.tokens = []
+
+    def put(self, value):
+        self.tokens.append(value.tolist())
+
+    def end(self):
+        pass
 
 
 def _model(name="llama3.2-1b", device="cpu", dtype=torch.float32):
@@ -342,16 +356,6 @@ def test_engine_stop_check_streams_the_first_token_at_once(monkeypatch):
         def synchronize(self):
             pass
 
-    class Collect:
-        def __init__(self):
-            self.tokens = []
-
-        def put(self, value):
-            self.tokens.append(value.tolist())
-
-        def end(self):
-            pass
-
     monkeypatch.setattr(torch, "Event", Event)
     assert stop.install_hook()
     model = _model()
@@ -363,7 +367,7 @@ def test_engine_stop_check_streams_the_first_token_at_once(monkeypatch):
         check_cls = gen_utils.DeferredStopCheck
         cuda = torch.device("cuda")  # a device object only: nothing runs there
         assert check_cls.is_supported(cuda, cache if engine_call else None, False, is_assistant=False) is engine_call
-        streamer = Collect()
+        streamer = _Collect()
         check = check_cls(ids, 100, None, False, streamer)
         seen, stopped = [], False
         for step, tok in enumerate(tokens, 1):
@@ -381,11 +385,9 @@ def test_engine_stop_check_streams_the_first_token_at_once(monkeypatch):
     assert seen == [[[5]]] and streamed == [[5]] and undo == 0
     seen, streamed, undo = run(True, [5, 6, 7], 2)  # EOS at step 2, known one step late: step 3 undone
     assert streamed == [[5], [6]] and undo == 1
-    # a deferred call that is not the engine's (is_supported said no, e.g. mps elsewhere): first token one step late
-    stop._claimed.next = False
-    check = gen_utils.DeferredStopCheck(ids, 100, None, False, Collect())
-    check(torch.tensor([1]), torch.tensor([5]), 5)
-    assert check.streamer.tokens == []
+    # a deferred check built without the engine's claim (transformers' own, e.g. on mps): one step late from the first
+    seen, streamed, undo = run(False, [5, 6, 7], None)
+    assert seen == [[], [[5]], [[5], [6]]] and streamed == [[5], [6], [7]] and undo == 0
 
 
 def test_generate_plan_defers_only_on_cuda_without_returned_cache():
@@ -411,19 +413,8 @@ def test_deferred_stop_gives_the_lockstep_tokens(batch, monkeypatch):
     """A stop decided one step late (the extra step undone) returns and streams exactly the
     tokens of the lockstep loop, when EOS ends generation early and at max_new_tokens."""
     from transformers.generation import utils as gen_utils
-    from transformers.generation.streamers import BaseStreamer
 
     from autoglm_kernels import patch_model, unpatch_model
-
-    class Collect(BaseStreamer):
-        def __init__(self):
-            self.tokens = []
-
-        def put(self, value):
-            self.tokens.append(value.tolist())
-
-        def end(self):
-            pass
 
     deferred = []
     init = gen_utils.DeferredStopCheck.__init__
@@ -443,7 +434,7 @@ def test_deferred_stop_gives_the_lockstep_tokens(batch, monkeypatch):
         eos = int(free[0, ids.shape[1] + 4])
         for kwargs in ({}, {"eos_token_id": eos}):
             eng.defer_stop = False
-            ref_stream, new_stream = Collect(), Collect()
+            ref_stream, new_stream = _Collect(), _Collect()
             ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=0,
                                  streamer=ref_stream if batch == 1 else None, **kwargs)
             eng.defer_stop = True
