@@ -17,10 +17,7 @@ Two parts, both on CUDA:
 
 from __future__ import annotations
 
-import cProfile
-import io
 import json
-import pstats
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +25,7 @@ from pathlib import Path
 import torch
 
 from autoglm_kernels import ops
-from autoglm_kernels.cli.bench import (_setup, environment, host_timers, prompt_ids, script_models, script_parser,
+from autoglm_kernels.cli.bench import (_setup, cprofile_listing, environment, host_timers, prompt_ids, script_models, script_parser,
                                        time_generate)
 
 
@@ -179,13 +176,8 @@ def profile_row(model, name: str, mode: str, row: dict, cprofile_dir: Path | Non
             top = sorted(dev.items(), key=lambda kv: -kv[1][1])[:6]
             row["top_kernels_us"] = {name[:60]: round(us, 1) for name, (_, us) in top}
         if cprofile_dir is not None:
-            pr = cProfile.Profile()
-            pr.enable()
-            time_generate(model, ids, 1)
-            pr.disable()
-            text = io.StringIO()
-            pstats.Stats(pr, stream=text).sort_stats("tottime").print_stats(40)
-            (cprofile_dir / f"cprofile_{name}_{mode}.txt").write_text(text.getvalue())
+            listing = cprofile_listing(lambda: time_generate(model, ids, 1))
+            (cprofile_dir / f"cprofile_{name}_{mode}.txt").write_text(listing)
     finally:
         undo()
 

@@ -1,7 +1,8 @@
 """cProfile of 32 eager patched decode steps (patch_model(cuda_graphs=False)) of a reference model:
 where the host time of the eager path goes. python scripts/profile_eager_decode.py llama3.2-1b"""
-import cProfile, pstats, io, sys, torch
+import sys, torch
 from autoglm_kernels import patch_model
+from autoglm_kernels.cli.bench import cprofile_listing
 from autoglm_kernels.demo_model import random_model
 name = sys.argv[1]
 m = random_model(name)
@@ -10,5 +11,5 @@ ids = torch.randint(3, 1000, (1, 128), device="cuda")
 kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
 with torch.inference_mode():
     m.generate(ids, **kw); torch.cuda.synchronize()
-    pr = cProfile.Profile(); pr.enable(); m.generate(ids, **kw); torch.cuda.synchronize(); pr.disable()
-s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(35); print(s.getvalue()[:9000])
+    listing = cprofile_listing(lambda: (m.generate(ids, **kw), torch.cuda.synchronize()), lines=35)
+print(listing[:9000])

@@ -6,9 +6,6 @@ cumulative time.
 
     python scripts/ttft_probe.py llama3.2-1b llama3.1-8b > probe.txt
 """
-import cProfile
-import io
-import pstats
 import sys
 import time
 import traceback
@@ -17,7 +14,7 @@ import warnings
 import torch
 
 from autoglm_kernels import engine
-from autoglm_kernels.cli.bench import _setup, host_timers, prompt_ids, time_generate
+from autoglm_kernels.cli.bench import _setup, cprofile_listing, host_timers, prompt_ids, time_generate
 from autoglm_kernels.demo_model import random_model
 
 
@@ -80,16 +77,6 @@ def engine_steps(model, ids) -> dict:
     return {k: round(v, 3) for k, v in spans.items()}
 
 
-def cprofile(model, ids) -> str:
-    pr = cProfile.Profile()
-    pr.enable()
-    time_generate(model, ids, 2)
-    pr.disable()
-    out = io.StringIO()
-    pstats.Stats(pr, stream=out).sort_stats("cumulative").print_stats(60)
-    return out.getvalue()
-
-
 def timeline(model, ids, repeats: int = 5) -> dict:
     """Median host ms from generate's start to the prefill forward, in it, and from it to the first token."""
     rows = []
@@ -115,7 +102,7 @@ for name in sys.argv[1:] or ["llama3.2-1b"]:
             print("  engine steps (ms):", engine_steps(model, ids))
             for s in syncs(model, ids):
                 print("  sync:", s)
-            print(cprofile(model, ids)[:9000])
+            print(cprofile_listing(lambda: time_generate(model, ids, 2), sort="cumulative", lines=60)[:9000])
         undo()
-    del model
+    model = None  # freed before the next model is built
     torch.cuda.empty_cache()

@@ -167,6 +167,23 @@ def host_timers(model, *names: str):
                 model.__dict__[n] = attr
 
 
+def cprofile_listing(fn, *, sort: str = "tottime", lines: int = 40) -> str:
+    """Run fn() under cProfile and return pstats' listing of its top `lines` functions by `sort`."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        fn()
+    finally:
+        profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(lines)
+    return text.getvalue()
+
+
 def script_parser(doc: str, *, modes: str, repeats: int) -> argparse.ArgumentParser:
     """The options every bench/ script shares: --models, --modes, --repeats, --json, --tiny."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
