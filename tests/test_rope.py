@@ -452,6 +452,20 @@ def test_rope_append_kv_opcheck_and_errors():
         call(k_cache=kc.half(), v_cache=vc.half())
 
 
+def _replay_three_appends(n: torch.Tensor, append) -> None:
+    """Capture append() (one cache append at counter n) in a CUDA graph with n at 5, and replay it
+    three times from n = 5: each replay must append at the counter's current slot (n ends at 8)."""
+    n.fill_(5)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        append()
+    n.fill_(5)
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    assert int(n) == 8
+
+
 @pytest.mark.gpu
 def test_gpu_rope_append_kv_opcheck_and_graph():
     B, S, Hq, Hk, D, C = 1, 1, 32, 2, 128, 64
@@ -461,16 +475,8 @@ def test_gpu_rope_append_kv_opcheck_and_graph():
     kc, vc = torch.zeros(B, Hk, C, D, device="cuda", dtype=dt), torch.zeros(B, Hk, C, D, device="cuda", dtype=dt)
     n = torch.tensor(5, device="cuda")
     torch.library.opcheck(torch.ops.autoglm.rope_append_kv, (q, k, v, cos, sin, kc, vc, n, True, None))
-    n.fill_(5)
     kc.zero_()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        ops.rope_append_kv_(q, k, v, cos, sin, kc, vc, n, interleaved=True)
-    n.fill_(5)
-    for step in range(3):  # each replay appends at the counter's current slot
-        g.replay()
-    torch.cuda.synchronize()
-    assert int(n) == 8
+    _replay_three_appends(n, lambda: ops.rope_append_kv_(q, k, v, cos, sin, kc, vc, n, interleaved=True))
     assert torch.equal(vc[:, :, 5:8], v.transpose(1, 2).expand(B, Hk, 3, D))
     assert kc[:, :, 8:].abs().sum() == 0 and kc[:, :, :5].abs().sum() == 0
 
@@ -533,17 +539,9 @@ def test_gpu_append_kv_opcheck_and_graph():
     kc, vc = torch.zeros(B, Hk, C, D, device="cuda", dtype=dt), torch.zeros(B, Hk, C, D, device="cuda", dtype=dt)
     n = torch.tensor(5, device="cuda")
     torch.library.opcheck(torch.ops.autoglm.append_kv, (k, v, kc, vc, n))
-    n.fill_(5)
     kc.zero_()
     vc.zero_()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        ops.append_kv_(k, v, kc, vc, n)
-    n.fill_(5)
-    for _ in range(3):  # each replay appends at the counter's current slot
-        g.replay()
-    torch.cuda.synchronize()
-    assert int(n) == 8
+    _replay_three_appends(n, lambda: ops.append_kv_(k, v, kc, vc, n))
     assert torch.equal(kc[:, :, 5:8], k.transpose(1, 2).expand(B, Hk, 3, D))
     assert torch.equal(vc[:, :, 5:8], v.transpose(1, 2).expand(B, Hk, 3, D))
     assert kc[:, :, 8:].abs().sum() == 0 and kc[:, :, :5].abs().sum() == 0
