@@ -101,9 +101,11 @@ def main() -> None:
     p.add_argument("--json")
     p.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke run of the script)")
     args = p.parse_args()
-    results = [run(name, args.prompts, args.tiny) for name in args.models.split(",")]
-    if args.json:
-        Path(args.json).write_text(json.dumps({"environment": environment(), "results": results}, indent=2))
+    env, results = environment(), []
+    for name in args.models.split(","):
+        results.append(run(name, args.prompts, args.tiny))
+        if args.json:  # after every model: a run cut by a time limit keeps the models it finished
+            Path(args.json).write_text(json.dumps({"environment": env, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

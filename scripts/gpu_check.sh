@@ -5,7 +5,8 @@
 # tarball of them to $OUT. Options (environment):
 #   PYTHON=python3  BENCH_FILTER=<pytest -k expr>  SANITIZE=1 (compute-sanitizer memcheck on
 #   the fused-linear GPU tests)  SKIP_BUILD=1  SKIP_TESTS=1  SKIP_BENCH=1  EXTRA="cmd" (run after,
-#   with $RESULTS_DIR naming the results folder)
+#   with $RESULTS_DIR naming the results folder)  TESTS_GPU=<index> (tests in the background on
+#   that GPU, beside the rest)  TEST_TIMEOUT=<s per file>
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -47,7 +48,7 @@ json.dump({"device": p.name, "capability": f"{p.major}.{p.minor}", "sms": p.mult
            "git_commit": sys.argv[2], "tree_dirty": dirty}, open(sys.argv[1], "w"), indent=2)
 PYEOF
 
-if [ -z "${SKIP_TESTS:-}" ]; then
+run_tests() {
   # One pytest process per test file: a kernel fault (sticky CUDA error) in one file cannot
   # turn every later test red, and each file's summary line is kept.
   echo "== pytest -m gpu (one process per file)"
@@ -61,6 +62,19 @@ if [ -z "${SKIP_TESTS:-}" ]; then
     # rc 5: no GPU test in that file
     [ $rc = 0 ] || [ $rc = 5 ] || { status=1; grep -E "^(FAILED|ERROR)" "$res/tests_$(basename "$f" .py).log" | head -8; }
   done
+  return $status
+}
+
+tests_pid=""
+if [ -z "${SKIP_TESTS:-}" ]; then
+  if [ -n "${TESTS_GPU:-}" ]; then
+    # TESTS_GPU=<index>: the tests run on that GPU in the background while the benchmarks and
+    # EXTRA run (give EXTRA another GPU through CUDA_VISIBLE_DEVICES); waited for before the tarball.
+    ( export CUDA_VISIBLE_DEVICES=$TESTS_GPU; run_tests >"$res/tests_stdout.log" 2>&1 ) &
+    tests_pid=$!
+  else
+    run_tests || status=1
+  fi
 fi
 
 if [ -n "${SANITIZE:-}" ]; then
@@ -86,6 +100,11 @@ if [ -z "${SKIP_BENCH:-}" ]; then
 fi
 
 [ -n "${EXTRA:-}" ] && RESULTS_DIR="$res" bash -c "$EXTRA" 2>&1 | tee "$res/extra.log"
+
+if [ -n "$tests_pid" ]; then
+  wait "$tests_pid" || status=1
+  cat "$res/tests_stdout.log"
+fi
 
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/results.tgz" "$res"
