@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from autoglm_kernels import ops
+from autoglm_kernels.triton import decode_attention as dattn
 from references import assert_within_stock_error, random_qkv, sdpa_reference
 
 HAS_CUDA = torch.cuda.is_available()
@@ -78,6 +79,14 @@ def test_split_count_does_not_change_result():
     torch.testing.assert_close(outs[0], outs[2], atol=1e-5, rtol=1e-5)
 
 
+def test_short_capacity_runs_one_pass_long_splits():
+    """The split count policy: capacities of a few tiles take the one-pass kernel (no reduce)."""
+    q, k, v = _inputs(1, 1, 8, 2, 128, 4 * dattn.block_n(128), torch.float32)
+    assert dattn.default_num_splits(q, k) == 1
+    q, k, v = _inputs(1, 1, 8, 2, 128, 4 * dattn.block_n(128) + 1, torch.float32)
+    assert dattn.default_num_splits(q, k) > 1
+
+
 def test_views_broadcast_lens_bool_mask_scale():
     """q as a slice of a fused qkv output, cache as a [B, C, Hk, D] buffer viewed [B, Hk, C, D],
     kv_lens int64 of shape [1] (broadcast), bool mask narrower than kv_len, custom scale."""
@@ -98,11 +107,12 @@ def test_lens_above_capacity_are_clamped():
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-def test_query_without_visible_key_is_zero():
+@pytest.mark.parametrize("num_splits", [None, 3], ids=["one_pass", "split"])
+def test_query_without_visible_key_is_zero(num_splits):
     q, k, v = _inputs(2, 4, 4, 2, 64, 30, torch.float32)
     kv_mask = torch.ones(2, 30, dtype=torch.int32, device=DEV)
     kv_mask[1] = 0  # sequence 1 is all padding
-    out = _check(q, k, v, torch.tensor([2, 30], device=DEV), kv_mask)  # seq 0: queries 0, 1 see nothing
+    out = _check(q, k, v, torch.tensor([2, 30], device=DEV), kv_mask, num_splits=num_splits)  # seq 0: queries 0, 1 see nothing
     assert torch.isfinite(out).all()
     assert out[0, :2].abs().max() == 0 and out[1].abs().max() == 0
 
@@ -165,6 +175,7 @@ GPU_CASES = [  # (B, Sq, Hq, Hk, D, C, kv_lens, masked)
     (1, 3, 32, 2, 128, 1025, [1025], False),
     (1, 16, 32, 2, 128, 4099, [3000], False),  # 16*16 rows: several row blocks
     (1, 16, 32, 8, 128, 97, [97], False),
+    (1, 1, 32, 2, 128, 256, [200], False),  # GLM-4, the engine's smallest bucket: one pass
     (4, 1, 32, 8, 64, 2053, [2053, 1, 97, 1500], True),  # Llama-1B heads, left padding
     (5, 2, 32, 2, 128, 1031, [1031, 640, 2, 1000, 64], True),
 ]
@@ -201,11 +212,12 @@ def test_gpu_opcheck_full():
 
 
 @pytest.mark.gpu
-def test_gpu_cuda_graph_follows_kv_lens():
+@pytest.mark.parametrize("C", [4096, 256], ids=["split", "one_pass"])
+def test_gpu_cuda_graph_follows_kv_lens(C):
     """Captured once over a static cache; replays with new kv_lens (written in place) match the reference."""
-    B, Sq, Hq, Hk, D, C = 2, 1, 32, 2, 128, 4096
+    B, Sq, Hq, Hk, D = 2, 1, 32, 2, 128
     q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
-    kv_lens = torch.tensor([100, 4096], dtype=torch.int32, device="cuda")
+    kv_lens = torch.tensor([100, C], dtype=torch.int32, device="cuda")
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -214,7 +226,7 @@ def test_gpu_cuda_graph_follows_kv_lens():
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         out = ops.decode_attention(q, k, v, kv_lens)
-    for lens in ([100, 4096], [4096, 1], [2500, 3001]):
+    for lens in ([100, C], [C, 1], [C * 5 // 8, C * 3 // 4 + 1]):
         kv_lens.copy_(torch.tensor(lens, dtype=torch.int32))
         g.replay()
         torch.cuda.synchronize()

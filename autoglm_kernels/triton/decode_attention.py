@@ -13,7 +13,10 @@ Two kernels. `_split_kernel` runs one program per (KV split, batch x KV head, bl
 all G = Hq/Hk query heads and all Sq rows of a KV head are rows of one [G*Sq, D] x [D, BLOCK_N]
 tl.dot, so each K/V tile is read from HBM once for all of them (once per 64 rows when G*Sq > 64,
 e.g. GLM-4's G=16 with Sq > 4). It writes the split's partial
-(running max, sum, unnormalized output) in fp32; `_reduce_kernel` merges the splits.
+(running max, sum, unnormalized output) in fp32; `_reduce_kernel` merges the splits. Where the
+whole capacity is a few tiles (C <= ONE_PASS_MAX_TILES * BLOCK_N: short generations, the engine's
+smallest cache buckets), there is one split and `_split_kernel` writes the normalized output
+itself: one launch per layer instead of two, which is most of the cost at such lengths.
 
 The grid is sized on the host from the capacity C and the SM count only; kv_lens is read on the
 device, where each program derives the same split layout from its kv_len (blocks of BLOCK_N keys
@@ -41,6 +44,9 @@ TARGET_PROGRAMS_PER_SM = 2  # split count aims at this many split programs per S
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many BLOCK_N-key tiles; 1: short contexts get
 # the most parallel, shortest programs (2 measured 0.89-0.91x SDPA at 1k tokens on the H100)
 MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
+# Capacities of at most this many BLOCK_N tiles run in one pass (no split, no reduce kernel);
+# AUTOGLM_DECODE_ONE_PASS_TILES overrides it (0: always split; a tuning knob, read at import).
+ONE_PASS_MAX_TILES = int(os.environ.get("AUTOGLM_DECODE_ONE_PASS_TILES", "4"))
 
 
 def _triton_can_run(device: torch.device) -> bool:
@@ -64,9 +70,12 @@ def rows_block(rows: int) -> int:
 
 def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     """Most KV splits per (batch, KV head, row block): enough programs to fill the GPU at full
-    capacity C, each still reading >= MIN_BLOCKS_PER_SPLIT tiles. Depends on shapes only."""
+    capacity C, each still reading >= MIN_BLOCKS_PER_SPLIT tiles; 1 (one pass) for capacities of
+    at most ONE_PASS_MAX_TILES tiles. Depends on shapes only."""
     B, Sq, Hq, D = q.shape
     Hk, C = k_cache.shape[1], k_cache.shape[2]
+    if C <= ONE_PASS_MAX_TILES * block_n(D):
+        return 1
     n_rb = cdiv((Hq // Hk) * Sq, rows_block((Hq // Hk) * Sq))
     sms = _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device()) \
         if q.device.type == "cuda" else 4  # interpreter: a few splits, to exercise the reduction
@@ -78,16 +87,17 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
 # Lengths/capacities change as a cache grows: no per-value specialization (avoids recompiles).
 @triton.jit(do_not_specialize=["sm_b", "mask_len", "C", "MAX_SPLITS"])
 def _split_kernel(
-    Q, K, V, KV_LENS, MASK, PART_O, PART_M, PART_L,
+    Q, K, V, KV_LENS, MASK, PART_O, PART_M, PART_L, OUT,
     sq_b, sq_s, sq_h,
     sk_b, sk_h, sk_n,
     sv_b, sv_h, sv_n,
     s_lens, sm_b, mask_len,
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr,
+    MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
+    """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial."""
     pdl_prologue(PDL)
     split = tl.program_id(0)
     bh = tl.program_id(1)  # b * Hk + hk
@@ -101,8 +111,9 @@ def _split_kernel(
     n_blocks = (kv_len + BLOCK_N - 1) // BLOCK_N
     bps = tl.maximum((n_blocks + MAX_SPLITS - 1) // MAX_SPLITS, MIN_BLOCKS)
     n_used = (n_blocks + bps - 1) // bps
-    if split >= n_used:
-        return
+    if not ONE_PASS:
+        if split >= n_used:
+            return
     lo = split * bps * BLOCK_N
     hi = tl.minimum(lo + bps * BLOCK_N, kv_len)
 
@@ -141,6 +152,10 @@ def _split_kernel(
 
     # Partials are indexed by the output row (b, i, h) so the reduce kernel reads them contiguously.
     row = (b * Sq + i).to(tl.int64) * (Hk * G) + h
+    if ONE_PASS:  # as the reduce kernel does: a row with no visible key gives zeros
+        o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(OUT + row[:, None] * HEAD_DIM + d[None, :], o.to(OUT.dtype.element_ty), mask=row_ok[:, None])
+        return
     tl.store(PART_M + row * MAX_SPLITS + split, m_i, mask=row_ok)
     tl.store(PART_L + row * MAX_SPLITS + split, l_i, mask=row_ok)
     o_ptrs = PART_O + (row * MAX_SPLITS + split)[:, None] * HEAD_DIM + d[None, :]
@@ -234,9 +249,13 @@ def decode_attention(
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     rows = B * Sq * Hq
-    part_o = torch.empty((rows, max_splits, D), dtype=torch.float32, device=q.device)
-    part_m = torch.empty((rows, max_splits), dtype=torch.float32, device=q.device)
-    part_l = torch.empty((rows, max_splits), dtype=torch.float32, device=q.device)
+    one_pass = max_splits == 1
+    if one_pass:  # unused pointers
+        part_o = part_m = part_l = out
+    else:
+        part_o = torch.empty((rows, max_splits, D), dtype=torch.float32, device=q.device)
+        part_m = torch.empty((rows, max_splits), dtype=torch.float32, device=q.device)
+        part_l = torch.empty((rows, max_splits), dtype=torch.float32, device=q.device)
     s_lens = kv_lens.stride(0) if kv_lens.shape[0] > 1 else 0
     if kv_mask is not None:
         mask = kv_mask.view(torch.uint8) if kv_mask.dtype == torch.bool else kv_mask
@@ -245,16 +264,18 @@ def decode_attention(
         mask, sm_b, mask_len = kv_lens, 0, 0  # unused pointer (HAS_MASK=False)
 
     launch(_split_kernel, (max_splits, B * Hk, n_rb),
-        q, k_cache, v_cache, kv_lens, mask, part_o, part_m, part_l,
+        q, k_cache, v_cache, kv_lens, mask, part_o, part_m, part_l, out,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         s_lens, sm_b, mask_len,
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None,
+        MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass,
         num_warps=4, num_stages=3,
     )
+    if one_pass:
+        return out
     # (row, 32-dim slice) programs: 4x the parallelism of one program per row, each loading
     # [64 splits x 128 B] per step, so the merge costs about one memory latency.
     launch(_reduce_kernel, (rows, D // 32),
