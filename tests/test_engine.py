@@ -485,14 +485,16 @@ def test_engine_cache_reset_zeroes_every_layer_at_once():
         cache = eng.caches.get(1, 40)
         cfg = model.config
         k = torch.randn(1, cfg.num_key_value_heads, 5, cfg.hidden_size // cfg.num_attention_heads)
-        for i in range(cfg.num_hidden_layers):
-            cache.update(k, k + 1, i)
-        assert int(cache.get_seq_length()) == 5
-        assert eng.caches.get(1, 40) is cache  # reused, reset
-        assert int(cache.get_seq_length()) == 0
-        for layer in cache.layers:
-            assert int(layer.cumulative_length) == 0
-            assert not layer.keys.any() and not layer.values.any()
+        for _ in range(2):  # the first reset walks the layers, the second uses the kept list
+            for i in range(cfg.num_hidden_layers):
+                cache.update(k, k + 1, i)
+            assert int(cache.get_seq_length()) == 5
+            assert eng.caches.get(1, 40) is cache  # reused, reset
+            assert int(cache.get_seq_length()) == 0
+            for layer in cache.layers:
+                assert int(layer.cumulative_length) == 0
+                assert not layer.keys.any() and not layer.values.any()
+        assert "_reset_plan" in cache.__dict__
     finally:
         engine.uninstall(model)
 

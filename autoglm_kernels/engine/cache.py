@@ -31,16 +31,27 @@ class EngineCache(StaticCache):
     def reset(self) -> None:
         """Zero every plain StaticLayer (keys, values, length counter) in one foreach call: the
         stock reset launches three kernels per layer from Python, 1-3 ms of host time in front of
-        every prefill. Other layer types reset themselves."""
-        tensors = []
-        for layer in self.layers:
-            counter = getattr(layer, "cumulative_length", None)
-            if type(layer) is not StaticLayer or not torch.is_tensor(counter):
-                layer.reset()
-                continue
-            if layer.is_initialized:
-                tensors += [layer.keys, layer.values]
-            tensors.append(counter)
+        every prefill. Other layer types reset themselves. Once every layer holds its buffers
+        (which then never change), the list of them is kept: no walk over the layers per call."""
+        plan = self.__dict__.get("_reset_plan")
+        if plan is None:
+            tensors, others, complete = [], [], True
+            for layer in self.layers:
+                counter = getattr(layer, "cumulative_length", None)
+                if type(layer) is not StaticLayer or not torch.is_tensor(counter):
+                    others.append(layer)
+                    continue
+                if layer.is_initialized:
+                    tensors += [layer.keys, layer.values]
+                else:
+                    complete = False
+                tensors.append(counter)
+            plan = (tensors, others)
+            if complete:
+                self._reset_plan = plan
+        tensors, others = plan
+        for layer in others:
+            layer.reset()
         if tensors:
             torch._foreach_zero_(tensors)
 
