@@ -352,6 +352,13 @@ def _check_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return mask
 
 
+def _check_room(needed: int, capacity: int) -> None:
+    """A static-cache prompt must fit: raised before anything is written past the capacity."""
+    if needed > capacity:
+        raise ValueError(f"the static cache holds {capacity} positions, but this forward needs {needed} "
+                         "(cached + new tokens); use a larger max_cache_len")
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
            *, runtime: Optional[Runtime] = None, cache=None, layer_idx: int = 0,
            valid_len: Optional[int] = None) -> torch.Tensor:
@@ -380,9 +387,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
         return ops.decode_attention(q, k, v, kv_lens, kv_mask=mask, scale=scale)
     if static_len is not None and valid_len is None:  # prefill into a static cache: the valid prefix only
         valid_len = runtime.prefill_len(cache, layer_idx, static_len) if runtime is not None else int(static_len)
-        if valid_len > k.shape[2]:
-            raise ValueError(f"the static cache holds {k.shape[2]} positions, but this forward needs {valid_len} "
-                             "(cached + new tokens); use a larger max_cache_len")
+        _check_room(valid_len, k.shape[2])
     if valid_len is not None and valid_len < k.shape[2]:
         k, v = k[:, :, :valid_len], v[:, :, :valid_len]
     if mask is not None and runtime is not None and host_bound(q) and runtime.full_mask(mask):
@@ -414,9 +419,7 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
     if layer is not None:  # over a static cache: RoPE + cache append in one launch (no RoPE: append only)
         if S > DECODE_MAX_Q:  # a prompt: the cached length read once per forward, the room checked first
             valid = ctx.runtime.prefill_start(cache, self.layer_idx, layer.cumulative_length) + S
-            if valid > layer.keys.shape[2]:
-                raise ValueError(f"the static cache holds {layer.keys.shape[2]} positions, but this forward needs "
-                                 f"{valid} (cached + new tokens); use a larger max_cache_len")
+            _check_room(valid, layer.keys.shape[2])
         if ctx.rope is None and valid is not None and host_bound(k):
             # launched op by op: two slice copies and the count cost less host time than a launch
             layer.keys[:, :, valid - S:valid].copy_(k.transpose(1, 2))

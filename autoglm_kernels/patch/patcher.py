@@ -27,9 +27,10 @@ from .report import PatchReport
 
 STATE_ATTR = "_autoglm_patch"
 OFF = "disabled by option"  # reasons starting with this are not failures under strict=True
+
+
 class _MISSING:  # "no instance attribute there": a class, so a deepcopy keeps it the same object
     pass
-
 
 
 class PatchState:
