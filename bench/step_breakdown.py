@@ -17,6 +17,7 @@ import statistics
 import torch
 
 from autoglm_kernels import engine
+from autoglm_kernels.cli import bench
 from autoglm_kernels.cli.bench import (_setup, environment, host_timers, measure_read_bandwidth, median_replay_ms,
                                        prompt_ids, script_models, script_parser, time_generate)
 
@@ -72,6 +73,7 @@ def main() -> None:
     p = script_parser(__doc__, modes="patched,graph-stock", repeats=3)
     p.add_argument("--new-tokens", type=int, default=128)
     args = p.parse_args()
+    bench.IGNORE_EOS = not args.stop_at_eos
     device = "cpu" if args.tiny else "cuda"
     bw = measure_read_bandwidth() if device == "cuda" else None
     rows = []
@@ -82,7 +84,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"environment": environment(), "read_bandwidth_Bps": bw, "rows": rows}, f, indent=2)
+            json.dump({"environment": environment(), "read_bandwidth_Bps": bw,
+                       "eos": "ignored" if bench.IGNORE_EOS else "min_new_tokens", "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

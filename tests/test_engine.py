@@ -527,3 +527,28 @@ def test_graph_step_is_marked_so_forwards_pick_the_captured_kernels():
 
     with graph_step():
         assert in_graph_step() and not L.host_bound(CudaLike())
+
+
+def test_replay_hands_out_a_logits_copy_unless_the_caller_copies():
+    """A replay overwrites the graph's logits buffer: a caller that keeps a step's logits (a
+    hand-written decode loop) gets a copy; inside generate (caller_copies_logits), which copies
+    them itself before the next step, the buffer is handed out as is (no copy kernel per step)."""
+    from autoglm_kernels.engine.graphs import DecodeGraphs, caller_copies_logits
+
+    class Cache:
+        layers = []
+
+    buf = torch.zeros(1, 1, 4)
+
+    def forward(input_ids):  # like a graph: every step writes the same output buffer
+        buf.fill_(float(input_ids))
+        return {"logits": buf}
+
+    graphs, cache = DecodeGraphs(forward, capture=False), Cache()
+    step = lambda v: graphs(cache, {"input_ids": torch.full((1, 1), v)})["logits"]  # noqa: E731
+    first, second = step(1), step(2)
+    assert first.data_ptr() != buf.data_ptr() and float(first[0, 0, 0]) == 1.0 and float(second[0, 0, 0]) == 2.0
+    with caller_copies_logits():
+        third = step(3)
+    assert third is buf and float(third[0, 0, 0]) == 3.0
+    assert float(step(4)[0, 0, 0]) == 4.0 and float(third[0, 0, 0]) == 4.0  # the buffer moved on

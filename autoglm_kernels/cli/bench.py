@@ -3,7 +3,9 @@ static cache + CUDA graph / torch.compile), on the reference shapes with random 
 local checkpoint.
 
 Per (model, mode): one warm-up generate, then --repeats timed ones (median). Each generates exactly
---new-tokens tokens (min_new_tokens = max_new_tokens). TTFT is the time to the first new token
+--new-tokens tokens with EOS ignored (`eos_token_id=None`, as vLLM's `ignore_eos`; --stop-at-eos
+keeps the EOS checks and forces the length with min_new_tokens instead, whose logits processor
+adds kernels over the whole vocabulary to every step of every mode). TTFT is the time to the first new token
 (prefill); decode tok/s = batch * (new_tokens - 1) / (total - TTFT). The bandwidth limit of one
 decode step is (weight bytes read per step + mean KV-cache bytes read per step) / read bandwidth,
 with the read bandwidth measured in the same run; "% of limit" = limit step time / measured step time.
@@ -73,6 +75,8 @@ def add_arguments(parser) -> None:
                         help="tokens each generate produces, EOS ignored (default 128)")
     parser.add_argument("--modes", default="stock,patched", help=f"comma list of: {', '.join(MODES)}. {MODE_HELP}")
     parser.add_argument("--compile", action="store_true", help="also run the compile mode")
+    parser.add_argument("--stop-at-eos", action="store_true",
+                        help="keep generate's EOS checks and force the length with min_new_tokens (default: EOS ignored)")
     parser.add_argument("--repeats", type=int_at_least(1), default=3, metavar="N",
                         help="timed generates per mode after one warm-up; the median is reported (default 3)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (autoglm-kernels report reads it)")
@@ -192,6 +196,8 @@ def script_parser(doc: str, *, modes: str, repeats: int) -> argparse.ArgumentPar
     p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--json")
     p.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke run of the script)")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="keep generate's EOS checks, forcing the length with min_new_tokens (default: EOS ignored)")
     return p
 
 
@@ -332,9 +338,20 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+# How the benchmarks make generate produce exactly N tokens: EOS ignored (True), or the EOS checks
+# kept and the length forced by min_new_tokens (False; the harness of the first eight sessions).
+IGNORE_EOS = True
+
+
+def exact_length(n: int, ignore_eos: bool | None = None) -> dict:
+    """generate() keyword arguments for exactly n greedy new tokens (see IGNORE_EOS)."""
+    stop = {"eos_token_id": None} if (IGNORE_EOS if ignore_eos is None else ignore_eos) else {"min_new_tokens": n}
+    return {"max_new_tokens": n, "do_sample": False, "pad_token_id": 0, **stop}
+
+
 def time_generate(model, ids, new_tokens: int, marks: dict | None = None, **gen_kwargs) -> tuple[float, float | None]:
     """(total seconds, seconds to the first new token or None) of one greedy generate of exactly
-    new_tokens; `marks` (if given) gets the perf_counter of its start and first token."""
+    new_tokens (exact_length); `marks` (if given) gets the perf_counter of its start and first token."""
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -356,8 +373,8 @@ def time_generate(model, ids, new_tokens: int, marks: dict | None = None, **gen_
     _sync(ids.device)
     start = time.perf_counter()
     with torch.inference_mode():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0, streamer=clock, **gen_kwargs)
+        model.generate(ids, attention_mask=torch.ones_like(ids), streamer=clock,
+                       **{**exact_length(new_tokens), **gen_kwargs})
     _sync(ids.device)
     end = time.perf_counter()
     if marks is not None:
@@ -503,6 +520,7 @@ def write_outputs(results: list[Result], args, bandwidth: float | None) -> None:
         doc = {"kind": "autoglm-kernels-generate-bench", "env": environment(),
                "read_bw_gb_per_s": round(bandwidth / 1e9, 1) if bandwidth else None,
                "settings": {k: getattr(args, k) for k in ("batch", "prompt_len", "new_tokens", "dtype", "repeats")},
+               "eos": "min_new_tokens" if getattr(args, "stop_at_eos", False) else "ignored",
                "results": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc, indent=2))
@@ -533,6 +551,8 @@ def run(args) -> int:
     from tqdm import tqdm
 
     check_device(args.device, "bench")
+    global IGNORE_EOS
+    IGNORE_EOS = not args.stop_at_eos
     modes = parse_modes(args)
     names = model_names(args)
     if (args.json and Path(args.json).is_dir()) or (args.csv and Path(args.csv).is_dir()):

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import CLIError
-from .bench import add_model_arguments, check_device, int_at_least, load_model, model_label, model_names, prompt_ids
+from .bench import add_model_arguments, check_device, exact_length, int_at_least, load_model, model_label, model_names, prompt_ids
 
 
 def add_arguments(parser) -> None:
@@ -55,8 +55,7 @@ def profile_mode(model, ids, steps: int, trace: Path | None, label: str) -> dict
 
     def gen(n):
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, pad_token_id=0)
+            model.generate(ids, attention_mask=torch.ones_like(ids), **exact_length(n))
         torch.cuda.synchronize()
 
     gen(1 + steps)  # warm-up: Triton compilation, cuBLAS handles, graph capture

@@ -20,7 +20,7 @@ import torch
 
 from . import stop
 from .cache import EngineCache, StaticCachePool, bucket_len
-from .graphs import DecodeGraphs, cache_counters, graph_step
+from .graphs import DecodeGraphs, cache_counters, caller_copies_logits, graph_step
 
 __all__ = ["DecodeEngine", "EngineCache", "install", "uninstall", "engine_of", "bucket_len", "cache_counters",
            "graph_step"]
@@ -141,7 +141,10 @@ class DecodeEngine:
         # transformers auto-compiles the forward for static caches; the engine replaces that with
         # its own graph (capturing inside an inductor-compiled call fails).
         kwargs.setdefault("disable_compile", True)
-        return self._generate(*args, **kwargs)
+        # generate's sampling loop copies each step's logits before the next step; the beam and
+        # assisted loops, which might not, never get here (_generate_plan).
+        with caller_copies_logits():
+            return self._generate(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
         if self._is_decode_step(args, kwargs):

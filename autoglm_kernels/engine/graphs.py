@@ -29,6 +29,20 @@ log = logging.getLogger("autoglm_kernels.engine")
 
 
 _GRAPH_STEP = contextvars.ContextVar("autoglm_kernels_graph_step", default=False)
+# Set while transformers' generate drives the steps: it copies each step's logits itself
+# (`outputs.logits[:, -1].to(copy=True, ...)`) before the next step, so a replay may hand out
+# the graph's own logits buffer instead of a clone (one copy kernel and its launch per step).
+_CALLER_COPIES_LOGITS = contextvars.ContextVar("autoglm_kernels_caller_copies_logits", default=False)
+
+
+@contextlib.contextmanager
+def caller_copies_logits():
+    """Mark the steps run inside as driven by a caller that copies the logits before the next step."""
+    token = _CALLER_COPIES_LOGITS.set(True)
+    try:
+        yield
+    finally:
+        _CALLER_COPIES_LOGITS.reset(token)
 
 
 def in_graph_step() -> bool:
@@ -156,8 +170,10 @@ class DecodeGraphs:
             else:
                 slot.output = self.forward(**{**kwargs, **slot.inputs})
         slot.replays += 1
-        # generate keeps the logits of a step after the next replay overwrites the buffer: hand out a copy.
-        return _with_logits(slot.output, slot.output["logits"].clone())
+        # The next replay overwrites the logits buffer: a caller that may keep a step's logits
+        # across steps gets a copy.
+        logits = slot.output["logits"]
+        return _with_logits(slot.output, logits if _CALLER_COPIES_LOGITS.get() else logits.clone())
 
     def _evict(self) -> None:
         dead = [k for k, s in self.slots.items() if s.cache_ref is not None and s.cache_ref() is None]

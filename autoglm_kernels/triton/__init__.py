@@ -27,10 +27,11 @@ def _pdl_supported() -> bool:
 
 
 # Programmatic dependent launch (Hopper and newer) for the ops' direct launches: a kernel may start
-# while the one before it finishes. Opt-in (AUTOGLM_PDL=1; the CUDA GEMV reads the same switch):
-# on an H200 it cut the captured decode step of Llama-3.2-1B by 6.7% but made OPT-1.3B's 9.5% and
-# Llama-3.1-8B's 1.5% slower (bench/results/20261126T0403_NVIDIA-H200_46aac3d, step_pdl*.json).
-PDL = os.environ.get("AUTOGLM_PDL", "0") == "1" and _pdl_supported()
+# while the one before it finishes. Opt-in (AUTOGLM_PDL=1, or =triton for these kernels only and
+# =gemv for the CUDA GEMV only, which reads the same switch): on an H200 it cut the captured
+# decode step of Llama-3.2-1B by 6.7% but made OPT-1.3B's 9.5% and Llama-3.1-8B's 1.5% slower
+# (bench/results/20261126T0403_NVIDIA-H200_46aac3d, step_pdl*.json).
+PDL = os.environ.get("AUTOGLM_PDL", "0") in ("1", "triton") and _pdl_supported()
 _pdl_devices: dict = {}
 
 
