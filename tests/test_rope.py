@@ -452,6 +452,31 @@ def test_rope_append_kv_opcheck_and_errors():
         call(k_cache=kc.half(), v_cache=vc.half())
 
 
+@pytest.mark.parametrize("counter_dtype", [torch.int64, torch.int32])
+def test_append_advances_the_counter_in_its_own_launch(counter_dtype):
+    """The counter advances inside the append's launch (the last program to take a ticket adds S);
+    the ticket is back at zero after each launch, so a prompt and then decode steps land in
+    consecutive slots, with no add kernel of their own."""
+    from autoglm_kernels.triton import rope as R
+
+    B, Hq, Hk, D, C = 2, 4, 2, 32, 16
+    kc, vc = torch.zeros(B, Hk, C, D, device=DEV), torch.zeros(B, Hk, C, D, device=DEV)
+    n = torch.tensor(0, dtype=counter_dtype, device=DEV)
+    written = []
+    for S in (5, 1, 1, 3):  # a prompt, two decode steps, a 3-token chunk
+        q, k, v = (torch.randn(B, S, h, D, device=DEV) for h in (Hq, Hk, Hk))
+        cos, sin = (t.to(DEV) for t in random_cos_sin(B, S, D, torch.float32))
+        before = int(n)
+        ops.rope_append_kv_(q, k, v, cos, sin, kc, vc, n, interleaved=False)
+        assert int(n) == before + S and n.dtype == counter_dtype
+        assert int(R._tickets[n]) == 0, "the ticket must be reset for the next launch"
+        written.append((before, v))
+    for start, v in written:
+        assert torch.equal(vc[:, :, start:start + v.shape[1]], v.transpose(1, 2))
+    ops.append_kv_(k, v, kc, vc, n)  # the no-RoPE append shares the kernel and the ticket
+    assert int(n) == 13 and int(R._tickets[n]) == 0
+
+
 def _replay_three_appends(n: torch.Tensor, append) -> None:
     """Capture append() (one cache append at counter n) in a CUDA graph with n at 5, and replay it
     three times from n = 5: each replay must append at the counter's current slot (n ends at 8)."""

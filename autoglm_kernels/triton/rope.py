@@ -21,11 +21,14 @@ torch op `autoglm::rope_append_kv(q!, k, v, cos, sin, k_cache!, v_cache!, cache_
   a prefill's or decode step's RoPE and static-cache update in one launch (instead of the RoPE
   kernel plus the arange/add/add_/2x index_copy_ of transformers' StaticLayer.update): q rotates in place,
   rotated k and v are written to k_cache/v_cache [B, Hk, C, D] at slots cache_len + [0, S), then
-  cache_len (the layer's 0-d device counter) advances by S. Slots >= C are not written.
+  cache_len (the layer's 0-d device counter) advances by S. Slots >= C are not written. The
+  counter advances inside the same launch: every program takes a ticket (an atomic add on a
+  per-counter int32 that the last one resets), and the program that takes the last ticket, after
+  every program has read the counter, adds S. No separate add kernel per layer and step.
 
 torch op `autoglm::append_kv(k, v, k_cache!, v_cache!, cache_len!) -> ()`
   the same append for a model without RoPE (OPT): rope_append_kv's kernel with no rotary dims
-  and no q heads, two launches (the copy, the counter) instead of the stock update's five.
+  and no q heads, one launch instead of the stock update's five.
 
 Grid: (B*S tokens, head blocks of q, then of k, then (append) of v). Each program loads its
 token's cos/sin once and handles BLOCK_H heads. Positions and the cache slot come only from
@@ -35,6 +38,7 @@ device tensors: graph-capturable.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Optional
 
 import torch
@@ -87,7 +91,7 @@ def _copy_heads(src, dst, row_ok, lo, D, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _rope_kernel(
-    Q, K, V, COS, SIN, KC, VC, POS,
+    Q, K, V, COS, SIN, KC, VC, POS, TICKET,
     S, Hq, Hk, F, D, C, sec1, sec2,
     sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
     skc_b, skc_h, skc_n, svc_b, svc_h, svc_n,
@@ -97,7 +101,8 @@ def _rope_kernel(
     PDL: tl.constexpr = False,
 ):
     """Program (token, head block): q head blocks rotate in place; k head blocks rotate in place,
-    or (APPEND) into the cache at slot POS + s; then (APPEND only) v head blocks copy to the cache."""
+    or (APPEND) into the cache at slot POS + s; then (APPEND only) v head blocks copy to the cache,
+    and the program that takes the last ticket advances POS by S (see the module doc)."""
     pdl_prologue(PDL)
     tok = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
@@ -149,6 +154,13 @@ def _rope_kernel(
         else:
             src = K + b * sk_b + s * sk_s + heads[:, None] * sk_h
             _rotate_heads(src, src, heads < Hk, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F)
+    if APPEND:
+        # acq_rel: this program's read of POS happens before its ticket; the last ticket's holder
+        # therefore advances POS after every program has read it, and resets the ticket for the next launch
+        ticket = tl.atomic_add(TICKET, 1)
+        if ticket == tl.num_programs(0) * tl.num_programs(1) - 1:
+            tl.store(POS, tl.load(POS) + S)
+            tl.store(TICKET, 0)
 
 
 def _as_4d(t: torch.Tensor, B: int, S: int) -> torch.Tensor:
@@ -181,6 +193,17 @@ def rope_reference_(q, k, cos, sin, interleaved: bool, mrope_section: Optional[l
         x2.copy_(y2)
 
 
+# One int32 ticket per cache counter (zero between launches), living as long as the counter.
+_tickets: "weakref.WeakKeyDictionary[torch.Tensor, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def _ticket(cache_len: torch.Tensor) -> torch.Tensor:
+    t = _tickets.get(cache_len)
+    if t is None:
+        t = _tickets[cache_len] = torch.zeros(1, dtype=torch.int32, device=cache_len.device)
+    return t
+
+
 def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]], append=None) -> None:
     """One launch of _rope_kernel; append = (v, k_cache, v_cache, cache_len) or None."""
     B, S, Hq, D = q.shape
@@ -195,17 +218,17 @@ def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]
     block_h = max(1, min(next_power_of_2(int(max(Hq, Hk))), pairs // block_f))
     n_kb = cdiv(Hk, block_h)
     if append is None:
-        v, kc, vc, pos, C = k, k, k, q, 0  # unused (APPEND=False)
+        v, kc, vc, pos, ticket, C = k, k, k, q, q, 0  # unused (APPEND=False)
         v_strides, kc_strides, vc_strides = (0, 0, 0), (0, 0, 0), (0, 0, 0)
     else:
         v, kc, vc, pos = append
-        C = kc.shape[2]
+        ticket, C = _ticket(pos), kc.shape[2]
         v_strides = (v.stride(0), v.stride(1), v.stride(2))
         kc_strides = (kc.stride(0), kc.stride(1), kc.stride(2))
         vc_strides = (vc.stride(0), vc.stride(1), vc.stride(2))
     grid = (B * S, cdiv(Hq, block_h) + n_kb * (2 if append is not None else 1))
     launch(_rope_kernel, grid,
-        q, k, v, c4, s4, kc, vc, pos,
+        q, k, v, c4, s4, kc, vc, pos, ticket,
         S, Hq, Hk, F, D, C, sec1, sec2,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), *v_strides,
         *kc_strides, *vc_strides,
@@ -259,8 +282,7 @@ def rope_append_kv(
     if not _triton_can_run(q.device):
         rope_append_kv_reference(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section)
         return
-    _launch(q, k, cos, sin, interleaved, mrope_section, append=(v, k_cache, v_cache, cache_len))
-    cache_len.add_(q.shape[1])  # after the kernel read it (stream order)
+    _launch(q, k, cos, sin, interleaved, mrope_section, append=(v, k_cache, v_cache, cache_len))  # advances cache_len
 
 
 @triton_op("autoglm::append_kv", mutates_args={"k_cache", "v_cache", "cache_len"})
@@ -272,5 +294,4 @@ def append_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         append_kv_reference(k, v, k_cache, v_cache, cache_len)
         return
     no_rotary = k[:, :, 0, :0]  # cos/sin of R = 0 [B, S, 0]: the kernel only copies (never read)
-    _launch(k[:, :, :0], k, no_rotary, no_rotary, False, None, append=(v, k_cache, v_cache, cache_len))
-    cache_len.add_(k.shape[1])  # after the kernel read it (stream order)
+    _launch(k[:, :, :0], k, no_rotary, no_rotary, False, None, append=(v, k_cache, v_cache, cache_len))  # advances cache_len

@@ -186,8 +186,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 
   // Nothing before pdl_wait() may touch x or y (the previous kernel may still write x, or read
   // what y overwrites); the weights are constant, so the warp's first batch of them is pulled
-  // into L2 while the previous kernel finishes.
-  pdl_launch_dependents();
+  // into L2 while the previous kernel finishes. The next kernel may launch once this one runs
+  // (after the wait: one kernel of lookahead, see pdl_prologue in autoglm_kernels/triton).
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int k = (step_begin + u) * kStepK;
@@ -197,6 +197,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     }
   }
   pdl_wait();
+  pdl_launch_dependents();
 
   float acc[MT][4];
 #pragma unroll
@@ -287,6 +288,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 // thread with 16-byte accesses when VEC (h % 8 == 0), else one.
 template <typename T, bool VEC>
 __global__ void silu_mul_kernel(const T* __restrict__ y, T* __restrict__ out, int64_t rows, int64_t h) {
+  pdl_wait();  // launched with PDL where it is on: the down projection's GEMV may launch behind it
+  pdl_launch_dependents();
   constexpr int kE = VEC ? 8 : 1;
   const int64_t per_row = h / kE, total = rows * per_row;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -456,12 +459,8 @@ at::Tensor silu_mul(const at::Tensor& y) {
     using T = typename CudaType<scalar_t>::type;
     const T* yp = reinterpret_cast<const T*>(y.data_ptr<scalar_t>());
     T* op = reinterpret_cast<T*>(out.data_ptr<scalar_t>());
-    if (vec) {
-      silu_mul_kernel<T, true><<<blocks, threads, 0, stream>>>(yp, op, rows, h);
-    } else {
-      silu_mul_kernel<T, false><<<blocks, threads, 0, stream>>>(yp, op, rows, h);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_pdl(vec ? silu_mul_kernel<T, true> : silu_mul_kernel<T, false>, dim3(blocks), dim3(threads), stream, yp,
+               op, rows, h);
   });
   return out;
 }
