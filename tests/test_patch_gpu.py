@@ -14,7 +14,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, StaticCache
 
-from autoglm_kernels import patch_model, unpatch_model
+from autoglm_kernels import engine, patch_model, unpatch_model
 from autoglm_kernels.models import reference_config
 
 pytestmark = pytest.mark.gpu
@@ -129,6 +129,8 @@ def compare(arch: str, device: str = "cuda", dtype=torch.bfloat16, batch: int = 
                   for m in (stock, fused)]
         agree = (greedy[0][:, PROMPT:] == greedy[1][:, PROMPT:]).float().mean().item()
         print(f"  {arch} greedy agreement patched vs stock bf16 over 32 tokens: {agree:.1%}")
+        st = engine.engine_of(fused).stats()  # the decode steps ran as a captured graph, not the eager fallback
+        assert st["captures"] >= 1 and st["replays"] >= 30 and not st["fallbacks"], st
         static = fused.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                                 cache_implementation="static", disable_compile=True)
         assert static.shape == (batch, PROMPT + 8)

@@ -469,12 +469,12 @@ def test_append_advances_the_counter_in_its_own_launch(counter_dtype):
         before = int(n)
         ops.rope_append_kv_(q, k, v, cos, sin, kc, vc, n, interleaved=False)
         assert int(n) == before + S and n.dtype == counter_dtype
-        assert int(R._tickets[n]) == 0, "the ticket must be reset for the next launch"
+        assert int(R.ticket_of(n)) == 0, "the ticket must be reset for the next launch"
         written.append((before, v))
     for start, v in written:
         assert torch.equal(vc[:, :, start:start + v.shape[1]], v.transpose(1, 2))
     ops.append_kv_(k, v, kc, vc, n)  # the no-RoPE append shares the kernel and the ticket
-    assert int(n) == 13 and int(R._tickets[n]) == 0
+    assert int(n) == 13 and int(R.ticket_of(n)) == 0
 
 
 def _replay_three_appends(n: torch.Tensor, append) -> None:

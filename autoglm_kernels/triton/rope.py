@@ -38,7 +38,6 @@ device tensors: graph-capturable.
 from __future__ import annotations
 
 import os
-import weakref
 from typing import Optional
 
 import torch
@@ -193,14 +192,14 @@ def rope_reference_(q, k, cos, sin, interleaved: bool, mrope_section: Optional[l
         x2.copy_(y2)
 
 
-# One int32 ticket per cache counter (zero between launches), living as long as the counter.
-_tickets: "weakref.WeakKeyDictionary[torch.Tensor, torch.Tensor]" = weakref.WeakKeyDictionary()
-
-
-def _ticket(cache_len: torch.Tensor) -> torch.Tensor:
-    t = _tickets.get(cache_len)
-    if t is None:
-        t = _tickets[cache_len] = torch.zeros(1, dtype=torch.int32, device=cache_len.device)
+def ticket_of(cache_len: torch.Tensor) -> torch.Tensor:
+    """The counter's int32 ticket (zero between launches), kept on the counter tensor itself so it
+    lives exactly as long (a CUDA graph that captured an append holds both addresses). Not a
+    WeakKeyDictionary: its lookups compare tensors with ==, a host sync that breaks a capture."""
+    t = getattr(cache_len, "_autoglm_ticket", None)
+    if t is None or t.device != cache_len.device:
+        t = torch.zeros(1, dtype=torch.int32, device=cache_len.device)
+        cache_len._autoglm_ticket = t
     return t
 
 
@@ -222,7 +221,7 @@ def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]
         v_strides, kc_strides, vc_strides = (0, 0, 0), (0, 0, 0), (0, 0, 0)
     else:
         v, kc, vc, pos = append
-        ticket, C = _ticket(pos), kc.shape[2]
+        ticket, C = ticket_of(pos), kc.shape[2]
         v_strides = (v.stride(0), v.stride(1), v.stride(2))
         kc_strides = (kc.stride(0), kc.stride(1), kc.stride(2))
         vc_strides = (vc.stride(0), vc.stride(1), vc.stride(2))
