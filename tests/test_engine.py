@@ -4,6 +4,7 @@ import inspect
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
@@ -552,3 +553,29 @@ def test_replay_hands_out_a_logits_copy_unless_the_caller_copies():
         third = step(3)
     assert third is buf and float(third[0, 0, 0]) == 3.0
     assert float(step(4)[0, 0, 0]) == 4.0 and float(third[0, 0, 0]) == 4.0  # the buffer moved on
+
+
+def test_masks_per_layer_type_keep_one_graph():
+    """Models with `layer_types` (Qwen3) get their masks from generate as a dict per layer type;
+    the step flattens it into one static buffer per mask, so one graph serves every step (it used
+    to see a new dict object each step and capture again), and the tokens are stock's."""
+    cfg = transformers.Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=256)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(1, 200, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    gen = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(input_ids=ids, attention_mask=mask, **gen)
+        eng = engine.install(model, capture=False)
+        try:
+            got = model.generate(input_ids=ids, attention_mask=mask, **gen)
+            again = model.generate(input_ids=ids[:, 2:], attention_mask=mask[:, 2:], **gen)  # shorter prompt
+            st = eng.stats()
+        finally:
+            engine.uninstall(model)
+        want_again = model.generate(input_ids=ids[:, 2:], attention_mask=mask[:, 2:], **gen)
+    assert torch.equal(got, want) and torch.equal(again, want_again)
+    assert st["captures"] == 1 and st["replays"] == 18 and not st["fallbacks"], st

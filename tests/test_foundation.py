@@ -174,8 +174,8 @@ def test_launch_cache_gives_what_triton_gives():
 @pytest.mark.gpu
 def test_dependent_launches_match_the_dispatcher_path():
     """A chain of dependent kernels (norm -> GEMV -> norm -> ...) launched back to back on the
-    direct path (with AUTOGLM_PDL=1 on sm_90+, programmatic dependent launch: each kernel may
-    start before the one before it ends) and replayed from a CUDA graph gives bit for bit what
+    direct path (on sm_90+, unless AUTOGLM_PDL=0, programmatic dependent launch: each kernel
+    may launch before the one before it ends) and replayed from a CUDA graph gives bit for bit what
     the dispatcher path gives, on every replay: no kernel reads its input early."""
     from autoglm_kernels import triton as kernels
 

@@ -74,6 +74,39 @@ def cache_counters(cache) -> list[torch.Tensor]:
     return counters
 
 
+_SEP = "\x00"  # flattened name of a dict entry: "attention_mask\x00full_attention"
+
+
+def _flatten(kwargs: dict) -> dict:
+    """kwargs with every dict of tensors (masks per layer type) spread into one entry per tensor."""
+    if not any(isinstance(v, dict) for v in kwargs.values()):
+        return kwargs
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, dict) and v and all(torch.is_tensor(t) for t in v.values()):
+            out.update({f"{k}{_SEP}{sub}": t for sub, t in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _unflatten(kwargs: dict) -> dict:
+    if not any(_SEP in k for k in kwargs):
+        return kwargs
+    out: dict = {}
+    for k, v in kwargs.items():
+        if _SEP in k:
+            base, sub = k.split(_SEP, 1)
+            out.setdefault(base, {})[sub] = v
+        else:
+            out[k] = v
+    return out
+
+
+def _base(name: str) -> str:
+    return name.split(_SEP, 1)[0]
+
+
 def _signature(kwargs: dict, shapes: dict) -> tuple:
     """What must be equal for a captured graph to serve a call: tensor shapes (as `shapes`
     overrides them: the padded mask) and dtypes, other values."""
@@ -113,7 +146,7 @@ class _Slot:
     output: object  # the model output whose tensors the graph writes
     cache_ref: weakref.ref | None
     capture_s: float = 0.0
-    mask_cols: int = 0  # valid columns of a growing 2-D mask in the static buffer
+    mask_cols: dict = field(default_factory=dict)  # mask entry -> valid columns of its static buffer
     replays: int = field(default=0)
 
 
@@ -135,32 +168,38 @@ class DecodeGraphs:
         self.recapture_reason = ""  # what differed from the previous graph at the latest capture
 
     def __call__(self, cache, kwargs: dict):
+        # Masks per layer type (a dict of tensors, as generate passes them to models with
+        # `layer_types`, e.g. Qwen3) are flattened into one entry per tensor, so each gets a static
+        # buffer like any tensor argument; the forward sees the dict again (_unflatten).
+        kwargs = _flatten(kwargs)
         # A 2-D attention mask grows by one column per step: the step sees it zero-padded to the
         # cache capacity, so it keeps one shape (the padding is beyond every query).
         layers = getattr(cache, "layers", None)
-        mask, cap = kwargs.get("attention_mask"), getattr(layers[0], "max_cache_len", None) if layers else None
-        grows = torch.is_tensor(mask) and mask.dim() == 2 and isinstance(cap, int) and mask.shape[1] < cap
-        key = _signature(kwargs, {"attention_mask": (mask.shape[0], cap)} if grows else {})
+        cap = getattr(layers[0], "max_cache_len", None) if layers else None
+        growing = {k: v.shape[1] for k, v in kwargs.items()
+                   if _base(k) == "attention_mask" and torch.is_tensor(v) and v.dim() == 2
+                   and isinstance(cap, int) and v.shape[1] < cap}
+        key = _signature(kwargs, {k: (kwargs[k].shape[0], cap) for k in growing})
         slot = self.slots.get(key)
         if slot is None or (slot.cache_ref is not None and slot.cache_ref() is None):
-            if grows:
-                kwargs = dict(kwargs, attention_mask=torch.nn.functional.pad(mask, (0, cap - mask.shape[1])))
-            slot = self._capture(key, cache, kwargs)
-            slot.mask_cols = mask.shape[-1] if torch.is_tensor(mask) else 0
+            padded = {k: torch.nn.functional.pad(kwargs[k], (0, cap - n)) for k, n in growing.items()}
+            slot = self._capture(key, cache, {**kwargs, **padded})
+            slot.mask_cols = {k: (v.shape[-1] if torch.is_tensor(v) else 0) for k, v in kwargs.items()
+                              if _base(k) == "attention_mask"}
             if self.disabled:
                 return slot.output
         else:
             # One multi-tensor copy kernel for every input (generate hands 3-5 small tensors a step).
             dsts, srcs = [], []
             for name, buf in slot.inputs.items():
-                if grows and name == "attention_mask":
+                if name in growing:
                     # Copy the valid columns in place; zero what an earlier, longer step left.
-                    n = mask.shape[1]
-                    if n < slot.mask_cols:
-                        buf[:, n:slot.mask_cols].zero_()
-                    buf, slot.mask_cols = buf[:, :n], n
-                elif name == "attention_mask":
-                    slot.mask_cols = buf.shape[-1]
+                    n, was = growing[name], slot.mask_cols.get(name, 0)
+                    if n < was:
+                        buf[:, n:was].zero_()
+                    buf, slot.mask_cols[name] = buf[:, :n], n
+                elif name in slot.mask_cols:
+                    slot.mask_cols[name] = buf.shape[-1]
                 dsts.append(buf)
                 srcs.append(kwargs[name])
             if dsts:
@@ -168,7 +207,7 @@ class DecodeGraphs:
             if slot.graph is not None:
                 slot.graph.replay()
             else:
-                slot.output = self.forward(**{**kwargs, **slot.inputs})
+                slot.output = self.forward(**_unflatten({**kwargs, **slot.inputs}))
         slot.replays += 1
         # The next replay overwrites the logits buffer: a caller that may keep a step's logits
         # across steps gets a copy.
@@ -207,7 +246,7 @@ class DecodeGraphs:
     def _record(self, inputs, static_kwargs, kwargs, cache, cache_ref) -> _Slot:
         """Warm up and capture one step (capture=False: run it once); see _capture."""
         if not self.capture:
-            slot = _Slot(None, inputs, self.forward(**static_kwargs), cache_ref)
+            slot = _Slot(None, inputs, self.forward(**_unflatten(static_kwargs)), cache_ref)
         else:
             # Warm-up on a side stream (lazy inits, Triton compiles, cuBLAS handles) computes this
             # step for real; the capture records it; the replay recomputes it. Re-running the step
@@ -218,21 +257,21 @@ class DecodeGraphs:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self.forward(**static_kwargs)
+                self.forward(**_unflatten(static_kwargs))
             torch.cuda.current_stream().wait_stream(stream)
             for c, s in zip(counters, saved):
                 c.copy_(s)
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph, pool=self.pool):
-                    output = self.forward(**static_kwargs)
+                    output = self.forward(**_unflatten(static_kwargs))
             except Exception as e:  # the step syncs with the host somewhere: run it eagerly from now on
                 torch.cuda.synchronize()
                 self.disabled = f"decode step not capturable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
                 log.warning("autoglm_kernels: %s; decoding eagerly", self.disabled)
                 for c, s in zip(counters, saved):
                     c.copy_(s)
-                return _Slot(None, {}, self.forward(**kwargs), None)
+                return _Slot(None, {}, self.forward(**_unflatten(kwargs)), None)
             graph.replay()
             slot = _Slot(graph, inputs, output, cache_ref)
         return slot

@@ -26,12 +26,12 @@ def _pdl_supported() -> bool:
     return any(f.name == "launch_pdl" for f in dataclasses.fields(CUDAOptions))
 
 
-# Programmatic dependent launch (Hopper and newer) for the ops' direct launches: a kernel may start
-# while the one before it finishes. Opt-in (AUTOGLM_PDL=1, or =triton for these kernels only and
-# =gemv for the CUDA GEMV only, which reads the same switch): on an H200 it cut the captured
-# decode step of Llama-3.2-1B by 6.7% but made OPT-1.3B's 9.5% and Llama-3.1-8B's 1.5% slower
-# (bench/results/20261126T0403_NVIDIA-H200_46aac3d, step_pdl*.json).
-PDL = os.environ.get("AUTOGLM_PDL", "0") in ("1", "triton") and _pdl_supported()
+# Programmatic dependent launch (Hopper and newer) for the ops' direct launches: a kernel may
+# launch while the one before it finishes (see pdl_prologue). On by default; AUTOGLM_PDL=0 turns
+# it off, =triton / =gemv keep it for these kernels / the CUDA GEMV only (which reads the same
+# switch). Captured decode step, H100, same run (bench/results/20261126T0845_..._09381c1eebba):
+# Llama-3.2-1B 1.276 -> 1.190 ms, OPT-1.3B 1.560 -> 1.424 ms.
+PDL = os.environ.get("AUTOGLM_PDL", "1") in ("1", "triton") and _pdl_supported()
 _pdl_devices: dict = {}
 
 

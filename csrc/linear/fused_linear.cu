@@ -355,13 +355,12 @@ int resident_blocks(int warps) {
   return cache[warps];
 }
 
-// AUTOGLM_PDL=1 (or =gemv: this kernel only) turns programmatic dependent launch on for devices
-// of compute capability >= 9 (read once per process; opt-in, as in autoglm_kernels/triton/__init__.py,
-// which says why).
+// Programmatic dependent launch on devices of compute capability >= 9 unless AUTOGLM_PDL is 0 or
+// triton (read once per process; the switch autoglm_kernels/triton/__init__.py reads too).
 bool pdl_enabled() {
   static const bool env_on = [] {
     const char* env = std::getenv("AUTOGLM_PDL");
-    return env != nullptr && (std::string(env) == "1" || std::string(env) == "gemv");
+    return env == nullptr || *env == '\0' || std::string(env) == "1" || std::string(env) == "gemv";
   }();
   if (!env_on) return false;
   constexpr int kMaxDevices = 64;
