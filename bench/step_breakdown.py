@@ -50,6 +50,8 @@ def breakdown(model, name: str, mode: str, new_tokens: int, repeats: int) -> dic
     undo = _setup(model, mode)
     try:
         eng = engine.engine_of(model)
+        if eng is None:  # patch_model installs the engine on CUDA only
+            raise SystemExit(f"{name} {mode}: no decode engine on this model (the engine needs a CUDA device)")
         row = {"model": name, "mode": mode}
         for defer in (False, True):
             eng.defer_stop = defer
