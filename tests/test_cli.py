@@ -161,6 +161,33 @@ def test_bench_smoke_on_cpu_writes_json_csv_and_report(capsys, tmp_path):
     assert "| llama3.2-1b (tiny) | stock | 1, 5, 3 |" in out
 
 
+@pytest.mark.parametrize("ignore_eos", [True, False])
+def test_exact_length_generates_exactly_n_tokens_past_eos(ignore_eos):
+    """The benchmarks time exactly N new tokens even when the model emits EOS at once: EOS
+    ignored (the default), or the EOS checks kept and the length forced by min_new_tokens."""
+    import transformers
+
+    from autoglm_kernels.cli.bench import exact_length
+
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, eos_token_id=5)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+
+    def always_eos(module, args, out):
+        out = out.clone()
+        out[..., 5] = 100.0
+        return out
+
+    model.lm_head.register_forward_hook(always_eos)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0).shape[1] == 4  # stops at EOS
+        out = model.generate(ids, **exact_length(6, ignore_eos=ignore_eos))
+    assert out.shape[1] == 3 + 6
+    if ignore_eos:
+        assert out[0, 3:].tolist() == [5] * 6  # EOS is just another token
+
+
 def test_bandwidth_limit_bytes():
     from autoglm_kernels.cli.bench import bytes_per_step, kv_bytes_per_position, weight_bytes_per_step
     from autoglm_kernels.demo_model import random_model
