@@ -36,13 +36,18 @@ _CALLER_COPIES_LOGITS = contextvars.ContextVar("autoglm_kernels_caller_copies_lo
 
 
 @contextlib.contextmanager
-def caller_copies_logits():
-    """Mark the steps run inside as driven by a caller that copies the logits before the next step."""
-    token = _CALLER_COPIES_LOGITS.set(True)
+def _flag_on(var: contextvars.ContextVar):
+    """`var` is True inside, back to what it was after."""
+    token = var.set(True)
     try:
         yield
     finally:
-        _CALLER_COPIES_LOGITS.reset(token)
+        var.reset(token)
+
+
+def caller_copies_logits():
+    """Mark the steps run inside as driven by a caller that copies the logits before the next step."""
+    return _flag_on(_CALLER_COPIES_LOGITS)
 
 
 def in_graph_step() -> bool:
@@ -52,15 +57,10 @@ def in_graph_step() -> bool:
     return _GRAPH_STEP.get()
 
 
-@contextlib.contextmanager
 def graph_step():
     """Mark the steps run inside as steps of a CUDA graph (see in_graph_step). The engine uses it;
     so should a hand-written torch.cuda.graph capture of a patched model, around its warm-up too."""
-    token = _GRAPH_STEP.set(True)
-    try:
-        yield
-    finally:
-        _GRAPH_STEP.reset(token)
+    return _flag_on(_GRAPH_STEP)
 
 
 def cache_counters(cache) -> list[torch.Tensor]:
