@@ -75,7 +75,7 @@ def main() -> None:
     p = script_parser(__doc__, modes="patched,graph-stock", repeats=3)
     p.add_argument("--new-tokens", type=int, default=128)
     args = p.parse_args()
-    bench.IGNORE_EOS = not args.stop_at_eos
+    eos = bench.set_eos_harness(args.stop_at_eos)
     device = "cpu" if args.tiny else "cuda"
     bw = measure_read_bandwidth() if device == "cuda" else None
     rows = []
@@ -87,7 +87,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": environment(), "read_bandwidth_Bps": bw,
-                       "eos": "ignored" if bench.IGNORE_EOS else "min_new_tokens", "rows": rows}, f, indent=2)
+                       "eos": eos, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,7 @@ def add_arguments(parser) -> None:
                         help="tokens each generate produces, EOS ignored (default 128)")
     parser.add_argument("--modes", default="stock,patched", help=f"comma list of: {', '.join(MODES)}. {MODE_HELP}")
     parser.add_argument("--compile", action="store_true", help="also run the compile mode")
-    parser.add_argument("--stop-at-eos", action="store_true",
-                        help="keep generate's EOS checks and force the length with min_new_tokens (default: EOS ignored)")
+    add_eos_argument(parser)
     parser.add_argument("--repeats", type=int_at_least(1), default=3, metavar="N",
                         help="timed generates per mode after one warm-up; the median is reported (default 3)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON (autoglm-kernels report reads it)")
@@ -196,8 +195,7 @@ def script_parser(doc: str, *, modes: str, repeats: int) -> argparse.ArgumentPar
     p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--json")
     p.add_argument("--tiny", action="store_true", help="tiny models on the CPU (a smoke run of the script)")
-    p.add_argument("--stop-at-eos", action="store_true",
-                   help="keep generate's EOS checks, forcing the length with min_new_tokens (default: EOS ignored)")
+    add_eos_argument(p)
     return p
 
 
@@ -341,6 +339,18 @@ def _sync(device):
 # How the benchmarks make generate produce exactly N tokens: EOS ignored (True), or the EOS checks
 # kept and the length forced by min_new_tokens (False; the harness of the first eight sessions).
 IGNORE_EOS = True
+
+
+def add_eos_argument(parser) -> None:
+    parser.add_argument("--stop-at-eos", action="store_true",
+                        help="keep generate's EOS checks and force the length with min_new_tokens (default: EOS ignored)")
+
+
+def set_eos_harness(stop_at_eos: bool) -> str:
+    """Set IGNORE_EOS from --stop-at-eos for this process; returns the label the result JSON records."""
+    global IGNORE_EOS
+    IGNORE_EOS = not stop_at_eos
+    return "ignored" if IGNORE_EOS else "min_new_tokens"
 
 
 def exact_length(n: int, ignore_eos: bool | None = None) -> dict:
@@ -520,7 +530,7 @@ def write_outputs(results: list[Result], args, bandwidth: float | None) -> None:
         doc = {"kind": "autoglm-kernels-generate-bench", "env": environment(),
                "read_bw_gb_per_s": round(bandwidth / 1e9, 1) if bandwidth else None,
                "settings": {k: getattr(args, k) for k in ("batch", "prompt_len", "new_tokens", "dtype", "repeats")},
-               "eos": "min_new_tokens" if getattr(args, "stop_at_eos", False) else "ignored",
+               "eos": "ignored" if IGNORE_EOS else "min_new_tokens",
                "results": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc, indent=2))
@@ -551,8 +561,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     check_device(args.device, "bench")
-    global IGNORE_EOS
-    IGNORE_EOS = not args.stop_at_eos
+    set_eos_harness(args.stop_at_eos)
     modes = parse_modes(args)
     names = model_names(args)
     if (args.json and Path(args.json).is_dir()) or (args.csv and Path(args.csv).is_dir()):
