@@ -579,3 +579,102 @@ def test_masks_per_layer_type_keep_one_graph():
         want_again = model.generate(input_ids=ids[:, 2:], attention_mask=mask[:, 2:], **gen)
     assert torch.equal(got, want) and torch.equal(again, want_again)
     assert st["captures"] == 1 and st["replays"] == 18 and not st["fallbacks"], st
+
+
+@pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b", "opt-1.3b"])
+def test_repeated_prompt_shape_runs_as_prefill_graph(name):
+    """A prompt shape the cache saw before runs as a prefill graph (static buffers, replayed eagerly
+    on CPU); a shape seen once runs eagerly (no capture for varied prompts). Stock tokens either
+    way, with left padding and two prompt lengths sharing one cache."""
+    model = _model(name)
+    ids = torch.randint(1, 500, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    ref = {n: model.generate(input_ids=ids[:, :n], attention_mask=mask[:, :n], max_new_tokens=12, do_sample=False)
+           for n in (9, 6)}
+    eng = engine.install(model, capture=False, min_cache_len=32)
+    try:
+        for n in (9, 9, 6, 9, 6):
+            out = model.generate(input_ids=ids[:, :n], attention_mask=mask[:, :n], max_new_tokens=12, do_sample=False)
+            torch.testing.assert_close(out, ref[n], rtol=0, atol=0)
+        st = eng.stats()
+        # 9: eager, captured, replayed; 6: eager, captured
+        assert (st["prefill_captures"], st["prefill_replays"], st["caches"]) == (2, 3, 1), st
+        assert not st["fallbacks"], st
+    finally:
+        engine.uninstall(model)
+
+
+def test_prefill_graph_limits_and_inputs():
+    """Prompts above prefill_graph_tokens, prompts with inputs beyond text (inputs_embeds) and
+    prefill_graph_tokens=0 run eagerly every time."""
+    model = _model()
+    ids = torch.randint(1, 500, (1, 9))
+    ref = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
+    for opts in ({"prefill_graph_tokens": 8}, {"prefill_graph_tokens": 0}):
+        eng = engine.install(model, capture=False, min_cache_len=32, **opts)
+        try:
+            for _ in range(3):
+                torch.testing.assert_close(model.generate(input_ids=ids, max_new_tokens=4, do_sample=False), ref,
+                                           rtol=0, atol=0)
+            assert eng.stats()["prefill_captures"] == 0, (opts, eng.stats())
+        finally:
+            engine.uninstall(model)
+    eng = engine.install(model, capture=False, min_cache_len=32)
+    try:
+        embeds = model.get_input_embeddings()(ids)
+        outs = [model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False) for _ in range(3)]
+        assert all(torch.equal(o, outs[0]) for o in outs)
+        assert eng.stats()["prefill_captures"] == 0, eng.stats()
+    finally:
+        engine.uninstall(model)
+
+
+@pytest.mark.parametrize("name", ["llama3.2-1b", "opt-1.3b"])
+def test_patched_prompt_over_fresh_cache_reads_no_device_length(name, monkeypatch):
+    """The fused attention of a prompt over the engine's fresh cache takes its length from the
+    host (0) instead of reading the device counter: a read would sync with the GPU and could not
+    be captured. Tokens stay the stock ones; the second call replays the prefill graph."""
+    from autoglm_kernels import patch_model, unpatch_model
+    from autoglm_kernels.patch import layers
+
+    torch.manual_seed(0)
+    cfg = reference_config(name, tiny=True)
+    cfg.head_dim = 64
+    if name.startswith("opt"):
+        cfg.hidden_size = cfg.word_embed_proj_dim = 64 * cfg.num_attention_heads
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(1, 500, (1, 7))
+    ref = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+
+    def no_read(*a, **k):
+        raise AssertionError("a prompt over a fresh engine cache read the cache length from the device")
+
+    monkeypatch.setattr(layers.Runtime, "_read_once", no_read)
+    patch_model(model)
+    eng = engine.install(model, capture=False, min_cache_len=32)
+    try:
+        for _ in range(2):
+            torch.testing.assert_close(model.generate(input_ids=ids, max_new_tokens=6, do_sample=False), ref,
+                                       rtol=0, atol=0)
+        assert eng.stats()["prefill_captures"] == 1, eng.stats()
+    finally:
+        engine.uninstall(model)
+        unpatch_model(model)
+
+
+def test_prefill_graphs_are_kept_not_churned():
+    """With max_prefill_graphs graphs captured, a further repeated prompt shape runs eagerly
+    instead of evicting one (varied prompt lengths must not recapture over and over)."""
+    model = _model()
+    ids = torch.randint(1, 500, (1, 9))
+    refs = {n: model.generate(input_ids=ids[:, :n], max_new_tokens=4, do_sample=False) for n in (7, 8, 9)}
+    eng = engine.install(model, capture=False, min_cache_len=32, max_prefill_graphs=2)
+    try:
+        for n in (7, 7, 8, 8, 9, 9, 9, 7, 8):
+            torch.testing.assert_close(model.generate(input_ids=ids[:, :n], max_new_tokens=4, do_sample=False),
+                                       refs[n], rtol=0, atol=0)
+        st = eng.stats()
+        assert (st["prefill_captures"], st["prefill_graphs"], st["prefill_replays"]) == (2, 2, 4), st
+    finally:
+        engine.uninstall(model)

@@ -242,11 +242,24 @@ def test_runtime_prefill_len_reuses_the_first_layers_read():
             return 7
 
     rt, cache, other = L.Runtime(), object(), object()
-    assert [rt.prefill_len(cache, i, Counter()) for i in range(3)] == [7, 7, 7] and Counter.reads == 1
-    rt.prefill_len(cache, 0, Counter())  # a new forward starts at layer 0 again
-    rt.prefill_len(other, 1, Counter())  # another cache
-    rt.prefill_len(other, 1, Counter())  # the same layer twice: not one forward
+    assert [rt.prefill_len(cache, i, Counter(), 3) for i in range(3)] == [7, 7, 7] and Counter.reads == 1
+    rt.prefill_len(cache, 0, Counter(), 3)  # a new forward starts at layer 0 again
+    rt.prefill_len(other, 1, Counter(), 3)  # another cache
+    rt.prefill_len(other, 1, Counter(), 3)  # the same layer twice: not one forward
     assert Counter.reads == 4
+
+
+def test_runtime_prefill_lengths_of_a_fresh_engine_cache_are_not_read():
+    """A cache whose length the host knows (the engine's fresh cache: known_length 0) is never read."""
+    class Fresh:
+        known_length = 0
+
+    class Counter:
+        def __int__(self):
+            raise AssertionError("read the device counter")
+
+    rt = L.Runtime()
+    assert rt.prefill_start(Fresh(), 0, Counter()) == 0 and rt.prefill_len(Fresh(), 0, Counter(), 5) == 5
 
 
 def test_runtime_full_mask_reads_each_mask_once():

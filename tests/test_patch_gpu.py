@@ -131,6 +131,15 @@ def compare(arch: str, device: str = "cuda", dtype=torch.bfloat16, batch: int = 
         print(f"  {arch} greedy agreement patched vs stock bf16 over 32 tokens: {agree:.1%}")
         st = engine.engine_of(fused).stats()  # the decode steps ran as a captured graph, not the eager fallback
         assert st["captures"] >= 1 and st["replays"] >= 30 and not st["fallbacks"], st
+        # The same prompt again: its shape repeats, so the prompt runs as a captured prefill graph.
+        again = fused.generate(input_ids=ids, attention_mask=mask, max_new_tokens=32, min_new_tokens=32,
+                               do_sample=False)
+        st = engine.engine_of(fused).stats()
+        assert not st["fallbacks"], st
+        if arch != "glm4v":  # GLM-4.1V's generate hands the prompt multimodal inputs: it may run eagerly
+            assert st["prefill_captures"] == 1 and st["prefill_replays"] == 1, st
+        agree = (again == greedy[1]).float().mean().item()
+        print(f"  {arch} greedy agreement prefill graph vs eager prefill over 32 tokens: {agree:.1%}")
         static = fused.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                                 cache_implementation="static", disable_compile=True)
         assert static.shape == (batch, PROMPT + 8)

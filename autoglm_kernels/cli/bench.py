@@ -2,7 +2,9 @@
 static cache + CUDA graph / torch.compile), on the reference shapes with random weights or on a
 local checkpoint.
 
-Per (model, mode): one warm-up generate, then --repeats timed ones (median). Each generates exactly
+Per (model, mode): two warm-up generates (the first compiles/captures the decode step; the
+engine captures a prompt's graph when its shape repeats, i.e. in the second), then --repeats timed
+ones (median). Each generates exactly
 --new-tokens tokens with EOS ignored (`eos_token_id=None`, as vLLM's `ignore_eos`; --stop-at-eos
 keeps the EOS checks and forces the length with min_new_tokens instead, whose logits processor
 adds kernels over the whole vocabulary to every step of every mode). TTFT is the time to the first new token
@@ -443,6 +445,7 @@ def run_mode(model, name: str, mode: str, args, bandwidth: float | None) -> Resu
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         warm_s, _ = time_generate(model, ids, args.new_tokens, **kwargs)
+        time_generate(model, ids, args.new_tokens, **kwargs)  # a repeated prompt: the engine's prefill graph
         runs = [time_generate(model, ids, args.new_tokens, **kwargs) for _ in range(args.repeats)]
         if any(t is None for _, t in runs):  # generate did not stream: time the prefill on its own
             runs = [(total, time_generate(model, ids, 1, **kwargs)[0]) for total, _ in runs]

@@ -6,7 +6,11 @@ is reused across calls) and `forward` (to replay a captured graph for decode ste
 1, over that cache). Prefill, and everything the engine does not cover (beam search, a cache the
 user passed that is not static, output_attentions, batch > max_batch, lengths beyond the cache),
 runs the model's eager forward - the patched layers where patch_model bound them - with a
-one-time log message saying why. On CUDA, generate decides to stop one step late (stop.py), so
+one-time log message saying why. A prompt (the first forward over a fresh cache) whose shape was
+seen before gets a graph of its own (prefill graphs: up to `prefill_graph_tokens` tokens, text
+inputs only), so a repeated prompt length costs one graph launch instead of hundreds of kernel
+launches before the first token; a length seen once runs eagerly, so varied prompts never pay a
+capture, and once `max_prefill_graphs` exist further shapes run eagerly (no capture churn). On CUDA, generate decides to stop one step late (stop.py), so
 the host prepares and launches step n+1 while the GPU runs step n. No architecture is named here.
 """
 
@@ -15,18 +19,23 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections import OrderedDict
 
 import torch
 
 from . import stop
 from .cache import EngineCache, StaticCachePool, bucket_len
-from .graphs import DecodeGraphs, cache_counters, caller_copies_logits, graph_step
+from .graphs import DecodeGraphs, _base, cache_counters, caller_copies_logits, graph_step
 
 __all__ = ["DecodeEngine", "EngineCache", "install", "uninstall", "engine_of", "bucket_len", "cache_counters",
            "graph_step"]
 
 log = logging.getLogger("autoglm_kernels.engine")
 _ATTR = "_autoglm_engine"
+# The tensor inputs a captured prompt may have (masks per layer type included): text only. Images,
+# embeddings and the like run the eager forward (their shapes vary, their encoders may sync).
+_PREFILL_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids", "cache_position"})
+_PROMPTS_KEPT = 64  # prompt shapes remembered for "seen before" (least recently seen dropped)
 
 
 class DecodeEngine:
@@ -35,7 +44,8 @@ class DecodeEngine:
     def __init__(self, model, *, min_cache_len: int = 256, max_cache_len: int | None = None,
                  max_batch: int = 16, max_graphs: int = 8, capture: bool | None = None,
                  static_cache_unsupported: str | None = None, step_needs_position_ids: bool = False,
-                 step_unused: tuple[str, ...] = (), defer_stop: bool = True):
+                 step_unused: tuple[str, ...] = (), defer_stop: bool = True, prefill_graph_tokens: int = 512,
+                 max_prefill_graphs: int = 4):
         self.model = model
         # Let generate stop one step late (and undo that step) instead of syncing every step;
         # only where transformers has DeferredStopCheck, on CUDA, when the cache is not returned.
@@ -61,6 +71,13 @@ class DecodeEngine:
         self._eager_forward = model.forward
         self._generate = model.generate
         self.graphs = DecodeGraphs(self._eager_forward, capture=self.capture, max_graphs=max_graphs)
+        # Prompts of at most this many tokens (batch x length) get graphs once their shape repeats;
+        # 0: every prompt runs eagerly. Their own graphs (a failed prompt capture leaves the decode
+        # graphs alone), in the decode graphs' memory pool.
+        self.prefill_graph_tokens = prefill_graph_tokens
+        self.prefill_graphs = DecodeGraphs(self._eager_forward, capture=self.capture, max_graphs=max_prefill_graphs,
+                                           pool=self.graphs.pool, kind="prefill", evict=False)
+        self._prompts: OrderedDict[tuple, int] = OrderedDict()  # (shape, cache id) -> times seen
         self._told: set[str] = set()
 
     # --- what the engine covers ----------------------------------------------------------------
@@ -125,6 +142,34 @@ class DecodeEngine:
             and (not self.capture or ids.is_cuda)
         )
 
+    def _is_graph_prompt(self, args, kwargs, cache) -> bool:
+        """Whether this forward, the first over a fresh engine cache, runs as a prefill graph: a
+        text prompt of 2..prefill_graph_tokens tokens whose shape this cache saw before."""
+        if args or self.prefill_graphs.disabled or not self.prefill_graph_tokens:
+            return False
+        ids = kwargs.get("input_ids")
+        if not (torch.is_tensor(ids) and ids.dim() == 2 and ids.shape[1] > 1 and ids.shape[0] <= self.max_batch
+                and ids.numel() <= self.prefill_graph_tokens and (not self.capture or ids.is_cuda)):
+            return False
+        if kwargs.get("output_attentions") or kwargs.get("output_hidden_states"):
+            return False
+        if self.step_needs_position_ids and kwargs.get("position_ids") is None:
+            return False
+        if any(_base(k) not in _PREFILL_INPUTS for k, v in kwargs.items()
+               if v is not None and (torch.is_tensor(v) or isinstance(v, dict))):
+            return False
+        key = (tuple(ids.shape), id(cache))
+        seen = self._prompts.pop(key, 0) + 1
+        self._prompts[key] = seen
+        while len(self._prompts) > _PROMPTS_KEPT:
+            self._prompts.popitem(last=False)
+        return seen >= 2
+
+    def _drop_step_unused(self, kwargs: dict) -> dict:
+        if self.step_unused and kwargs.get("position_ids") is not None:
+            return {k: v for k, v in kwargs.items() if k not in self.step_unused}
+        return kwargs
+
     # --- the wrapped methods ---------------------------------------------------------------------
     def generate(self, *args, **kwargs):
         plan, why = self._generate_plan(args, kwargs)
@@ -147,23 +192,37 @@ class DecodeEngine:
             return self._generate(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
-        if self._is_decode_step(args, kwargs):
-            if self.step_unused and kwargs.get("position_ids") is not None:
-                kwargs = {k: v for k, v in kwargs.items() if k not in self.step_unused}
-            return self.graphs(kwargs[self.cache_name], kwargs)
-        return self._eager_forward(*args, **kwargs)
+        cache = kwargs.get(self.cache_name)
+        fresh = isinstance(cache, EngineCache) and cache.known_length is not None
+        try:
+            if self._is_decode_step(args, kwargs):
+                return self.graphs(cache, self._drop_step_unused(kwargs))
+            if fresh and self._is_graph_prompt(args, self._drop_step_unused(kwargs), cache):
+                return self.prefill_graphs(cache, self._drop_step_unused(kwargs))
+            return self._eager_forward(*args, **kwargs)
+        finally:
+            if fresh:  # the cache holds what this forward wrote: its length is on the device from now on
+                cache.known_length = None
 
     def stats(self) -> dict:
-        slots = self.graphs.slots.values()
-        return {
-            "captures": self.graphs.captures,
-            "graphs": len(self.graphs.slots),
-            "replays": sum(s.replays for s in slots),
-            "capture_s": round(sum(s.capture_s for s in slots), 4),
+        """Decode graphs (captures, graphs, replays, capture_s), prefill graphs (prefill_*), caches,
+        and why anything ran eagerly (fallbacks)."""
+        out = {}
+        for prefix, graphs in (("", self.graphs), ("prefill_", self.prefill_graphs)):
+            slots = graphs.slots.values()
+            out.update({
+                f"{prefix}captures": graphs.captures,
+                f"{prefix}graphs": len(graphs.slots),
+                f"{prefix}replays": sum(s.replays for s in slots),
+                f"{prefix}capture_s": round(sum(s.capture_s for s in slots), 4),
+            })
+        disabled = [g.disabled for g in (self.graphs, self.prefill_graphs) if g.disabled]
+        out.update({
             "caches": len(self.caches._caches),
             "last_recapture": self.graphs.recapture_reason,
-            "fallbacks": sorted(self._told) + ([self.graphs.disabled] if self.graphs.disabled else []),
-        }
+            "fallbacks": sorted(self._told) + disabled,
+        })
+        return out
 
 
 def _with_signature(fn, original):
@@ -204,4 +263,5 @@ def uninstall(model) -> None:
         else:
             model.__dict__[name] = saved
     engine.graphs.clear()
+    engine.prefill_graphs.clear()
     engine.caches.clear()

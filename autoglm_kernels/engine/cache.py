@@ -27,6 +27,11 @@ class EngineCache(StaticCache):
     """
 
     defer_stop = False
+    # The valid length as the host knows it without reading the device: 0 while the cache is
+    # fresh (built or reset, no forward run over it yet), None after that (the engine clears it
+    # after the first forward). A prompt's forward over a fresh cache reads it instead of syncing
+    # on the device counter, which also lets that forward be captured (engine: prefill graphs).
+    known_length: int | None = 0
 
     def reset(self) -> None:
         """Zero every plain StaticLayer (keys, values, length counter) in one foreach call: the
@@ -54,6 +59,7 @@ class EngineCache(StaticCache):
             layer.reset()
         if tensors:
             torch._foreach_zero_(tensors)
+        self.known_length = 0
 
     @property
     def _is_user_defined(self) -> bool:

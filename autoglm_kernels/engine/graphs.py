@@ -1,4 +1,5 @@
-"""CUDA-graph capture and replay of one decode step (query length 1) of a model's forward.
+"""CUDA-graph capture and replay of one decode step (query length 1) of a model's forward, or of
+one prompt's forward over a fresh cache (the engine's prefill graphs: same machinery).
 
 The step is whatever the model's forward does (the patched fused layers, or stock modules):
 this file knows no architecture. Every tensor argument of the step gets a static buffer; a
@@ -157,12 +158,17 @@ class DecodeGraphs:
     buffer logic on machines without a GPU.
     """
 
-    def __init__(self, forward, *, capture: bool = True, max_graphs: int = 8):
+    def __init__(self, forward, *, capture: bool = True, max_graphs: int = 8, pool=None, kind: str = "decode",
+                 evict: bool = True):
         self.forward = forward
         self.capture = capture
         self.max_graphs = max_graphs
+        # When max_graphs live graphs exist, a new signature evicts the oldest (True) or runs
+        # eagerly (False: the graphs first captured stay, no capture churn over varied inputs).
+        self.evict = evict
+        self.kind = kind  # what the graphs run, for the log: "decode" (steps) or "prefill" (prompts)
         self.slots: dict[tuple, _Slot] = {}
-        self.pool = torch.cuda.graph_pool_handle() if capture else None
+        self.pool = pool if pool is not None or not capture else torch.cuda.graph_pool_handle()
         self.captures = 0
         self.disabled: str | None = None  # set when a capture failed: the step then runs eagerly
         self.recapture_reason = ""  # what differed from the previous graph at the latest capture
@@ -182,6 +188,8 @@ class DecodeGraphs:
         key = _signature(kwargs, {k: (kwargs[k].shape[0], cap) for k in growing})
         slot = self.slots.get(key)
         if slot is None or (slot.cache_ref is not None and slot.cache_ref() is None):
+            if not self.evict and self._live() >= self.max_graphs:
+                return self.forward(**_unflatten(kwargs))
             padded = {k: torch.nn.functional.pad(kwargs[k], (0, cap - n)) for k, n in growing.items()}
             slot = self._capture(key, cache, {**kwargs, **padded})
             slot.mask_cols = {k: (v.shape[-1] if torch.is_tensor(v) else 0) for k, v in kwargs.items()
@@ -214,6 +222,9 @@ class DecodeGraphs:
         logits = slot.output["logits"]
         return _with_logits(slot.output, logits if _CALLER_COPIES_LOGITS.get() else logits.clone())
 
+    def _live(self) -> int:
+        return sum(1 for s in self.slots.values() if s.cache_ref is None or s.cache_ref() is not None)
+
     def _evict(self) -> None:
         dead = [k for k, s in self.slots.items() if s.cache_ref is not None and s.cache_ref() is None]
         for k in dead:
@@ -226,7 +237,7 @@ class DecodeGraphs:
             last = next(reversed(self.slots))
             self.recapture_reason = ", ".join(f"{a[0]}: {a[2:]} -> {b[2:]}" for a, b in zip(last, key) if a != b) or (
                 "the cache the graph captured is gone" if last == key else f"argument names {len(last)} -> {len(key)}")
-            log.info("autoglm_kernels: new decode graph (%s)", self.recapture_reason)
+            log.info("autoglm_kernels: new %s graph (%s)", self.kind, self.recapture_reason)
         self._evict()
         start = time.perf_counter()
         inputs = {k: v.clone() for k, v in kwargs.items() if torch.is_tensor(v)}
@@ -239,7 +250,7 @@ class DecodeGraphs:
         slot.capture_s = time.perf_counter() - start
         self.captures += 1
         self.slots[key] = slot
-        log.info("captured decode graph #%d in %.3f s (batch %s)", self.captures, slot.capture_s,
+        log.info("captured %s graph #%d in %.3f s (batch %s)", self.kind, self.captures, slot.capture_s,
                  next((v.shape[0] for v in inputs.values()), "?"))
         return slot
 
@@ -267,8 +278,8 @@ class DecodeGraphs:
                     output = self.forward(**_unflatten(static_kwargs))
             except Exception as e:  # the step syncs with the host somewhere: run it eagerly from now on
                 torch.cuda.synchronize()
-                self.disabled = f"decode step not capturable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-                log.warning("autoglm_kernels: %s; decoding eagerly", self.disabled)
+                self.disabled = f"{self.kind} step not capturable ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                log.warning("autoglm_kernels: %s; running it eagerly from now on", self.disabled)
                 for c, s in zip(counters, saved):
                     c.copy_(s)
                 return _Slot(None, {}, self.forward(**_unflatten(kwargs)), None)

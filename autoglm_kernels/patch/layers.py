@@ -6,7 +6,9 @@ per architecture. Every kernel is reached through autoglm_kernels.ops (or is a s
 
 The decode step is free of host syncs (no .item(), no Python branching on tensor values; cache
 lengths come from device tensors), so a decode step over a StaticCache can be captured in a CUDA
-graph. A prefill over a StaticCache reads the cache length once per forward (Runtime.prefill_len).
+graph. A prefill over a StaticCache reads the cache length once per forward (Runtime.prefill_len),
+or not at all over the engine's fresh cache, whose length the host knows (0): that one can be
+captured too.
 Two cost models: a captured (or compiled) step pays GPU time only, so it runs the fused kernels;
 an eager CUDA forward is bound by the host's launch time (host_bound), so where fusion only saves
 GPU time it runs the op with the least host time instead (aten linear, aten LayerNorm, SDPA for
@@ -58,15 +60,23 @@ class Runtime:
         pending, self.pending = self.pending, None
         return pending[1] if pending is not None and pending[0] is x else None
 
-    def prefill_len(self, cache, layer_idx: int, counter: torch.Tensor) -> int:
-        """A static cache's valid length after this forward's update, for a prefill (which slices
-        the cache on the host). Read from the device once per forward, at its first static layer;
-        the later layers (higher layer_idx, same cache) advanced their counters by the same count,
-        so they reuse it instead of each stalling the host until the GPU catches up."""
+    def prefill_len(self, cache, layer_idx: int, counter: torch.Tensor, new: int) -> int:
+        """A static cache's valid length after this forward's update of `new` positions, for a
+        prefill (which slices the cache on the host). The cache's host-known length where it has
+        one (the engine's fresh cache: no read at all, so the prefill can be captured); else read
+        from the device once per forward, at its first static layer: the later layers (higher
+        layer_idx, same cache) advanced their counters by the same count, so they reuse it
+        instead of each stalling the host until the GPU catches up."""
+        known = getattr(cache, "known_length", None)
+        if known is not None:
+            return known + new
         return self._read_once("_prefill", cache, layer_idx, counter)
 
     def prefill_start(self, cache, layer_idx: int, counter: torch.Tensor) -> int:
         """prefill_len's twin read before the layer's update: the positions already cached."""
+        known = getattr(cache, "known_length", None)
+        if known is not None:
+            return known
         return self._read_once("_start", cache, layer_idx, counter)
 
     def _read_once(self, slot: str, cache, layer_idx: int, counter) -> int:
@@ -386,7 +396,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
                 (1,), n, dtype=torch.int32, device=k.device)
         return ops.decode_attention(q, k, v, kv_lens, kv_mask=mask, scale=scale)
     if static_len is not None and valid_len is None:  # prefill into a static cache: the valid prefix only
-        valid_len = runtime.prefill_len(cache, layer_idx, static_len) if runtime is not None else int(static_len)
+        valid_len = runtime.prefill_len(cache, layer_idx, static_len, S) if runtime is not None else int(static_len)
         _check_room(valid_len, k.shape[2])
     if valid_len is not None and valid_len < k.shape[2]:
         k, v = k[:, :, :valid_len], v[:, :, :valid_len]

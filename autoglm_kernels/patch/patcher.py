@@ -548,7 +548,8 @@ def patch_model(model: nn.Module, attention: bool = True, mlp: bool = True, norm
     cuda_graphs: generate uses a static KV cache and replays the decode step as a CUDA graph
         (autoglm_kernels.engine); default: on for CUDA models.
     **engine_options: options of the decode engine (min_cache_len, max_cache_len, max_batch, max_graphs,
-        defer_stop=False to keep generate's stop decision in lockstep with the GPU).
+        defer_stop=False to keep generate's stop decision in lockstep with the GPU, prefill_graph_tokens:
+        the largest repeated prompt (batch x length) replayed as a graph, 0 for none).
     strict: raise ValueError (touching nothing) if anything requested cannot be fused.
     Returns a PatchReport (print it for a table). Patching a patched model returns its report.
     Training through a patched model raises RuntimeError (the kernels have no backward): unpatch first.

@@ -53,6 +53,23 @@ int64_t max_gemv_weight_bytes() {
   }();
   return bytes;
 }
+// Bytes of each weight row a warp pulls into L2 before it waits for the previous kernel (see
+// gemv_kernel); the old prologue prefetched one unrolled batch (kUnroll steps: 256 bytes).
+// AUTOGLM_GEMV_PREFETCH_BYTES overrides it (a tuning knob for benchmarks; read once per process).
+constexpr int64_t kGemvPrefetchBytes = int64_t(1) << 30;  // the warp's whole k range
+
+int64_t gemv_prefetch_bytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("AUTOGLM_GEMV_PREFETCH_BYTES");
+    if (env == nullptr || *env == '\0') return kGemvPrefetchBytes;
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0,
+                      "AUTOGLM_GEMV_PREFETCH_BYTES must be a non-negative integer (bytes), got '", env, "'");
+    return int64_t(v);
+  }();
+  return bytes;
+}
 constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
 constexpr int kUnroll = 4;        // steps whose loads are in flight together (4 KB of weight per warp)
 constexpr int kMaxWarps = 16;     // split-K warps per block
@@ -147,7 +164,7 @@ __device__ __forceinline__ float activate(float v) {
 template <typename T, int MT, Act ACT, bool HAS_BIAS>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-                int M, int N, int K, int n_out, int steps_per_warp) {
+                int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes) {
   constexpr bool kGated = ACT == Act::kGatedSilu;
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
 
@@ -185,15 +202,34 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   const int step_end = min(step_begin + steps_per_warp, num_steps);
 
   // Nothing before pdl_wait() may touch x or y (the previous kernel may still write x, or read
-  // what y overwrites); the weights are constant, so the warp's first batch of them is pulled
-  // into L2 while the previous kernel finishes. The next kernel may launch once this one runs
-  // (after the wait: one kernel of lookahead, see pdl_prologue in autoglm_kernels/triton).
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int k = (step_begin + u) * kStepK;
-    if (step_begin + u < step_end && k + 8 * t < K) {
-      if (ok_lo) prefetch_l2(w_lo + k);
-      if (ok_hi) prefetch_l2(w_hi + k);
+  // what y overwrites); the weights are constant, so the first `prefetch_bytes` of each of the
+  // warp's 16 rows (its k range: 64 bytes a step) are pulled into L2 while the previous kernel
+  // finishes: one prefetch per 128-byte line, lane -> (row lane % 16, every other line). HBM then
+  // stays busy across the previous kernel's tail and this one's start. The next kernel may
+  // launch once this one runs (after the wait: one kernel of lookahead, see pdl_prologue in
+  // autoglm_kernels/triton).
+  if (step_begin < step_end) {
+    const int r = lane & 15;
+    bool ok_r;
+    int row;
+    if constexpr (kGated) {
+      const int n = blockIdx.x * 8 + (r & 7);
+      ok_r = n < n_out;
+      row = n + (r >= 8 ? n_out : 0);
+    } else {
+      row = blockIdx.x * 16 + r;
+      ok_r = row < N;
+    }
+    if (ok_r) {
+      const char* base = reinterpret_cast<const char*>(w + static_cast<int64_t>(row) * K);
+      const int64_t begin = static_cast<int64_t>(step_begin) * kStepK * sizeof(T);
+      const int64_t k_end = static_cast<int64_t>(step_end) * kStepK < K ? static_cast<int64_t>(step_end) * kStepK : K;
+      const int64_t end = k_end * static_cast<int64_t>(sizeof(T));
+      const int64_t stop = end < begin + prefetch_bytes ? end : begin + prefetch_bytes;
+      // Lines of [begin, stop): this lane takes line starts begin_line + 128 * (2 i + lane / 16).
+      const int64_t first = static_cast<int64_t>((reinterpret_cast<uintptr_t>(base + begin) & ~uintptr_t(127)) -
+                                                 reinterpret_cast<uintptr_t>(base));
+      for (int64_t off = first + 128 * (lane >> 4); off < stop; off += 256) prefetch_l2(base + (off > begin ? off : begin));
     }
   }
   pdl_wait();
@@ -410,6 +446,7 @@ void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::option
          tiles <= int64_t(resident_blocks<T, MT, ACT>(2 * warps)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
+  const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
 
   const T* xp = reinterpret_cast<const T*>(x.data_ptr<scalar_t>());
   const T* wp = reinterpret_cast<const T*>(w.data_ptr<scalar_t>());
@@ -418,7 +455,7 @@ void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::option
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
   launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true> : gemv_kernel<T, MT, ACT, false>, grid, block, stream, xp,
-             wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp);
+             wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp, prefetch_bytes);
 }
 
 template <typename scalar_t, int MT>
