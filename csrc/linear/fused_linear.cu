@@ -56,7 +56,7 @@ int64_t max_gemv_weight_bytes() {
 // Bytes of each weight row a warp pulls into L2 before it waits for the previous kernel (see
 // gemv_kernel); the old prologue prefetched one unrolled batch (kUnroll steps: 256 bytes).
 // AUTOGLM_GEMV_PREFETCH_BYTES overrides it (a tuning knob for benchmarks; read once per process).
-constexpr int64_t kGemvPrefetchBytes = int64_t(1) << 30;  // the warp's whole k range
+constexpr int64_t kGemvPrefetchBytes = 256;
 
 int64_t gemv_prefetch_bytes() {
   static const int64_t bytes = [] {
