@@ -70,6 +70,20 @@ int64_t gemv_prefetch_bytes() {
   }();
   return bytes;
 }
+// Split-K warps per SM the launch aims at (see launch_gemv_act). AUTOGLM_GEMV_WARPS_PER_SM
+// overrides it (a tuning knob for benchmarks; read once per process).
+int gemv_warps_per_sm() {
+  static const int warps = [] {
+    const char* env = std::getenv("AUTOGLM_GEMV_WARPS_PER_SM");
+    if (env == nullptr || *env == '\0') return 16;
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 1 && v <= 64,
+                      "AUTOGLM_GEMV_WARPS_PER_SM must be an integer in 1..64, got '", env, "'");
+    return static_cast<int>(v);
+  }();
+  return warps;
+}
 constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
 constexpr int kUnroll = 4;        // steps whose loads are in flight together (4 KB of weight per warp)
 constexpr int kMaxWarps = 16;     // split-K warps per block
@@ -440,7 +454,7 @@ void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::option
   // second, mostly empty wave of blocks costs more than the extra split gains (the H100 run
   // measured M = 16 on 4096->4608 at 0.82x cuBLAS with 288 blocks on 264 resident slots).
   const int sms = sm_count();
-  const int64_t target_warps = 16LL * sms;
+  const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
          tiles <= int64_t(resident_blocks<T, MT, ACT>(2 * warps)) * sms)
