@@ -126,6 +126,16 @@ __device__ __forceinline__ void pdl_wait() {
 }
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
+// 16-byte asynchronous copy global -> shared, through L2 only (sm_80+): the bytes are in flight
+// without holding registers, so a warp can keep more of its weight stream in flight.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
 // 16-byte activation load: x is small and re-read by every block, so let it cache.
 __device__ __forceinline__ void load_x(uint32_t (&r)[4], const void* p) {
   const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
@@ -175,12 +185,20 @@ __device__ __forceinline__ float activate(float v) {
 // x: [M, K], w: [N, K], bias: [N] or null, y: [M, n_out]; K % 8 == 0, x and w 16-byte aligned.
 // Registers: MT = 1 fits 64 (two 512-thread blocks per SM); MT = 2 needs ~110 to keep all
 // kUnroll steps' loads in flight without spilling, so one 512-thread block per SM.
-template <typename T, int MT, Act ACT, bool HAS_BIAS>
+//
+// NB > 0 (staged): the weights go through a per-warp ring of NB batches (kUnroll steps each, 1 KB
+// a step) in shared memory, filled by cp.async NB batches ahead: the first NB batches are issued
+// before the PDL wait and each consumed batch is refilled at once, so 4 * NB KB of every warp's
+// weight stream stay in flight (NB = 0: one batch of loads into registers at a time, 4 KB, with
+// the first batch prefetched into L2 before the wait). Each lane reads back only the 16 bytes it
+// copied, so the ring needs no barrier.
+template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes) {
   constexpr bool kGated = ACT == Act::kGatedSilu;
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
+  extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -222,7 +240,26 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   // stays busy across the previous kernel's tail and this one's start. The next kernel may
   // launch once this one runs (after the wait: one kernel of lookahead, see pdl_prologue in
   // autoglm_kernels/triton).
-  if (step_begin < step_end) {
+  uint4* const ring = ring_smem + warp * (NB * kUnroll * 64);
+  // Copies this lane's 16 bytes of rows lo and hi for the kUnroll steps from s0 into `slot`
+  // (steps out of range: nothing; the consumer zeroes them by the same predicate).
+  auto issue_batch = [&](uint4* slot, int s0) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = (s0 + u) * kStepK;
+      if (s0 + u < step_end && k + 8 * t < K) {
+        if (ok_lo) cp_async16(slot + u * 64 + lane, w_lo + k);
+        if (ok_hi) cp_async16(slot + u * 64 + 32 + lane, w_hi + k);
+      }
+    }
+  };
+  if constexpr (NB > 0) {
+#pragma unroll
+    for (int bb = 0; bb < NB; ++bb) {
+      issue_batch(ring + bb * kUnroll * 64, step_begin + bb * kUnroll);
+      cp_async_commit();
+    }
+  } else if (step_begin < step_end) {
     const int r = lane & 15;
     bool ok_r;
     int row;
@@ -253,23 +290,41 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
 
-  for (int step = step_begin; step < step_end; step += kUnroll) {
+  int batch = 0;
+  for (int step = step_begin; step < step_end; step += kUnroll, ++batch) {
     uint32_t a_lo[kUnroll][4], a_hi[kUnroll][4], b[kUnroll][MT][4];
+    uint4* slot = ring + (NB > 0 ? batch % (NB > 0 ? NB : 1) : 0) * kUnroll * 64;
+    if constexpr (NB > 0) cp_async_wait<NB - 1>();  // this batch's group (NB groups ago) has landed
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int k = (step + u) * kStepK;
       // K % 8 == 0, so a lane's 8 elements are all in range or all out of range.
       const bool ok = (step + u < step_end) && (k + 8 * t < K);
       if (ok && ok_lo) {
-        load_weight(a_lo[u], w_lo + k);
+        if constexpr (NB > 0) {
+          const uint4 v = slot[u * 64 + lane];
+          a_lo[u][0] = v.x, a_lo[u][1] = v.y, a_lo[u][2] = v.z, a_lo[u][3] = v.w;
+        } else {
+          load_weight(a_lo[u], w_lo + k);
+        }
       } else {
         a_lo[u][0] = a_lo[u][1] = a_lo[u][2] = a_lo[u][3] = 0u;
       }
       if (ok && ok_hi) {
-        load_weight(a_hi[u], w_hi + k);
+        if constexpr (NB > 0) {
+          const uint4 v = slot[u * 64 + 32 + lane];
+          a_hi[u][0] = v.x, a_hi[u][1] = v.y, a_hi[u][2] = v.z, a_hi[u][3] = v.w;
+        } else {
+          load_weight(a_hi[u], w_hi + k);
+        }
       } else {
         a_hi[u][0] = a_hi[u][1] = a_hi[u][2] = a_hi[u][3] = 0u;
       }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = (step + u) * kStepK;
+      const bool ok = (step + u < step_end) && (k + 8 * t < K);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         if (ok && ok_x[mt]) {
@@ -290,7 +345,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         }
       }
     }
+    if constexpr (NB > 0) {  // refill the slot just consumed, NB batches ahead
+      issue_batch(slot, step + NB * kUnroll);
+      cp_async_commit();
+    }
   }
+
+  if constexpr (NB > 0) cp_async_wait<0>();  // nothing may land in shared memory after the block exits
 
   // Split-K reduction. Accumulator j of lane l in column tile mt is D[row][col] with
   // row = g + 8 * (j / 2) and col (= row of x) = 8 * mt + 2 * t + j % 2.
@@ -392,17 +453,40 @@ int sm_count() {
   return cache[dev];
 }
 
+// Dynamic shared memory of a block of `warps` warps: the weight ring of the staged kernel.
+constexpr int ring_bytes(int nb, int warps) { return nb * kUnroll * 64 * 16 * warps; }
+
+// Lets the kernel use more than 48 KB of dynamic shared memory (once per instantiation).
+template <typename Kernel>
+void allow_ring(Kernel kernel, int nb) {
+  if (nb > 0) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes(nb, kMaxWarps)));
+}
+
 // Blocks of `warps` warps that fit on one SM at once (registers, shared memory), cached per
 // kernel and block size (a host-side query; safe during graph capture).
-template <typename T, int MT, Act ACT>
+template <typename T, int MT, Act ACT, int NB>
 int resident_blocks(int warps) {
   static int cache[kMaxWarps + 1] = {};
   if (cache[warps] == 0) {
     int n = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false>, 32 * warps, 0));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB>, 32 * warps,
+                                                                 ring_bytes(NB, warps)));
     cache[warps] = n > 0 ? n : 1;
   }
   return cache[warps];
+}
+
+// Batches of weights each warp keeps in flight through shared memory (0: the register-only
+// kernel). AUTOGLM_GEMV_STAGES (0, 2 or 3) overrides it (a tuning knob; read once per process).
+int gemv_stages() {
+  static const int nb = [] {
+    const char* env = std::getenv("AUTOGLM_GEMV_STAGES");
+    if (env == nullptr || *env == '\0') return 2;
+    const std::string v(env);
+    TORCH_CHECK_VALUE(v == "0" || v == "2" || v == "3", "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got '", v, "'");
+    return std::stoi(v);
+  }();
+  return nb;
 }
 
 // Programmatic dependent launch on devices of compute capability >= 9 unless AUTOGLM_PDL is 0 or
@@ -428,24 +512,30 @@ bool pdl_enabled() {
 // kernel<<<grid, block, 0, stream>>>(args...), with the programmatic-serialization attribute
 // where PDL is on (the kernel must start with pdl_launch_dependents / pdl_wait).
 template <typename... Params, typename... Args>
-void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args... args) {
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes, cudaStream_t stream, Args... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = pdl_enabled() ? 1 : 0;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
 }
 
-template <typename scalar_t, int MT, Act ACT>
-void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
-                     int64_t n_out) {
+template <typename scalar_t, int MT, Act ACT, int NB>
+void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                    int64_t n_out) {
   using T = typename CudaType<scalar_t>::type;
+  static const bool prepared = [] {  // before the occupancy query, which counts the ring
+    allow_ring(gemv_kernel<T, MT, ACT, false, NB>, NB);
+    allow_ring(gemv_kernel<T, MT, ACT, true, NB>, NB);
+    return true;
+  }();
+  (void)prepared;
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1)), N = static_cast<int>(w.size(0));
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
@@ -457,7 +547,7 @@ void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::option
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT>(2 * warps)) * sms)
+         tiles <= int64_t(resident_blocks<T, MT, ACT, NB>(2 * warps)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
@@ -468,8 +558,19 @@ void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::option
   const T* bp = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr<scalar_t>()) : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
-  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true> : gemv_kernel<T, MT, ACT, false>, grid, block, stream, xp,
-             wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp, prefetch_bytes);
+  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB> : gemv_kernel<T, MT, ACT, false, NB>, grid, block,
+             ring_bytes(NB, warps), stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp,
+             prefetch_bytes);
+}
+
+template <typename scalar_t, int MT, Act ACT>
+void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                     int64_t n_out) {
+  switch (gemv_stages()) {
+    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0>(x, w, bias, y, n_out);
+    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3>(x, w, bias, y, n_out);
+    default: return launch_gemv_nb<scalar_t, MT, ACT, 2>(x, w, bias, y, n_out);
+  }
 }
 
 template <typename scalar_t, int MT>
@@ -509,7 +610,7 @@ at::Tensor silu_mul(const at::Tensor& y) {
     using T = typename CudaType<scalar_t>::type;
     const T* yp = reinterpret_cast<const T*>(y.data_ptr<scalar_t>());
     T* op = reinterpret_cast<T*>(out.data_ptr<scalar_t>());
-    launch_pdl(vec ? silu_mul_kernel<T, true> : silu_mul_kernel<T, false>, dim3(blocks), dim3(threads), stream, yp,
+    launch_pdl(vec ? silu_mul_kernel<T, true> : silu_mul_kernel<T, false>, dim3(blocks), dim3(threads), 0, stream, yp,
                op, rows, h);
   });
   return out;
