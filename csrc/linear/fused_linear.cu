@@ -55,7 +55,7 @@ int64_t max_gemv_weight_bytes() {
 }
 // Bytes of each weight row a warp pulls into L2 before it waits for the previous kernel (see
 // gemv_kernel); the old prologue prefetched one unrolled batch (kUnroll steps: 256 bytes).
-// AUTOGLM_GEMV_PREFETCH_BYTES overrides it (a tuning knob for benchmarks; read once per process).
+// Register kernel (NB = 0) only. AUTOGLM_GEMV_PREFETCH_BYTES overrides it (a tuning knob; read once).
 constexpr int64_t kGemvPrefetchBytes = 256;
 
 int64_t gemv_prefetch_bytes() {
@@ -477,16 +477,20 @@ int resident_blocks(int warps) {
 }
 
 // Batches of weights each warp keeps in flight through shared memory (0: the register-only
-// kernel). AUTOGLM_GEMV_STAGES (0, 2 or 3) overrides it (a tuning knob; read once per process).
-int gemv_stages() {
-  static const int nb = [] {
+// kernel). Measured on the H100 (bench_linear, M = 1 / 16): the ring (2 batches) took the 1-2B
+// models' GEMVs from 48-76% to 62-81% of read bandwidth at M <= 8 (GLM-4 qkv 18.4 -> 15.6 us,
+// below cuBLAS's 16.3), but made most M = 16 cases slower (its 512-thread blocks then hold 128 KB
+// of ring, one per SM), so M > 8 keeps the register kernel. AUTOGLM_GEMV_STAGES (0, 2 or 3)
+// overrides both (a tuning knob; read once per process).
+int gemv_stages(int mt) {
+  static const int env_nb = [] {
     const char* env = std::getenv("AUTOGLM_GEMV_STAGES");
-    if (env == nullptr || *env == '\0') return 2;
+    if (env == nullptr || *env == '\0') return -1;
     const std::string v(env);
     TORCH_CHECK_VALUE(v == "0" || v == "2" || v == "3", "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got '", v, "'");
     return std::stoi(v);
   }();
-  return nb;
+  return env_nb >= 0 ? env_nb : (mt == 1 ? 2 : 0);
 }
 
 // Programmatic dependent launch on devices of compute capability >= 9 unless AUTOGLM_PDL is 0 or
@@ -566,7 +570,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
 template <typename scalar_t, int MT, Act ACT>
 void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                      int64_t n_out) {
-  switch (gemv_stages()) {
+  switch (gemv_stages(MT)) {
     case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0>(x, w, bias, y, n_out);
     case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3>(x, w, bias, y, n_out);
     default: return launch_gemv_nb<scalar_t, MT, ACT, 2>(x, w, bias, y, n_out);
