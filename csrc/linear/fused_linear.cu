@@ -35,53 +35,37 @@ namespace linear {
 namespace {
 
 constexpr int kMaxGemvRows = 16;  // M above this goes to the GEMM path
+// An integer tuning knob from the environment (read once per call site: callers cache it), in
+// [lo, hi]; `fallback` when unset; a clear error otherwise.
+int64_t env_knob(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= lo && v <= hi, name, " must be an integer in ", lo, "..", hi,
+                    ", got '", env, "'");
+  return static_cast<int64_t>(v);
+}
+
 // Weights of this size and more go to cuBLAS (+ the fused epilogue) even at M <= 16: measured on
 // H100, cuBLAS streams >= 64 MiB weights at 85-92% of read bandwidth, slightly ahead of this GEMV,
 // and far ahead on the very wide lm_heads (N >= 50k), where the GEMV runs 1-warp blocks.
 // AUTOGLM_GEMV_MAX_WEIGHT_MIB overrides it (a tuning knob for benchmarks; read once per process).
-constexpr int64_t kMaxGemvWeightBytes = int64_t(64) << 20;
-
 int64_t max_gemv_weight_bytes() {
-  static const int64_t bytes = [] {
-    const char* env = std::getenv("AUTOGLM_GEMV_MAX_WEIGHT_MIB");
-    if (env == nullptr || *env == '\0') return kMaxGemvWeightBytes;
-    char* end = nullptr;
-    const long long mib = std::strtoll(env, &end, 10);
-    TORCH_CHECK_VALUE(end != env && *end == '\0' && mib >= 0,
-                      "AUTOGLM_GEMV_MAX_WEIGHT_MIB must be a non-negative integer (MiB), got '", env, "'");
-    return int64_t(mib) << 20;
-  }();
+  static const int64_t bytes = env_knob("AUTOGLM_GEMV_MAX_WEIGHT_MIB", 64, 0, int64_t(1) << 30) << 20;
   return bytes;
 }
 // Bytes of each weight row a warp pulls into L2 before it waits for the previous kernel (see
-// gemv_kernel); the old prologue prefetched one unrolled batch (kUnroll steps: 256 bytes).
-// Register kernel (NB = 0) only. AUTOGLM_GEMV_PREFETCH_BYTES overrides it (a tuning knob; read once).
-constexpr int64_t kGemvPrefetchBytes = 256;
-
+// gemv_kernel; register kernel only): one unrolled batch (kUnroll steps: 256 bytes). Deeper
+// prefetch measured slower (L2 thrash). AUTOGLM_GEMV_PREFETCH_BYTES overrides it (read once).
 int64_t gemv_prefetch_bytes() {
-  static const int64_t bytes = [] {
-    const char* env = std::getenv("AUTOGLM_GEMV_PREFETCH_BYTES");
-    if (env == nullptr || *env == '\0') return kGemvPrefetchBytes;
-    char* end = nullptr;
-    const long long v = std::strtoll(env, &end, 10);
-    TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 0,
-                      "AUTOGLM_GEMV_PREFETCH_BYTES must be a non-negative integer (bytes), got '", env, "'");
-    return int64_t(v);
-  }();
+  static const int64_t bytes = env_knob("AUTOGLM_GEMV_PREFETCH_BYTES", 256, 0, int64_t(1) << 30);
   return bytes;
 }
-// Split-K warps per SM the launch aims at (see launch_gemv_act). AUTOGLM_GEMV_WARPS_PER_SM
+// Split-K warps per SM the launch aims at (see launch_gemv_nb). AUTOGLM_GEMV_WARPS_PER_SM
 // overrides it (a tuning knob for benchmarks; read once per process).
 int gemv_warps_per_sm() {
-  static const int warps = [] {
-    const char* env = std::getenv("AUTOGLM_GEMV_WARPS_PER_SM");
-    if (env == nullptr || *env == '\0') return 16;
-    char* end = nullptr;
-    const long v = std::strtol(env, &end, 10);
-    TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= 1 && v <= 64,
-                      "AUTOGLM_GEMV_WARPS_PER_SM must be an integer in 1..64, got '", env, "'");
-    return static_cast<int>(v);
-  }();
+  static const int warps = static_cast<int>(env_knob("AUTOGLM_GEMV_WARPS_PER_SM", 16, 1, 64));
   return warps;
 }
 constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
@@ -484,11 +468,9 @@ int resident_blocks(int warps) {
 // overrides both (a tuning knob; read once per process).
 int gemv_stages(int mt) {
   static const int env_nb = [] {
-    const char* env = std::getenv("AUTOGLM_GEMV_STAGES");
-    if (env == nullptr || *env == '\0') return -1;
-    const std::string v(env);
-    TORCH_CHECK_VALUE(v == "0" || v == "2" || v == "3", "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got '", v, "'");
-    return std::stoi(v);
+    const int v = static_cast<int>(env_knob("AUTOGLM_GEMV_STAGES", -1, 0, 3));
+    TORCH_CHECK_VALUE(v != 1, "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1");
+    return v;
   }();
   return env_nb >= 0 ? env_nb : (mt == 1 ? 2 : 0);
 }
