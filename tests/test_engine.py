@@ -650,7 +650,7 @@ def test_patched_prompt_over_fresh_cache_reads_no_device_length(name, monkeypatc
     def no_read(*a, **k):
         raise AssertionError("a prompt over a fresh engine cache read the cache length from the device")
 
-    monkeypatch.setattr(layers.Runtime, "_read_once", no_read)
+    monkeypatch.setattr(layers.Runtime, "_read_device", no_read)
     patch_model(model)
     eng = engine.install(model, capture=False, min_cache_len=32)
     try:

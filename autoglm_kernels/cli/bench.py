@@ -348,11 +348,16 @@ def add_eos_argument(parser) -> None:
                         help="keep generate's EOS checks and force the length with min_new_tokens (default: EOS ignored)")
 
 
+def eos_label() -> str:
+    """How the harness forces the length, as the result JSON records it."""
+    return "ignored" if IGNORE_EOS else "min_new_tokens"
+
+
 def set_eos_harness(stop_at_eos: bool) -> str:
-    """Set IGNORE_EOS from --stop-at-eos for this process; returns the label the result JSON records."""
+    """Set IGNORE_EOS from --stop-at-eos for this process; returns eos_label()."""
     global IGNORE_EOS
     IGNORE_EOS = not stop_at_eos
-    return "ignored" if IGNORE_EOS else "min_new_tokens"
+    return eos_label()
 
 
 def exact_length(n: int, ignore_eos: bool | None = None) -> dict:
@@ -533,7 +538,7 @@ def write_outputs(results: list[Result], args, bandwidth: float | None) -> None:
         doc = {"kind": "autoglm-kernels-generate-bench", "env": environment(),
                "read_bw_gb_per_s": round(bandwidth / 1e9, 1) if bandwidth else None,
                "settings": {k: getattr(args, k) for k in ("batch", "prompt_len", "new_tokens", "dtype", "repeats")},
-               "eos": "ignored" if IGNORE_EOS else "min_new_tokens",
+               "eos": eos_label(),
                "results": rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc, indent=2))

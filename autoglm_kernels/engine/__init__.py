@@ -197,8 +197,10 @@ class DecodeEngine:
         try:
             if self._is_decode_step(args, kwargs):
                 return self.graphs(cache, self._drop_step_unused(kwargs))
-            if fresh and self._is_graph_prompt(args, self._drop_step_unused(kwargs), cache):
-                return self.prefill_graphs(cache, self._drop_step_unused(kwargs))
+            if fresh:
+                step_kwargs = self._drop_step_unused(kwargs)
+                if self._is_graph_prompt(args, step_kwargs, cache):
+                    return self.prefill_graphs(cache, step_kwargs)
             return self._eager_forward(*args, **kwargs)
         finally:
             if fresh:  # the cache holds what this forward wrote: its length is on the device from now on

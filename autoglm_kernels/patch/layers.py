@@ -67,19 +67,19 @@ class Runtime:
         from the device once per forward, at its first static layer: the later layers (higher
         layer_idx, same cache) advanced their counters by the same count, so they reuse it
         instead of each stalling the host until the GPU catches up."""
-        known = getattr(cache, "known_length", None)
-        if known is not None:
-            return known + new
-        return self._read_once("_prefill", cache, layer_idx, counter)
+        return self._read_once("_prefill", cache, layer_idx, counter, new)
 
     def prefill_start(self, cache, layer_idx: int, counter: torch.Tensor) -> int:
         """prefill_len's twin read before the layer's update: the positions already cached."""
-        known = getattr(cache, "known_length", None)
-        if known is not None:
-            return known
-        return self._read_once("_start", cache, layer_idx, counter)
+        return self._read_once("_start", cache, layer_idx, counter, 0)
 
-    def _read_once(self, slot: str, cache, layer_idx: int, counter) -> int:
+    def _read_once(self, slot: str, cache, layer_idx: int, counter, new: int) -> int:
+        known = getattr(cache, "known_length", None)
+        if known is not None:  # the host knows what the counter holds after `new` more positions
+            return known + new
+        return self._read_device(slot, cache, layer_idx, counter)
+
+    def _read_device(self, slot: str, cache, layer_idx: int, counter) -> int:
         memo = getattr(self, slot)
         if memo is None or memo[0] != id(cache) or layer_idx <= memo[1]:
             n = int(counter)  # the one host sync of a static-cache prefill

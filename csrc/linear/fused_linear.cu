@@ -218,12 +218,14 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   const int step_end = min(step_begin + steps_per_warp, num_steps);
 
   // Nothing before pdl_wait() may touch x or y (the previous kernel may still write x, or read
-  // what y overwrites); the weights are constant, so the first `prefetch_bytes` of each of the
-  // warp's 16 rows (its k range: 64 bytes a step) are pulled into L2 while the previous kernel
-  // finishes: one prefetch per 128-byte line, lane -> (row lane % 16, every other line). HBM then
+  // what y overwrites); the weights are constant, so they start moving while the previous kernel
+  // finishes: the staged kernel issues its first NB batches into the ring; the register kernel
+  // pulls the first `prefetch_bytes` of each of the warp's 16 rows (its k range: 64 bytes a step)
+  // into L2, one prefetch per 128-byte line, lane -> (row lane % 16, every other line). HBM then
   // stays busy across the previous kernel's tail and this one's start. The next kernel may
   // launch once this one runs (after the wait: one kernel of lookahead, see pdl_prologue in
   // autoglm_kernels/triton).
+  constexpr int kRingSlots = NB > 0 ? NB : 1;
   uint4* const ring = ring_smem + warp * (NB * kUnroll * 64);
   // Copies this lane's 16 bytes of rows lo and hi for the kUnroll steps from s0 into `slot`
   // (steps out of range: nothing; the consumer zeroes them by the same predicate).
@@ -277,7 +279,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   int batch = 0;
   for (int step = step_begin; step < step_end; step += kUnroll, ++batch) {
     uint32_t a_lo[kUnroll][4], a_hi[kUnroll][4], b[kUnroll][MT][4];
-    uint4* slot = ring + (NB > 0 ? batch % (NB > 0 ? NB : 1) : 0) * kUnroll * 64;
+    uint4* slot = ring + (batch % kRingSlots) * kUnroll * 64;  // NB = 0: unused
     if constexpr (NB > 0) cp_async_wait<NB - 1>();  // this batch's group (NB groups ago) has landed
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -462,7 +464,7 @@ int resident_blocks(int warps) {
 
 // Batches of weights each warp keeps in flight through shared memory (0: the register-only
 // kernel). Measured on the H100 (bench_linear, M = 1 / 16): the ring (2 batches) took the 1-2B
-// models' GEMVs from 48-76% to 62-81% of read bandwidth at M <= 8 (GLM-4 qkv 18.4 -> 15.6 us,
+// models' GEMVs from 46-80% to 62-81% of read bandwidth at M = 1 (bench/results/..._1023_...) (GLM-4 qkv 18.4 -> 15.6 us,
 // below cuBLAS's 16.3), but made most M = 16 cases slower (its 512-thread blocks then hold 128 KB
 // of ring, one per SM), so M > 8 keeps the register kernel. AUTOGLM_GEMV_STAGES (0, 2 or 3)
 // overrides both (a tuning knob; read once per process).
