@@ -644,7 +644,7 @@ def test_patched_prompt_over_fresh_cache_reads_no_device_length(name, monkeypatc
     if name.startswith("opt"):
         cfg.hidden_size = cfg.word_embed_proj_dim = 64 * cfg.num_attention_heads
     model = AutoModelForCausalLM.from_config(cfg).eval()
-    ids = torch.randint(1, 500, (1, 7))
+    ids = torch.randint(1, 500, (1, 20))  # > DECODE_MAX_Q (16): the prompt path, which slices the cache
     ref = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
 
     def no_read(*a, **k):
@@ -652,7 +652,7 @@ def test_patched_prompt_over_fresh_cache_reads_no_device_length(name, monkeypatc
 
     monkeypatch.setattr(layers.Runtime, "_read_device", no_read)
     patch_model(model)
-    eng = engine.install(model, capture=False, min_cache_len=32)
+    eng = engine.install(model, capture=False, min_cache_len=64)
     try:
         for _ in range(2):
             torch.testing.assert_close(model.generate(input_ids=ids, max_new_tokens=6, do_sample=False), ref,
