@@ -116,10 +116,17 @@ if NATIVE_OK:
         n = weight.shape[0] // 2 if activation == "gated_silu" else weight.shape[0]
         return x.new_empty((*x.shape[:-1], n))
 
+    @torch.library.register_fake("autoglm::gated_mlp")
+    def _gated_mlp_fake(x, gate_up, gate_up_bias, down, down_bias=None):
+        torch._check(gate_up.dim() == 2 and x.shape[-1] == gate_up.shape[1], lambda: "gated_mlp: K mismatch")
+        torch._check(down.dim() == 2 and 2 * down.shape[1] == gate_up.shape[0], lambda: "gated_mlp: inner mismatch")
+        return x.new_empty((*x.shape[:-1], down.shape[0]))
+
 
 _FUSED_LINEAR_NATIVE = {dev: _native_reason(dev) for dev in ("cpu", "cuda")}
 KERNELS["fused_linear (CUDA GEMV M<=16 / cuBLASLt epilogue)"] = _FUSED_LINEAR_NATIVE["cuda"]
 KERNELS["fused_linear (CPU reference)"] = _FUSED_LINEAR_NATIVE["cpu"]
+KERNELS["gated_mlp (CUDA: two GEMVs, silu-multiply fused)"] = _FUSED_LINEAR_NATIVE["cuda"]
 
 
 def stock_activation(y: torch.Tensor, activation: str) -> torch.Tensor:
@@ -143,19 +150,8 @@ def _fused_linear_torch(x, weight, bias, activation: str) -> torch.Tensor:
     return stock_activation(y, activation).to(x.dtype)
 
 
-def fused_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, activation: str = "none"
-) -> torch.Tensor:
-    """y = act(x @ weight^T + bias), with the activation fused into the matmul's epilogue.
-
-    x: [..., K]; weight: [N, K] contiguous (nn.Linear layout); bias: [N] or None; all one dtype
-    (bf16/fp16 on CUDA, fp32 accumulate; any float dtype on CPU, computed in fp32).
-    activation: none | relu | gelu (tanh approximation) | silu | gated_silu. gated_silu: weight
-    is [gate; up] stacked along N (gate first, like GLM4's gate_up_proj) and
-    y = silu(x @ Wg^T + bg) * (x @ Wu^T + bu), of width N/2.
-    Returns [..., N] (gated_silu: [..., N/2]). On CUDA, up to 16 rows of x run a handwritten
-    weight-streaming GEMV (decode); more rows run cuBLAS with the epilogue fused where it can be.
-    """
+def _check_linear(x, weight, bias, activation: str) -> None:
+    """fused_linear's input checks (clear errors instead of a failure in a kernel)."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
     check_tensor("weight", weight, dtypes=FLOAT_DTYPES, dim=2)
     if bias is not None:
@@ -177,9 +173,59 @@ def fused_linear(
     if not weight.is_contiguous():
         raise ValueError(f"fused_linear: weight must be contiguous (got strides {weight.stride()} for shape "
                          f"{tuple(weight.shape)}); call .contiguous() once at load time")
+
+
+def fused_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, activation: str = "none"
+) -> torch.Tensor:
+    """y = act(x @ weight^T + bias), with the activation fused into the matmul's epilogue.
+
+    x: [..., K]; weight: [N, K] contiguous (nn.Linear layout); bias: [N] or None; all one dtype
+    (bf16/fp16 on CUDA, fp32 accumulate; any float dtype on CPU, computed in fp32).
+    activation: none | relu | gelu (tanh approximation) | silu | gated_silu. gated_silu: weight
+    is [gate; up] stacked along N (gate first, like GLM4's gate_up_proj) and
+    y = silu(x @ Wg^T + bg) * (x @ Wu^T + bu), of width N/2.
+    Returns [..., N] (gated_silu: [..., N/2]). On CUDA, up to 16 rows of x run a handwritten
+    weight-streaming GEMV (decode); more rows run cuBLAS with the epilogue fused where it can be.
+    """
+    _check_linear(x, weight, bias, activation)
     if _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0]:
         return torch.ops.autoglm.fused_linear.default(x.contiguous(), weight, bias, activation)
     return _fused_linear_torch(x, weight, bias, activation)
+
+
+def gated_mlp(
+    x: torch.Tensor, gate_up: torch.Tensor, gate_up_bias: Optional[torch.Tensor], down: torch.Tensor,
+    down_bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The gated MLP down(silu(gate) * up), [gate; up] = x @ gate_up^T + gate_up_bias.
+
+    x: [..., K]; gate_up: [2I, K] (gate rows first, like GLM4's gate_up_proj); down: [N, I];
+    biases [2I] / [N] or None; one dtype. Returns [..., N]. The hidden activation is rounded to
+    x's dtype between the projections, as in the stock MLP. On CUDA at decode (<= 16 rows) it is
+    two kernels: the gated GEMV then the down GEMV, or, where gate_up is too big for the GEMV,
+    cuBLAS then the down GEMV computing silu(gate) * up as it loads its input; the separate
+    silu-multiply kernel of fused_linear's cuBLAS path is gone either way.
+    """
+    _check_linear(x, gate_up, gate_up_bias, "gated_silu")
+    check_tensor("down", down, dtypes=FLOAT_DTYPES, dim=2)
+    if down_bias is not None:
+        check_tensor("down_bias", down_bias, dtypes=FLOAT_DTYPES, dim=1)
+    check_same("device", x=x, down=down, down_bias=down_bias)
+    check_same("dtype", x=x, down=down, down_bias=down_bias)
+    inner = gate_up.shape[0] // 2
+    if down.shape[1] != inner:
+        raise ValueError(f"gated_mlp: gate_up {tuple(gate_up.shape)} gives {inner} features but down is "
+                         f"{tuple(down.shape)}; expected [N, {inner}]")
+    if down_bias is not None and down_bias.shape[0] != down.shape[0]:
+        raise ValueError(f"gated_mlp: down_bias must be [N] = [{down.shape[0]}], got {tuple(down_bias.shape)}")
+    if not down.is_contiguous():
+        raise ValueError(f"gated_mlp: down must be contiguous (got strides {down.stride()} for shape "
+                         f"{tuple(down.shape)}); call .contiguous() once at load time")
+    if _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0]:
+        return torch.ops.autoglm.gated_mlp.default(x.contiguous(), gate_up, gate_up_bias, down, down_bias)
+    h = _fused_linear_torch(x, gate_up, gate_up_bias, "gated_silu")
+    return _fused_linear_torch(h, down, down_bias, "none")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,4 +33,7 @@ TORCH_LIBRARY(autoglm, m) {
   // y = act(x @ weight^T + bias). activation: none | relu | gelu (tanh) | silu | gated_silu.
   // gated_silu: weight is [gate; up] stacked along N (gate first); y = silu(gate) * up, width N/2.
   m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias=None, str activation='none') -> Tensor");
+  // The gated MLP: down(silu(gate) * up), [gate; up] = x @ gate_up^T + gate_up_bias (gate first);
+  // gate_up [2I, K], down [N, I]. On CUDA two kernels at decode (no silu-multiply kernel between).
+  m.def("gated_mlp(Tensor x, Tensor gate_up, Tensor? gate_up_bias, Tensor down, Tensor? down_bias=None) -> Tensor");
 }

@@ -113,7 +113,7 @@ def test_cpu_opcheck(act, bias):
 
 
 def test_kernels_listed_for_doctor():
-    names = [k for k in ops.KERNELS if k.startswith("fused_linear")]
+    names = [k for k in ops.KERNELS if k.startswith("fused_linear")]  # gated_mlp shares their binary
     assert len(names) == 2
     for name in names:
         ok, why = ops.KERNELS[name]
@@ -296,3 +296,161 @@ def test_gpu_reference_shapes_decode(K, N, act, dtype):
     for M in (1, 16):
         x, w, b = make(M, K, N, dtype, "cuda")
         assert_within_2x_stock(ops.fused_linear(x, w, b, act), x, w, b, act)
+
+
+# ---------------------------------------------------------------------------------------------
+# gated_mlp: down(silu(gate) * up) as one op
+# ---------------------------------------------------------------------------------------------
+def make_mlp(M, K, inner, N, dtype, device, bias=True, lead=None):
+    """x [M, K], gate_up [2 inner, K] (gate rows first), down [N, inner], biases or None."""
+    x, gu, bg = make(M, K, 2 * inner, dtype, device, bias, lead)
+    _, wd, bd = make(1, inner, N, dtype, device, bias)
+    return x, gu, bg, wd, bd
+
+
+def mlp_reference(x, gu, bg, wd, bd):
+    """float64 reference of the whole MLP."""
+    return reference(reference(x, gu, bg, "gated_silu"), wd, bd, "none")
+
+
+def mlp_stock(x, gu, bg, wd, bd):
+    """The stock MLP in x's dtype: linear, chunk + silu + mul, linear."""
+    return stock(stock(x, gu, bg, "gated_silu"), wd, bd, "none")
+
+
+def assert_mlp_within_2x_stock(out, x, gu, bg, wd, bd):
+    ref = mlp_reference(x, gu, bg, wd, bd)
+    assert out.shape == ref.shape and out.dtype == x.dtype
+    assert torch.isfinite(out).all()
+    err = (out.double() - ref).abs().max().item()
+    stock_err = (mlp_stock(x, gu, bg, wd, bd).double() - ref).abs().max().item()
+    eps = torch.finfo(x.dtype).eps * max(ref.abs().max().item(), 1e-3)
+    assert err <= 2 * stock_err + eps, f"error {err:.3g} vs stock {stock_err:.3g} (eps {eps:.2g})"
+
+
+@needs_native
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("M,K,inner,N", [(1, 7, 3, 6), (3, 33, 18, 5), (17, 64, 40, 46), (0, 16, 8, 4)])
+def test_cpu_gated_mlp_matches_reference(M, K, inner, N, bias):
+    x, gu, bg, wd, bd = make_mlp(M, K, inner, N, torch.float32, "cpu", bias)
+    torch.testing.assert_close(ops.gated_mlp(x, gu, bg, wd, bd).double(), mlp_reference(x, gu, bg, wd, bd),
+                               atol=1e-4, rtol=1e-4)
+
+
+@needs_native
+def test_cpu_gated_mlp_equals_two_fused_linears():
+    """The op is the composition it replaces (the hidden activation rounded to x's dtype between)."""
+    x, gu, bg, wd, bd = make_mlp(0, 40, 24, 10, torch.bfloat16, "cpu", lead=(2, 3))
+    h = ops.fused_linear(x, gu, bg, "gated_silu")
+    out = ops.gated_mlp(x, gu, bg, wd, bd)
+    assert out.shape == (2, 3, 10)
+    assert torch.equal(out, ops.fused_linear(h, wd, bd))
+
+
+@needs_native
+@pytest.mark.parametrize("bias", [True, False])
+def test_cpu_gated_mlp_opcheck(bias):
+    x, gu, bg, wd, bd = make_mlp(3, 16, 8, 6, torch.float32, "cpu", bias)
+    torch.library.opcheck(torch.ops.autoglm.gated_mlp.default, (x, gu, bg, wd, bd),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize(
+    "case,exc,match",
+    [
+        ("inner_mismatch", ValueError, r"expected \[N, 8\]"),
+        ("odd_gate_up", ValueError, "even N"),
+        ("down_dtype", TypeError, "share one dtype"),
+        ("down_device", ValueError, "share one device"),
+        ("down_noncontig", ValueError, "contiguous"),
+        ("down_bias_size", ValueError, r"down_bias must be \[N\]"),
+        ("down_1d", ValueError, "2 dims"),
+        ("k_mismatch", ValueError, "K=12"),
+    ],
+)
+def test_gated_mlp_bad_input_errors(case, exc, match):
+    x, gu, bg, wd, bd = make_mlp(2, 16, 8, 5, torch.float32, "cpu")
+    if case == "inner_mismatch":
+        wd = torch.randn(5, 9)
+    elif case == "odd_gate_up":
+        gu, bg = torch.randn(15, 16), None
+    elif case == "down_dtype":
+        wd = wd.half()
+    elif case == "down_device":
+        wd = wd.to("meta")
+    elif case == "down_noncontig":
+        wd = torch.randn(8, 5).t()
+    elif case == "down_bias_size":
+        bd = torch.randn(4)
+    elif case == "down_1d":
+        wd = wd[0]
+    elif case == "k_mismatch":
+        x = torch.randn(2, 12)
+    with pytest.raises(exc, match=match):
+        ops.gated_mlp(x, gu, bg, wd, bd)
+
+
+@needs_native
+@pytest.mark.parametrize("case", ["inner", "down_dtype", "down_bias", "odd_gate_up"])
+def test_native_gated_mlp_checks_its_arguments(case):
+    """Calling torch.ops.autoglm.gated_mlp directly (no wrapper) still fails cleanly."""
+    x, gu, bg, wd, bd = make_mlp(2, 16, 8, 5, torch.float32, "cpu")
+    if case == "inner":
+        wd = torch.randn(5, 7)
+    elif case == "down_dtype":
+        wd = wd.double()
+    elif case == "down_bias":
+        bd = torch.randn(6)
+    elif case == "odd_gate_up":
+        gu, bg = torch.randn(15, 16), None
+    with pytest.raises((ValueError, TypeError), match="gated_mlp|fused_linear"):
+        torch.ops.autoglm.gated_mlp.default(x, gu, bg, wd, bd)
+
+
+# GPU. Shapes that take each path: both projections through the GEMV (small); gate_up at the
+# 64 MiB cuBLAS threshold with the down GEMV computing silu(gate) * up as it loads x (the
+# Llama-3.2-1B shape, and one with an inner width that is no multiple of the 32-wide k step and
+# an odd N); prefill (M > 16: cuBLAS + silu_mul + cuBLAS); inner % 8 != 0 (down on cuBLAS).
+GATED_IN_SHAPES = [(2048, 8192, 2048), (2048, 8200, 46)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 17, 200])
+@pytest.mark.parametrize("K,inner,N", [(64, 40, 46), (96, 52, 30)] + GATED_IN_SHAPES)
+def test_gpu_gated_mlp_matches_reference(K, inner, N, M, dtype):
+    for bias in (True, False):
+        x, gu, bg, wd, bd = make_mlp(M, K, inner, N, dtype, "cuda", bias)
+        assert_mlp_within_2x_stock(ops.gated_mlp(x, gu, bg, wd, bd), x, gu, bg, wd, bd)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("M", [1, 5, 16])
+@pytest.mark.parametrize("K,inner,N", GATED_IN_SHAPES)
+def test_gpu_gated_in_gemv_equals_silu_mul_then_gemv(K, inner, N, M, dtype):
+    """The down GEMV that computes silu(gate) * up as it loads x rounds each product as the
+    silu_mul kernel does, so it gives the same bits as fused_linear's cuBLAS + silu_mul path
+    followed by the plain GEMV."""
+    x, gu, bg, wd, bd = make_mlp(M, K, inner, N, dtype, "cuda")
+    h = ops.fused_linear(x, gu, bg, "gated_silu")  # cuBLAS (64 MiB weight) + silu_mul
+    assert torch.equal(ops.gated_mlp(x, gu, bg, wd, bd), ops.fused_linear(h, wd, bd))
+
+
+@pytest.mark.gpu
+def test_gpu_gated_mlp_capture_and_opcheck():
+    x, gu, bg, wd, bd = make_mlp(2, 2048, 8192, 256, torch.bfloat16, "cuda")
+    static_x = x.clone()
+    ops.gated_mlp(static_x, gu, bg, wd, bd)  # warm up outside the graph
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = ops.gated_mlp(static_x, gu, bg, wd, bd)
+    new_x = torch.randn_like(x)
+    static_x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_mlp_within_2x_stock(static_out, new_x, gu, bg, wd, bd)
+    for M in (3, 20):
+        args = make_mlp(M, 64, 40, 46, torch.bfloat16, "cuda")
+        torch.library.opcheck(torch.ops.autoglm.gated_mlp.default, args)

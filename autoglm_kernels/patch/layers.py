@@ -248,12 +248,16 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return ops.fused_linear(x, weight, bias, activation=activation)
 
 
-def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel]) -> torch.Tensor:
-    """An output projection (o_proj, down_proj). Tensor-parallel: this rank's input columns give
-    a partial sum, all-reduced, then the replicated bias once (what transformers' rowwise does)."""
+def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel], gate_up=None) -> torch.Tensor:
+    """An output projection (o_proj, down_proj). With gate_up = (weight, bias), x is the MLP's
+    input and the whole gated MLP runs as one op (ops.gated_mlp). Tensor-parallel: this rank's
+    input columns give a partial sum, all-reduced, then the replicated bias once (what
+    transformers' rowwise does)."""
+    w, b = local(lin.weight), (lin.bias if tp is None else None)
+    y = _linear(x, w, b) if gate_up is None else ops.gated_mlp(x, *gate_up, w, b)
     if tp is None:
-        return _linear(x, lin.weight, lin.bias)
-    y = tp.all_reduce_(_linear(x, local(lin.weight), None))
+        return y
+    y = tp.all_reduce_(y)
     return y if lin.bias is None else y + local(lin.bias)
 
 
@@ -506,12 +510,12 @@ def register_attention() -> None:
 # MLP, decoder layer, final norm, lm_head
 # ---------------------------------------------------------------------------------------------
 def mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """Gated MLP: [gate; up] -> silu(gate) * up in one fused_linear, then down_proj. GLM's
+    """Gated MLP: down_proj(silu(gate) * up) as one op (ops.gated_mlp: two kernels at decode). GLM's
     gate_up_proj as it is; Llama's gate_proj/up_proj stacked once at patch time (ctx.gate_up)."""
     no_training(self)
     ctx: MlpCtx = self._autoglm
     w, b = ctx.gate_up.get() if ctx.gate_up is not None else (self.gate_up_proj.weight, self.gate_up_proj.bias)
-    return _out_linear(_linear(x, w, b, "gated_silu"), self.down_proj, ctx.tp)
+    return _out_linear(x, self.down_proj, ctx.tp, gate_up=(w, b))
 
 
 def _inline_mlp(layer: nn.Module, ctx: LayerCtx, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,10 @@
 // Prefill (M > 16) and anything the GEMV does not take (fp32, K % 8 != 0, misaligned weight):
 // the best stock path, with the epilogue fused where cuBLASLt can (relu/gelu + bias) and one
 // fused silu(g)*u kernel for gated_silu instead of chunk + silu + mul.
+//
+// autoglm::gated_mlp (the whole gated MLP, down(silu(gate) * up)) runs the same kernels; where
+// gate_up is too big for the GEMV but down is not (Llama-3.2-1B: 64 MiB gate_up, 32 MiB down),
+// cuBLAS's gate_up output feeds a GEMV that computes silu(gate) * up as it loads x (GATED_IN).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -148,6 +152,24 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
 
 __device__ __forceinline__ float silu_f(float v) { return v / (1.0f + __expf(-v)); }
 
+// load_x of silu(gate) * up for the 8 elements at p (gate) and p + K (up), each product rounded to
+// T as silu_mul_kernel rounds it (the GEMV's results match silu_mul + GEMV bit for bit).
+template <typename T>
+__device__ __forceinline__ void load_x_silu_mul(uint32_t (&r)[4], const T* p, int K) {
+  const uint4 gv = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint4 uv = __ldg(reinterpret_cast<const uint4*>(p + K));
+  const T* ge = reinterpret_cast<const T*>(&gv);
+  const T* ue = reinterpret_cast<const T*>(&uv);
+  uint4 ov;
+  T* oe = reinterpret_cast<T*>(&ov);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) oe[e] = Num<T>::from_float(silu_f(Num<T>::to_float(ge[e])) * Num<T>::to_float(ue[e]));
+  r[0] = ov.x;
+  r[1] = ov.y;
+  r[2] = ov.z;
+  r[3] = ov.w;
+}
+
 template <Act ACT>
 __device__ __forceinline__ float activate(float v) {
   if constexpr (ACT == Act::kRelu) return fmaxf(v, 0.0f);
@@ -170,13 +192,17 @@ __device__ __forceinline__ float activate(float v) {
 // Registers: MT = 1 fits 64 (two 512-thread blocks per SM); MT = 2 needs ~110 to keep all
 // kUnroll steps' loads in flight without spilling, so one 512-thread block per SM.
 //
+// GATED_IN (down projection of a gated MLP): x is [M, 2K] = [gate | up] and the GEMV's input is
+// silu(gate) * up, computed (and rounded to T, exactly as silu_mul_kernel does) as x is loaded,
+// so the separate silu-multiply kernel between the two projections is gone.
+//
 // NB > 0 (staged): the weights go through a per-warp ring of NB batches (kUnroll steps each, 1 KB
 // a step) in shared memory, filled by cp.async NB batches ahead: the first NB batches are issued
 // before the PDL wait and each consumed batch is refilled at once, so 4 * NB KB of every warp's
 // weight stream stay in flight (NB = 0: one batch of loads into registers at a time, 4 KB, with
 // the first batch prefetched into L2 before the wait). Each lane reads back only the 16 bytes it
 // copied, so the ring needs no barrier.
-template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB>
+template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool GATED_IN>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes) {
@@ -210,7 +236,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   for (int mt = 0; mt < MT; ++mt) {
     const int m = mt * 8 + g;
     ok_x[mt] = m < M;
-    x_row[mt] = x + static_cast<int64_t>(ok_x[mt] ? m : 0) * K + 8 * t;
+    x_row[mt] = x + static_cast<int64_t>(ok_x[mt] ? m : 0) * (GATED_IN ? 2 * K : K) + 8 * t;
   }
 
   const int num_steps = (K + kStepK - 1) / kStepK;
@@ -314,7 +340,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         if (ok && ok_x[mt]) {
-          load_x(b[u][mt], x_row[mt] + k);
+          if constexpr (GATED_IN) {
+            load_x_silu_mul(b[u][mt], x_row[mt] + k, K);
+          } else {
+            load_x(b[u][mt], x_row[mt] + k);
+          }
         } else {
           b[u][mt][0] = b[u][mt][1] = b[u][mt][2] = b[u][mt][3] = 0u;
         }
@@ -450,12 +480,12 @@ void allow_ring(Kernel kernel, int nb) {
 
 // Blocks of `warps` warps that fit on one SM at once (registers, shared memory), cached per
 // kernel and block size (a host-side query; safe during graph capture).
-template <typename T, int MT, Act ACT, int NB>
+template <typename T, int MT, Act ACT, int NB, bool GATED_IN>
 int resident_blocks(int warps) {
   static int cache[kMaxWarps + 1] = {};
   if (cache[warps] == 0) {
     int n = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB>, 32 * warps,
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, GATED_IN>, 32 * warps,
                                                                  ring_bytes(NB, warps)));
     cache[warps] = n > 0 ? n : 1;
   }
@@ -514,17 +544,18 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
 }
 
-template <typename scalar_t, int MT, Act ACT, int NB>
+// x: [M, K] ([M, 2K] = [gate | up] when GATED_IN), w: [N, K], y: [M, n_out].
+template <typename scalar_t, int MT, Act ACT, int NB, bool GATED_IN>
 void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out) {
   using T = typename CudaType<scalar_t>::type;
   static const bool prepared = [] {  // before the occupancy query, which counts the ring
-    allow_ring(gemv_kernel<T, MT, ACT, false, NB>, NB);
-    allow_ring(gemv_kernel<T, MT, ACT, true, NB>, NB);
+    allow_ring(gemv_kernel<T, MT, ACT, false, NB, GATED_IN>, NB);
+    allow_ring(gemv_kernel<T, MT, ACT, true, NB, GATED_IN>, NB);
     return true;
   }();
   (void)prepared;
-  const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1)), N = static_cast<int>(w.size(0));
+  const int M = static_cast<int>(x.size(0)), K = static_cast<int>(w.size(1)), N = static_cast<int>(w.size(0));
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
   // Split K over more warps while the grid is small (aim for ~16 warps per SM), keeping at
@@ -535,7 +566,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT, NB>(2 * warps)) * sms)
+         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, GATED_IN>(2 * warps)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
@@ -546,18 +577,19 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const T* bp = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr<scalar_t>()) : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
-  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB> : gemv_kernel<T, MT, ACT, false, NB>, grid, block,
+  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, GATED_IN> : gemv_kernel<T, MT, ACT, false, NB, GATED_IN>,
+             grid, block,
              ring_bytes(NB, warps), stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp,
              prefetch_bytes);
 }
 
-template <typename scalar_t, int MT, Act ACT>
+template <typename scalar_t, int MT, Act ACT, bool GATED_IN = false>
 void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                      int64_t n_out) {
   switch (gemv_stages(MT)) {
-    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0>(x, w, bias, y, n_out);
-    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3>(x, w, bias, y, n_out);
-    default: return launch_gemv_nb<scalar_t, MT, ACT, 2>(x, w, bias, y, n_out);
+    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, GATED_IN>(x, w, bias, y, n_out);
+    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, GATED_IN>(x, w, bias, y, n_out);
+    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, GATED_IN>(x, w, bias, y, n_out);
   }
 }
 
@@ -580,6 +612,17 @@ void launch_gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<a
     launch_gemv_mt<scalar_t, 1>(x, w, bias, y, act, n_out);
   } else {
     launch_gemv_mt<scalar_t, 2>(x, w, bias, y, act, n_out);
+  }
+}
+
+// y = (silu(gu[:, :K]) * gu[:, K:]) @ w^T + bias for gu [M, 2K] = [gate | up], w [N, K].
+template <typename scalar_t>
+void launch_gemv_gated_in(const at::Tensor& gu, const at::Tensor& w, const std::optional<at::Tensor>& bias,
+                          at::Tensor& y) {
+  if (gu.size(0) <= 8) {
+    launch_gemv_act<scalar_t, 1, Act::kNone, true>(gu, w, bias, y, w.size(0));
+  } else {
+    launch_gemv_act<scalar_t, 2, Act::kNone, true>(gu, w, bias, y, w.size(0));
   }
 }
 
@@ -622,35 +665,71 @@ at::Tensor gemm_path(const at::Tensor& x2, const at::Tensor& weight, const std::
   }
 }
 
+// Whether M rows of `dtype` against weight [N, K] take the handwritten GEMV (else gemm_path).
+bool gemv_takes(at::ScalarType dtype, int64_t M, const at::Tensor& weight) {
+  const int64_t N = weight.size(0), K = weight.size(1);
+  const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
+  return reduced && M >= 1 && M <= kMaxGemvRows && N >= 1 && K >= 8 && K % 8 == 0 && N <= INT32_MAX / 2 &&
+         K <= INT32_MAX / 2 && aligned16(weight) && N * K * int64_t(weight.element_size()) < max_gemv_weight_bytes();
+}
+
+// x2 [M, K] ([M, 2K] = [gate | up] when gated_in) as a contiguous, 16-byte aligned copy or view.
+at::Tensor gemv_input(const at::Tensor& x2) {
+  at::Tensor c = x2.contiguous();
+  return aligned16(c) ? c : c.clone(at::MemoryFormat::Contiguous);  // a fresh allocation is aligned
+}
+
+// act(x2 @ weight^T + b) for 2-D x2 [M, K]: the GEMV where it takes the shape, else gemm_path.
+at::Tensor linear_2d(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& b, Act act,
+                     int64_t n_out) {
+  const int64_t M = x2.size(0);
+  if (!gemv_takes(x2.scalar_type(), M, weight)) return gemm_path(x2, weight, b, act);
+  const at::Tensor xc = gemv_input(x2);
+  at::Tensor y2 = at::empty({M, n_out}, x2.options());
+  if (x2.scalar_type() == at::kBFloat16) {
+    launch_gemv<at::BFloat16>(xc, weight, b, y2, act, n_out);
+  } else {
+    launch_gemv<at::Half>(xc, weight, b, y2, act, n_out);
+  }
+  return y2;
+}
+
 at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                              c10::string_view activation) {
   const Act act = parse_activation(activation);
   const int64_t n_out = check_args(x, weight, bias, act);
   TORCH_CHECK_VALUE(x.is_cuda(), "fused_linear: x must be a CUDA tensor here, got ", x.device());
   const c10::cuda::OptionalCUDAGuard guard(x.device());
-
-  const int64_t K = x.size(-1), N = weight.size(0);
-  at::Tensor x2 = rows_2d(x);
-  const int64_t M = x2.size(0);
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
+  return linear_2d(rows_2d(x), weight, b, act, n_out).reshape(out_shape(x, n_out));
+}
 
-  const bool reduced = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
-  const bool gemv = reduced && M >= 1 && M <= kMaxGemvRows && N >= 1 && K >= 8 && K % 8 == 0 &&
-                    N <= INT32_MAX / 2 && K <= INT32_MAX / 2 && aligned16(weight) &&
-                    N * K * int64_t(weight.element_size()) < max_gemv_weight_bytes();
+// down(silu(gate) * up) with [gate; up] = x @ gate_up^T + gate_up_bias, in at most two kernels:
+// the gated GEMV (silu-multiply in its epilogue) then down_proj; or, where gate_up is too big for
+// the GEMV (cuBLAS streams it faster), cuBLAS then the down GEMV with the silu-multiply in its
+// input load; or, for prefill, cuBLAS + silu_mul + cuBLAS.
+at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const std::optional<at::Tensor>& gate_up_bias,
+                          const at::Tensor& down, const std::optional<at::Tensor>& down_bias) {
+  const int64_t n_out = check_mlp_args(x, gate_up, gate_up_bias, down, down_bias);
+  TORCH_CHECK_VALUE(x.is_cuda(), "gated_mlp: x must be a CUDA tensor here, got ", x.device());
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  std::optional<at::Tensor> bg, bd;
+  if (gate_up_bias.has_value()) bg = gate_up_bias->contiguous();
+  if (down_bias.has_value()) bd = down_bias->contiguous();
+  const at::Tensor x2 = rows_2d(x);
+  const int64_t M = x2.size(0), inner = down.size(1);
   at::Tensor y2;
-  if (gemv) {
-    x2 = x2.contiguous();
-    if (!aligned16(x2)) x2 = x2.clone(at::MemoryFormat::Contiguous);  // a fresh allocation is aligned
+  if (!gemv_takes(x.scalar_type(), M, gate_up) && gemv_takes(x.scalar_type(), M, down)) {
+    const at::Tensor gu = gemv_input(at::linear(x2, gate_up, bg));  // [M, 2 inner] = [gate | up]
     y2 = at::empty({M, n_out}, x.options());
     if (x.scalar_type() == at::kBFloat16) {
-      launch_gemv<at::BFloat16>(x2, weight, b, y2, act, n_out);
+      launch_gemv_gated_in<at::BFloat16>(gu, down, bd, y2);
     } else {
-      launch_gemv<at::Half>(x2, weight, b, y2, act, n_out);
+      launch_gemv_gated_in<at::Half>(gu, down, bd, y2);
     }
   } else {
-    y2 = gemm_path(x2, weight, b, act);
+    y2 = linear_2d(linear_2d(x2, gate_up, bg, Act::kGatedSilu, inner), down, bd, Act::kNone, n_out);
   }
   return y2.reshape(out_shape(x, n_out));
 }
@@ -659,4 +738,7 @@ at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight, cons
 }  // namespace linear
 }  // namespace autoglm
 
-TORCH_LIBRARY_IMPL(autoglm, CUDA, m) { m.impl("fused_linear", &autoglm::linear::fused_linear_cuda); }
+TORCH_LIBRARY_IMPL(autoglm, CUDA, m) {
+  m.impl("fused_linear", &autoglm::linear::fused_linear_cuda);
+  m.impl("gated_mlp", &autoglm::linear::gated_mlp_cuda);
+}

@@ -27,33 +27,52 @@ inline Act parse_activation(c10::string_view name) {
   return Act::kNone;
 }
 
+// weight [N, K] (and bias [N]) against x's dtype and device and the input width K; returns N.
+// `op` and `name` (the weight's name) label the errors.
+inline int64_t check_weight(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            int64_t K, const char* op = "fused_linear", const char* name = "weight") {
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": ", name, " dtype ", weight.scalar_type(),
+                   " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": ", name, " must be 2-D [N, K], got ", weight.dim(), " dims");
+  TORCH_CHECK_VALUE(weight.is_contiguous(), op, ": ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(x.device() == weight.device(), op, ": x on ", x.device(), " but ", name, " on ", weight.device());
+  const int64_t N = weight.size(0);
+  TORCH_CHECK_VALUE(weight.size(1) == K, op, ": the input has K=", K, " but ", name, " is [", N, ", ", weight.size(1),
+                    "]");
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": ", name, "'s bias dtype ", b.scalar_type(),
+                     " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK_VALUE(b.device() == x.device(), op, ": ", name, "'s bias on ", b.device(), " but x on ", x.device());
+    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == N, op, ": ", name, "'s bias must be [", N, "], got ", b.sizes());
+  }
+  return N;
+}
+
 // Checks shared by every device; returns the output width (N, or N/2 for gated_silu).
 inline int64_t check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           Act act) {
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fused_linear: x must be floating point, got ",
                    x.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "fused_linear: weight dtype ", weight.scalar_type(),
-                   " differs from x dtype ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() >= 1, "fused_linear: x must have at least 1 dim");
-  TORCH_CHECK_VALUE(weight.dim() == 2, "fused_linear: weight must be 2-D [N, K], got ", weight.dim(), " dims");
-  TORCH_CHECK_VALUE(weight.is_contiguous(), "fused_linear: weight must be contiguous");
-  TORCH_CHECK_VALUE(x.device() == weight.device(), "fused_linear: x on ", x.device(), " but weight on ",
-                    weight.device());
-  const int64_t K = x.size(-1), N = weight.size(0);
-  TORCH_CHECK_VALUE(weight.size(1) == K, "fused_linear: x has K=", K, " but weight is [", N, ", ", weight.size(1),
-                    "]");
-  if (bias.has_value()) {
-    const at::Tensor& b = *bias;
-    TORCH_CHECK_TYPE(b.scalar_type() == x.scalar_type(), "fused_linear: bias dtype ", b.scalar_type(),
-                     " differs from x dtype ", x.scalar_type());
-    TORCH_CHECK_VALUE(b.device() == x.device(), "fused_linear: bias on ", b.device(), " but x on ", x.device());
-    TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == N, "fused_linear: bias must be [", N, "], got ", b.sizes());
-  }
+  const int64_t N = check_weight(x, weight, bias, x.size(-1));
   if (act == Act::kGatedSilu) {
     TORCH_CHECK_VALUE(N % 2 == 0, "fused_linear: gated_silu needs an even N (gate and up halves), got N=", N);
     return N / 2;
   }
   return N;
+}
+
+// Checks of gated_mlp(x, gate_up, gate_up_bias, down, down_bias) = down(silu(gate) * up), where
+// [gate; up] = x @ gate_up^T + gate_up_bias: gate_up [2I, K], down [N, I]; returns N.
+inline int64_t check_mlp_args(const at::Tensor& x, const at::Tensor& gate_up,
+                              const std::optional<at::Tensor>& gate_up_bias, const at::Tensor& down,
+                              const std::optional<at::Tensor>& down_bias) {
+  const int64_t inner = check_args(x, gate_up, gate_up_bias, Act::kGatedSilu);
+  TORCH_CHECK_VALUE(down.dim() == 2 && down.size(1) == inner, "gated_mlp: gate_up gives ", inner,
+                    " features (half of its N=", gate_up.size(0), ") but the down weight is ", down.sizes(),
+                    "; expected [N, ", inner, "]");
+  return check_weight(x, down, down_bias, inner, "gated_mlp", "down");
 }
 
 // x [..., K] as [M, K] (a view where possible); also right for K == 0, where reshape(-1, K) is not.
