@@ -111,13 +111,14 @@ LINEAR_GEMV_MAX_ROWS = 16  # rows of x up to which CUDA runs the handwritten GEM
 if NATIVE_OK:
 
     @torch.library.register_fake("autoglm::fused_linear")
-    def _fused_linear_fake(x, weight, bias=None, activation="none"):
+    def _fused_linear_fake(x, weight, bias=None, activation="none", norm_weight=None, norm_eps=1e-6, residual=None):
         torch._check(weight.dim() == 2 and x.shape[-1] == weight.shape[1], lambda: "fused_linear: K mismatch")
         n = weight.shape[0] // 2 if activation == "gated_silu" else weight.shape[0]
         return x.new_empty((*x.shape[:-1], n))
 
     @torch.library.register_fake("autoglm::gated_mlp")
-    def _gated_mlp_fake(x, gate_up, gate_up_bias, down, down_bias=None):
+    def _gated_mlp_fake(x, gate_up, gate_up_bias, down, down_bias=None, norm_weight=None, norm_eps=1e-6,
+                        residual=None):
         torch._check(gate_up.dim() == 2 and x.shape[-1] == gate_up.shape[1], lambda: "gated_mlp: K mismatch")
         torch._check(down.dim() == 2 and 2 * down.shape[1] == gate_up.shape[0], lambda: "gated_mlp: inner mismatch")
         return x.new_empty((*x.shape[:-1], down.shape[0]))
@@ -150,6 +151,35 @@ def _fused_linear_torch(x, weight, bias, activation: str) -> torch.Tensor:
     return stock_activation(y, activation).to(x.dtype)
 
 
+def stock_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Llama/Qwen/GLM RMSNorm in torch ops: what the norm prologue computes."""
+    xf = x.float()
+    n = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (n.float() * weight.float()).to(x.dtype)
+
+
+def _check_prologue(op: str, x, norm_weight, norm_eps, residual, out_shape) -> None:
+    """The optional norm weight [K] and residual (the output's shape) of fused_linear / gated_mlp."""
+    if norm_weight is not None:
+        check_tensor("norm_weight", norm_weight, dtypes=FLOAT_DTYPES, dim=1)
+        if norm_weight.shape[0] != x.shape[-1]:
+            raise ValueError(f"{op}: norm_weight must be [K] = [{x.shape[-1]}], got {tuple(norm_weight.shape)}")
+        if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
+            raise ValueError(f"{op}: norm_eps must be a number > 0, got {norm_eps!r}")
+    if residual is not None:
+        check_tensor("residual", residual, dtypes=FLOAT_DTYPES)
+        if tuple(residual.shape) != tuple(out_shape):
+            raise ValueError(f"{op}: residual must have the output's shape {tuple(out_shape)}, got {tuple(residual.shape)}")
+    check_same("device", x=x, norm_weight=norm_weight, residual=residual)
+    check_same("dtype", x=x, norm_weight=norm_weight, residual=residual)
+
+
+def _with_prologue(fn, x, norm_weight, norm_eps, residual):
+    """fn(x) with x through the RMSNorm first and the residual added after (plain torch)."""
+    y = fn(x if norm_weight is None else stock_rms_norm(x, norm_weight, norm_eps))
+    return y if residual is None else y + residual
+
+
 def _check_linear(x, weight, bias, activation: str) -> None:
     """fused_linear's input checks (clear errors instead of a failure in a kernel)."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
@@ -176,7 +206,8 @@ def _check_linear(x, weight, bias, activation: str) -> None:
 
 
 def fused_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, activation: str = "none"
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, activation: str = "none",
+    norm_weight: Optional[torch.Tensor] = None, norm_eps: float = 1e-6, residual: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """y = act(x @ weight^T + bias), with the activation fused into the matmul's epilogue.
 
@@ -187,16 +218,26 @@ def fused_linear(
     y = silu(x @ Wg^T + bg) * (x @ Wu^T + bu), of width N/2.
     Returns [..., N] (gated_silu: [..., N/2]). On CUDA, up to 16 rows of x run a handwritten
     weight-streaming GEMV (decode); more rows run cuBLAS with the epilogue fused where it can be.
+    norm_weight ([K]): x goes through transformers' RMSNorm (norm_eps) first; residual (the
+    output's shape): added to the output, rounded as `residual + out`. The GEMV does both inside
+    its one kernel (a decoder layer's norm and residual-add kernels are gone); elsewhere they are
+    separate ops (see fuses_prologue).
     """
     _check_linear(x, weight, bias, activation)
+    if norm_weight is not None or residual is not None:
+        n = weight.shape[0] // 2 if activation == "gated_silu" else weight.shape[0]
+        _check_prologue("fused_linear", x, norm_weight, norm_eps, residual, (*x.shape[:-1], n))
     if _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0]:
-        return torch.ops.autoglm.fused_linear.default(x.contiguous(), weight, bias, activation)
-    return _fused_linear_torch(x, weight, bias, activation)
+        return torch.ops.autoglm.fused_linear.default(x.contiguous(), weight, bias, activation, norm_weight,
+                                                      float(norm_eps), residual)
+    return _with_prologue(lambda v: _fused_linear_torch(v, weight, bias, activation), x, norm_weight, norm_eps,
+                          residual)
 
 
 def gated_mlp(
     x: torch.Tensor, gate_up: torch.Tensor, gate_up_bias: Optional[torch.Tensor], down: torch.Tensor,
-    down_bias: Optional[torch.Tensor] = None,
+    down_bias: Optional[torch.Tensor] = None, norm_weight: Optional[torch.Tensor] = None, norm_eps: float = 1e-6,
+    residual: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The gated MLP down(silu(gate) * up), [gate; up] = x @ gate_up^T + gate_up_bias.
 
@@ -205,7 +246,8 @@ def gated_mlp(
     x's dtype between the projections, as in the stock MLP. On CUDA at decode (<= 16 rows) it is
     two kernels: the gated GEMV then the down GEMV, or, where gate_up is too big for the GEMV,
     cuBLAS then the down GEMV computing silu(gate) * up as it loads its input; the separate
-    silu-multiply kernel of fused_linear's cuBLAS path is gone either way.
+    silu-multiply kernel of fused_linear's cuBLAS path is gone either way. norm_weight / residual
+    as in fused_linear: the RMSNorm before gate_up, the residual added after down.
     """
     _check_linear(x, gate_up, gate_up_bias, "gated_silu")
     check_tensor("down", down, dtypes=FLOAT_DTYPES, dim=2)
@@ -222,10 +264,25 @@ def gated_mlp(
     if not down.is_contiguous():
         raise ValueError(f"gated_mlp: down must be contiguous (got strides {down.stride()} for shape "
                          f"{tuple(down.shape)}); call .contiguous() once at load time")
+    if norm_weight is not None or residual is not None:
+        _check_prologue("gated_mlp", x, norm_weight, norm_eps, residual, (*x.shape[:-1], down.shape[0]))
     if _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0]:
-        return torch.ops.autoglm.gated_mlp.default(x.contiguous(), gate_up, gate_up_bias, down, down_bias)
-    h = _fused_linear_torch(x, gate_up, gate_up_bias, "gated_silu")
-    return _fused_linear_torch(h, down, down_bias, "none")
+        return torch.ops.autoglm.gated_mlp.default(x.contiguous(), gate_up, gate_up_bias, down, down_bias, norm_weight,
+                                                   float(norm_eps), residual)
+
+    def mlp(v):
+        return _fused_linear_torch(_fused_linear_torch(v, gate_up, gate_up_bias, "gated_silu"), down, down_bias, "none")
+
+    return _with_prologue(mlp, x, norm_weight, norm_eps, residual)
+
+
+def fuses_prologue(weight: torch.Tensor, rows: int = 1) -> bool:
+    """Whether fused_linear / gated_mlp on `weight` with `rows` rows of input compute a norm
+    prologue and a residual add inside their own kernel (CUDA: the decode GEMV takes the weight;
+    CPU: always, one reference op) rather than as separate ops around cuBLAS."""
+    if not _FUSED_LINEAR_NATIVE.get(weight.device.type, (False, ""))[0]:
+        return False
+    return bool(torch.ops.autoglm.fuses_prologue.default(weight, int(rows)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,10 +30,17 @@ int autoglm_built_with_cuda() {
 }
 
 TORCH_LIBRARY(autoglm, m) {
-  // y = act(x @ weight^T + bias). activation: none | relu | gelu (tanh) | silu | gated_silu.
-  // gated_silu: weight is [gate; up] stacked along N (gate first); y = silu(gate) * up, width N/2.
-  m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias=None, str activation='none') -> Tensor");
-  // The gated MLP: down(silu(gate) * up), [gate; up] = x @ gate_up^T + gate_up_bias (gate first);
-  // gate_up [2I, K], down [N, I]. On CUDA two kernels at decode (no silu-multiply kernel between).
-  m.def("gated_mlp(Tensor x, Tensor gate_up, Tensor? gate_up_bias, Tensor down, Tensor? down_bias=None) -> Tensor");
+  // y = act(norm(x) @ weight^T + bias) + residual. activation: none | relu | gelu (tanh) | silu |
+  // gated_silu. gated_silu: weight is [gate; up] stacked along N (gate first); y = silu(gate) * up,
+  // width N/2. norm_weight (optional, [K]): x goes through transformers' RMSNorm with it and
+  // norm_eps first; residual (optional, the output's shape) is added to the output.
+  m.def("fused_linear(Tensor x, Tensor weight, Tensor? bias=None, str activation='none', Tensor? norm_weight=None, "
+        "float norm_eps=1e-6, Tensor? residual=None) -> Tensor");
+  // The gated MLP: down(silu(gate) * up) + residual, [gate; up] = norm(x) @ gate_up^T + gate_up_bias
+  // (gate first); gate_up [2I, K], down [N, I]. On CUDA two kernels at decode.
+  m.def("gated_mlp(Tensor x, Tensor gate_up, Tensor? gate_up_bias, Tensor down, Tensor? down_bias=None, "
+        "Tensor? norm_weight=None, float norm_eps=1e-6, Tensor? residual=None) -> Tensor");
+  // Whether fused_linear / gated_mlp on `weight` at `rows` rows of input run the norm and the
+  // residual add inside their own kernel (the decode GEMV; always on CPU) or as separate ops.
+  m.def("fuses_prologue(Tensor weight, int rows) -> bool");
 }

@@ -454,3 +454,176 @@ def test_gpu_gated_mlp_capture_and_opcheck():
     for M in (3, 20):
         args = make_mlp(M, 64, 40, 46, torch.bfloat16, "cuda")
         torch.library.opcheck(torch.ops.autoglm.gated_mlp.default, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# the RMSNorm prologue and the residual epilogue (fused_linear and gated_mlp)
+# ---------------------------------------------------------------------------------------------
+def make_prologue(x, n_out, norm=True, residual=True):
+    """An RMSNorm weight [K] around 1 and a residual of the output's shape, of x's dtype/device."""
+    K = x.shape[-1]
+    nw = (1 + 0.2 * torch.randn(K, device=x.device)).to(x.dtype) if norm else None
+    res = torch.randn(*x.shape[:-1], n_out, device=x.device).to(x.dtype) if residual else None
+    return nw, res
+
+
+def prologue_composed(fn, x, nw, res, eps=1e-5):
+    """fn(RMSNorm(x)) + residual, through the stock ops (what the fused kernel replaces)."""
+    y = fn(x if nw is None else ops.stock_rms_norm(x, nw, eps))
+    return y if res is None else y + res
+
+
+def prologue_reference(fn64, x, nw, res, eps=1e-5):
+    """float64 reference: fn64 (a float64 function) of the float64 RMSNorm, plus the residual."""
+    xd = x.double()
+    if nw is not None:
+        xd = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps) * nw.double()
+    y = fn64(xd)
+    return y if res is None else y + res.double()
+
+
+def assert_prologue_within_2x_stock(out, stock_out, ref):
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    err = (out.double() - ref).abs().max().item()
+    stock_err = (stock_out.double() - ref).abs().max().item()
+    eps = torch.finfo(out.dtype).eps * max(ref.abs().max().item(), 1e-3)
+    assert err <= 2 * stock_err + eps, f"error {err:.3g} vs stock {stock_err:.3g} (eps {eps:.2g})"
+
+
+@needs_native
+@pytest.mark.parametrize("act", ["none", "gated_silu"])
+@pytest.mark.parametrize("norm,residual", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_prologue_equals_composition(act, norm, residual, dtype):
+    x, w, b = make(0, 40, 30, dtype, "cpu", lead=(2, 3))
+    nw, res = make_prologue(x, 15 if act == "gated_silu" else 30, norm, residual)
+    out = ops.fused_linear(x, w, b, act, norm_weight=nw, norm_eps=1e-5, residual=res)
+    expect = prologue_composed(lambda v: ops.fused_linear(v, w, b, act), x, nw, res)
+    assert out.shape == expect.shape and torch.equal(out, expect)
+    x, gu, bg, wd, bd = make_mlp(0, 40, 24, 10, dtype, "cpu", lead=(2, 3))
+    nw, res = make_prologue(x, 10, norm, residual)
+    out = ops.gated_mlp(x, gu, bg, wd, bd, norm_weight=nw, norm_eps=1e-5, residual=res)
+    assert torch.equal(out, prologue_composed(lambda v: ops.gated_mlp(v, gu, bg, wd, bd), x, nw, res))
+
+
+@needs_native
+def test_cpu_prologue_opcheck():
+    x, w, b = make(3, 16, 8, torch.float32, "cpu")
+    nw, res = make_prologue(x, 8)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.autoglm.fused_linear.default, (x, w, b, "none", nw, 1e-5, res), test_utils=utils)
+    x, gu, bg, wd, bd = make_mlp(3, 16, 8, 6, torch.float32, "cpu")
+    nw, res = make_prologue(x, 6)
+    torch.library.opcheck(torch.ops.autoglm.gated_mlp.default, (x, gu, bg, wd, bd, nw, 1e-5, res), test_utils=utils)
+
+
+@needs_native
+def test_fuses_prologue_answers():
+    _, w, _ = make(1, 16, 8, torch.float32, "cpu")
+    assert ops.fuses_prologue(w, 1) is True  # CPU: one reference op either way
+
+
+@pytest.mark.parametrize(
+    "case,exc,match",
+    [
+        ("norm_size", ValueError, r"norm_weight must be \[K\] = \[16\]"),
+        ("norm_dtype", TypeError, "share one dtype"),
+        ("norm_2d", ValueError, "2 dims|1 dims"),
+        ("eps", ValueError, "norm_eps must be"),
+        ("res_shape", ValueError, "residual must have the output's shape"),
+        ("res_device", ValueError, "share one device"),
+    ],
+)
+def test_prologue_bad_input_errors(case, exc, match):
+    x, w, b = make(2, 16, 9, torch.float32, "cpu")
+    nw, res, eps = torch.ones(16), torch.zeros(2, 9), 1e-6
+    if case == "norm_size":
+        nw = torch.ones(15)
+    elif case == "norm_dtype":
+        nw = nw.half()
+    elif case == "norm_2d":
+        nw = nw[None]
+    elif case == "eps":
+        eps = 0.0
+    elif case == "res_shape":
+        res = torch.zeros(2, 8)
+    elif case == "res_device":
+        res = res.to("meta")
+    with pytest.raises(exc, match=match):
+        ops.fused_linear(x, w, b, norm_weight=nw, norm_eps=eps, residual=res)
+
+
+@needs_native
+@pytest.mark.parametrize("case", ["norm_size", "eps", "res_shape"])
+def test_native_prologue_checks_its_arguments(case):
+    x, w, b = make(2, 16, 9, torch.float32, "cpu")
+    nw, res, eps = torch.ones(16), torch.zeros(2, 9), 1e-6
+    if case == "norm_size":
+        nw = torch.ones(15)
+    elif case == "eps":
+        eps = -1.0
+    elif case == "res_shape":
+        res = torch.zeros(9)
+    with pytest.raises(ValueError, match="fused_linear: (norm_weight|norm_eps|residual)"):
+        torch.ops.autoglm.fused_linear.default(x, w, b, "none", nw, eps, res)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("act", ["none", "gated_silu"])
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 17, 100])
+@pytest.mark.parametrize("K,N", [(64, 46), (2056, 130), (4096, 40)])
+def test_gpu_prologue_matches_reference(K, N, M, act, dtype):
+    """RMSNorm prologue and residual epilogue in the GEMV (M <= 16; the block reduces each row's
+    sum of squares over K, K % 32 != 0 included) and as ops around cuBLAS (M > 16)."""
+    x, w, b = make(M, K, N, dtype, "cuda")
+    x = x * 3  # rms far from 1: the norm matters
+    n_out = N // 2 if act == "gated_silu" else N
+    for norm, residual in ((True, False), (False, True), (True, True)):
+        nw, res = make_prologue(x, n_out, norm, residual)
+        out = ops.fused_linear(x, w, b, act, norm_weight=nw, norm_eps=1e-5, residual=res)
+        stock_out = prologue_composed(lambda v: stock(v, w, b, act), x, nw, res)
+        ref = prologue_reference(lambda v: reference(v, w, b, act), x, nw, res)
+        assert_prologue_within_2x_stock(out, stock_out, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("M", [1, 5, 16, 40])
+@pytest.mark.parametrize("K,inner,N", [(64, 40, 46), (2048, 8192, 2048)])
+def test_gpu_gated_mlp_prologue(K, inner, N, M, dtype):
+    """gated_mlp with the norm before gate_up and the residual after down, on every path."""
+    x, gu, bg, wd, bd = make_mlp(M, K, inner, N, dtype, "cuda")
+    nw, res = make_prologue(x, N)
+    out = ops.gated_mlp(x, gu, bg, wd, bd, norm_weight=nw, norm_eps=1e-5, residual=res)
+    stock_out = prologue_composed(lambda v: mlp_stock(v, gu, bg, wd, bd), x, nw, res)
+    ref = prologue_reference(lambda v: reference(reference(v, gu, bg, "gated_silu"), wd, bd, "none"), x, nw, res)
+    assert_prologue_within_2x_stock(out, stock_out, ref)
+
+
+@pytest.mark.gpu
+def test_gpu_prologue_residual_rounding_and_capture():
+    """The residual add rounds as `residual + out` does (bit-equal to the plain GEMV + add), and
+    the prologue op captures into a CUDA graph; full opcheck with the new arguments."""
+    x, w, b = make(4, 512, 96, torch.bfloat16, "cuda")
+    _, res = make_prologue(x, 96, norm=False)
+    assert torch.equal(ops.fused_linear(x, w, b, residual=res), ops.fused_linear(x, w, b) + res)
+    nw, _ = make_prologue(x, 96, residual=False)
+    static_x = x.clone()
+    ops.fused_linear(static_x, w, b, norm_weight=nw, residual=res)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = ops.fused_linear(static_x, w, b, norm_weight=nw, residual=res)
+    new_x = torch.randn_like(x)
+    static_x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static_out, ops.fused_linear(new_x, w, b, norm_weight=nw, residual=res), rtol=0, atol=0)
+    for M in (3, 20):
+        xo, wo, bo = make(M, 64, 46, torch.bfloat16, "cuda")
+        nwo, reso = make_prologue(xo, 46)
+        torch.library.opcheck(torch.ops.autoglm.fused_linear.default, (xo, wo, bo, "none", nwo, 1e-5, reso))
+        args = make_mlp(M, 64, 40, 46, torch.bfloat16, "cuda")
+        nwo, reso = make_prologue(args[0], 46)
+        torch.library.opcheck(torch.ops.autoglm.gated_mlp.default, (*args, nwo, 1e-5, reso))

@@ -590,3 +590,30 @@ def test_offloading_hooks_stay_stock_with_a_reason():
     unpatch_model(model)
 
 
+
+
+def test_decode_steps_fold_norms_into_the_projections():
+    """Pre-norm RMSNorm layers (Llama, Qwen) run a decode step's norms and residual adds inside
+    their projections (LayerCtx.fold; on CPU the reference op stands in for the GEMV); GLM-4's
+    sandwich norms and OPT's LayerNorm keep the add+norm kernels. The folded step gives the
+    unfolded step's logits, and generate gives the stock tokens (test_patched_generate_matches_stock)."""
+    for arch, folds in (("llama", True), ("qwen3", True), ("glm4", False), ("opt", False)):
+        model = _model(arch)
+        report = patch_model(model, strict=True)
+        layers = state_of(model).layers
+        assert all(layer._autoglm.fold is folds for layer in layers), arch
+        assert any("inside the GEMV" in n for n in report.notes) is folds, arch
+    model = _model("llama")
+    ids, mask = _prompt()
+    patch_model(model)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        step = dict(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values,
+                    attention_mask=torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1))
+        cache = copy.deepcopy(out.past_key_values)
+        folded = model(**step).logits
+        for layer in state_of(model).layers:
+            layer._autoglm.fold = False
+        step["past_key_values"] = cache
+        unfolded = model(**step).logits
+    torch.testing.assert_close(folded, unfolded, rtol=0, atol=1e-5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import os
 import sys
 import types
 from typing import Callable, Optional
@@ -439,6 +440,29 @@ def _privatize_config(model: nn.Module, state: PatchState) -> dict:
     return mapping
 
 
+def _fold_norms(p: _Plan, state: PatchState) -> bool:
+    """Whether decode steps run the norms and residual adds inside the projections' GEMVs
+    (LayerCtx.fold): pre-norm RMSNorm layers whose attention, MLP and norms are all fused, not
+    tensor-parallel, with each layer's qkv, o_proj, gate_up and down weights taken by the GEMV
+    (on CUDA, weights of at most 64 MiB; elsewhere the op would run the norm and add as separate
+    ops around cuBLAS, more kernels than the fused add+norm). AUTOGLM_FOLD_NORMS=0 turns it off
+    (a switch for benchmarks, read at patch time)."""
+    spec = p.spec
+    if os.environ.get("AUTOGLM_FOLD_NORMS", "1") == "0":
+        return False
+    if not (p.attention and p.mlp and p.norms and spec.mlp_module and spec.norm == "rms" and not spec.sandwich
+            and p.tp is None):
+        return False
+    for layer in p.layers:
+        attn, mlp = getattr(layer, spec.attn), getattr(layer, spec.mlp_module)
+        weights = [getattr(attn, spec.o_proj).weight, mlp.down_proj.weight]
+        weights += [attn._autoglm.qkv.get()[0],
+                    mlp._autoglm.gate_up.get()[0] if mlp._autoglm.gate_up is not None else mlp.gate_up_proj.weight]
+        if not all(ops.fuses_prologue(w, 1) for w in weights):
+            return False
+    return True
+
+
 def _apply(p: _Plan, state: PatchState) -> None:
     spec, runtime = p.spec, state.runtime
     state.layers = list(p.layers)
@@ -476,6 +500,10 @@ def _apply(p: _Plan, state: PatchState) -> None:
             state.bind(mlp, L.mlp_forward, L.MlpCtx(gate_up=rows, tp=p.tp))
     if p.layer_forward:
         n = len(p.layers)
+        fold = _fold_norms(p, state)
+        if fold:
+            p.report.notes.append("decode steps: each RMSNorm and residual add runs inside the GEMV of the projection "
+                                  "next to it (qkv, o_proj, gate_up, down)")
         for i, layer in enumerate(p.layers):
             if not p.norms:
                 nxt = None
@@ -487,7 +515,7 @@ def _apply(p: _Plan, state: PatchState) -> None:
                 nxt = None  # another GPU; it runs there, on the hidden states its hook moved
             params = list(inspect.signature(type(layer).forward).parameters)[2:]  # after self, hidden_states
             ctx = L.LayerCtx(spec=spec, runtime=runtime, fuse_norms=p.norms, fuse_mlp=p.mlp, activation=p.activation,
-                             next_norm=nxt, arg_names=tuple(params))
+                             next_norm=nxt, arg_names=tuple(params), fold=fold)
             state.bind(layer, L.decoder_layer_forward, ctx)
     if p.final:
         state.bind(p.final_norm, L.final_norm_forward, L.NormCtx(runtime=runtime, kind=spec.norm))

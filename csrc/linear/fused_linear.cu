@@ -51,9 +51,11 @@ int64_t env_knob(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   return static_cast<int64_t>(v);
 }
 
-// Weights of this size and more go to cuBLAS (+ the fused epilogue) even at M <= 16: measured on
-// H100, cuBLAS streams >= 64 MiB weights at 85-92% of read bandwidth, slightly ahead of this GEMV,
-// and far ahead on the very wide lm_heads (N >= 50k), where the GEMV runs 1-warp blocks.
+// Weights larger than this go to cuBLAS (+ the fused epilogue) even at M <= 16: measured on H100,
+// cuBLAS streams > 64 MiB weights at 85-92% of read bandwidth, ahead of this GEMV (Llama-3.1-8B's
+// 117 MiB down_proj: step 6.44 vs 5.97 ms), and far ahead on the very wide lm_heads (N >= 50k),
+// where the GEMV runs 1-warp blocks. Exactly 64 MiB (Llama-3.2-1B's gate_up) stays on the GEMV
+// (step 1.159 vs 1.242 ms, bench/results/..._1144_...).
 // AUTOGLM_GEMV_MAX_WEIGHT_MIB overrides it (a tuning knob for benchmarks; read once per process).
 int64_t max_gemv_weight_bytes() {
   static const int64_t bytes = env_knob("AUTOGLM_GEMV_MAX_WEIGHT_MIB", 64, 0, int64_t(1) << 30) << 20;
@@ -65,6 +67,12 @@ int64_t max_gemv_weight_bytes() {
 int64_t gemv_prefetch_bytes() {
   static const int64_t bytes = env_knob("AUTOGLM_GEMV_PREFETCH_BYTES", 256, 0, int64_t(1) << 30);
   return bytes;
+}
+// Whether gated_mlp's down GEMV computes silu(gate) * up as it loads x (1) or runs after the
+// silu_mul kernel (0). AUTOGLM_GEMV_GATED_IN overrides it (a tuning knob for benchmarks; read once).
+bool gemv_gated_in() {
+  static const bool on = env_knob("AUTOGLM_GEMV_GATED_IN", 1, 0, 1) == 1;
+  return on;
 }
 // Split-K warps per SM the launch aims at (see launch_gemv_nb). AUTOGLM_GEMV_WARPS_PER_SM
 // overrides it (a tuning knob for benchmarks; read once per process).
@@ -152,6 +160,37 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
 
 __device__ __forceinline__ float silu_f(float v) { return v / (1.0f + __expf(-v)); }
 
+// v + res[o] rounded to T (v already rounded: transformers' `residual + out`), or v (res null).
+template <typename T>
+__device__ __forceinline__ T add_residual(T v, const T* __restrict__ res, int64_t o) {
+  return res == nullptr ? v : Num<T>::from_float(Num<T>::to_float(v) + Num<T>::to_float(res[o]));
+}
+
+// What the GEMV computes from x as it loads it (its "prologue"): x itself; silu(gate) * up of
+// x = [gate | up] (gated_mlp's down projection); or RMSNorm(x) (the norm before a projection).
+enum class In : int { kPlain = 0, kSiluMul = 1, kRmsNorm = 2 };
+
+// load_x of RMSNorm(x) for the 8 elements at p: rnd(rnd(x * rstd) * w), rounded to T at the same
+// two points as transformers' Llama/Qwen/GLM RMSNorm and the Triton rms_norm kernel.
+template <typename T>
+__device__ __forceinline__ void load_x_rms_norm(uint32_t (&r)[4], const T* p, const T* wp, float rstd) {
+  const uint4 xv = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint4 wv = __ldg(reinterpret_cast<const uint4*>(wp));
+  const T* xe = reinterpret_cast<const T*>(&xv);
+  const T* we = reinterpret_cast<const T*>(&wv);
+  uint4 ov;
+  T* oe = reinterpret_cast<T*>(&ov);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float n = Num<T>::to_float(Num<T>::from_float(Num<T>::to_float(xe[e]) * rstd));
+    oe[e] = Num<T>::from_float(n * Num<T>::to_float(we[e]));
+  }
+  r[0] = ov.x;
+  r[1] = ov.y;
+  r[2] = ov.z;
+  r[3] = ov.w;
+}
+
 // load_x of silu(gate) * up for the 8 elements at p (gate) and p + K (up), each product rounded to
 // T as silu_mul_kernel rounds it (the GEMV's results match silu_mul + GEMV bit for bit).
 template <typename T>
@@ -192,9 +231,13 @@ __device__ __forceinline__ float activate(float v) {
 // Registers: MT = 1 fits 64 (two 512-thread blocks per SM); MT = 2 needs ~110 to keep all
 // kUnroll steps' loads in flight without spilling, so one 512-thread block per SM.
 //
-// GATED_IN (down projection of a gated MLP): x is [M, 2K] = [gate | up] and the GEMV's input is
-// silu(gate) * up, computed (and rounded to T, exactly as silu_mul_kernel does) as x is loaded,
-// so the separate silu-multiply kernel between the two projections is gone.
+// IN = kSiluMul (down projection of a gated MLP): x is [M, 2K] = [gate | up] and the GEMV's input
+// is silu(gate) * up, computed (and rounded to T, exactly as silu_mul_kernel does) as x is loaded,
+// so the separate silu-multiply kernel between the two projections is gone. IN = kRmsNorm: the
+// input is RMSNorm(x; norm_w, eps); every block first reduces x's rows (from L2, while its first
+// weight batches are in flight) to their 1/rms, so the norm kernel before the projection is gone.
+// res (or null): y = rnd(rnd(act(...)) + res), the residual add after an output projection, with
+// the rounding of transformers' `residual + out`.
 //
 // NB > 0 (staged): the weights go through a per-warp ring of NB batches (kUnroll steps each, 1 KB
 // a step) in shared memory, filled by cp.async NB batches ahead: the first NB batches are issued
@@ -202,12 +245,14 @@ __device__ __forceinline__ float activate(float v) {
 // weight stream stay in flight (NB = 0: one batch of loads into registers at a time, 4 KB, with
 // the first batch prefetched into L2 before the wait). Each lane reads back only the 16 bytes it
 // copied, so the ring needs no barrier.
-template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool GATED_IN>
+template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, In IN>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
-                int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes) {
+                int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes, const T* __restrict__ norm_w,
+                float eps, const T* __restrict__ res) {
   constexpr bool kGated = ACT == Act::kGatedSilu;
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
+  __shared__ float rstd_s[IN == In::kRmsNorm ? kMaxGemvRows : 1];
   extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -236,7 +281,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   for (int mt = 0; mt < MT; ++mt) {
     const int m = mt * 8 + g;
     ok_x[mt] = m < M;
-    x_row[mt] = x + static_cast<int64_t>(ok_x[mt] ? m : 0) * (GATED_IN ? 2 * K : K) + 8 * t;
+    x_row[mt] = x + static_cast<int64_t>(ok_x[mt] ? m : 0) * (IN == In::kSiluMul ? 2 * K : K) + 8 * t;
   }
 
   const int num_steps = (K + kStepK - 1) / kStepK;
@@ -298,6 +343,39 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   pdl_wait();
   pdl_launch_dependents();
 
+  float rstd[MT] = {};
+  if constexpr (IN == In::kRmsNorm) {
+    // 1/rms of each row of x: 16-byte loads spread over the block, warp sums, then one thread per
+    // row adds the warps' sums (partial[][] is free until the split-K reduction; the first
+    // __syncthreads also orders these writes before that reuse).
+    for (int m = 0; m < M; ++m) {
+      const T* xr = x + static_cast<int64_t>(m) * K;
+      float ss = 0.0f;
+      for (int k = 8 * static_cast<int>(threadIdx.x); k < K; k += 8 * static_cast<int>(blockDim.x)) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr + k));
+        const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float f = Num<T>::to_float(e[i]);
+          ss += f * f;
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) partial[warp][m] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+      float ss = 0.0f;
+      for (int s = 0; s < nwarps; ++s) ss += partial[s][threadIdx.x];
+      rstd_s[threadIdx.x] = rsqrtf(ss / static_cast<float>(K) + eps);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) rstd[mt] = ok_x[mt] ? rstd_s[mt * 8 + g] : 0.0f;
+  }
+  const T* norm_wt = IN == In::kRmsNorm ? norm_w + 8 * t : nullptr;  // this lane's norm weights, indexed like x
+
   float acc[MT][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
@@ -340,8 +418,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         if (ok && ok_x[mt]) {
-          if constexpr (GATED_IN) {
+          if constexpr (IN == In::kSiluMul) {
             load_x_silu_mul(b[u][mt], x_row[mt] + k, K);
+          } else if constexpr (IN == In::kRmsNorm) {
+            load_x_rms_norm(b[u][mt], x_row[mt] + k, norm_wt + k, rstd[mt]);
           } else {
             load_x(b[u][mt], x_row[mt] + k);
           }
@@ -396,7 +476,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           gate += Num<T>::to_float(bias[n]);
           up += Num<T>::to_float(bias[n + n_out]);
         }
-        y[static_cast<int64_t>(m) * n_out + n] = Num<T>::from_float(silu_f(gate) * up);
+        const int64_t o = static_cast<int64_t>(m) * n_out + n;
+        y[o] = add_residual(Num<T>::from_float(silu_f(gate) * up), res, o);
       }
     } else {
       const int mt = jj >> 2, j = jj & 3;
@@ -405,7 +486,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         float v = 0.0f;
         for (int s = 0; s < nwarps; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
         if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
-        y[static_cast<int64_t>(m) * N + n] = Num<T>::from_float(activate<ACT>(v));
+        const int64_t o = static_cast<int64_t>(m) * N + n;
+        y[o] = add_residual(Num<T>::from_float(activate<ACT>(v)), res, o);
       }
     }
   }
@@ -480,12 +562,12 @@ void allow_ring(Kernel kernel, int nb) {
 
 // Blocks of `warps` warps that fit on one SM at once (registers, shared memory), cached per
 // kernel and block size (a host-side query; safe during graph capture).
-template <typename T, int MT, Act ACT, int NB, bool GATED_IN>
+template <typename T, int MT, Act ACT, int NB, In IN>
 int resident_blocks(int warps) {
   static int cache[kMaxWarps + 1] = {};
   if (cache[warps] == 0) {
     int n = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, GATED_IN>, 32 * warps,
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, IN>, 32 * warps,
                                                                  ring_bytes(NB, warps)));
     cache[warps] = n > 0 ? n : 1;
   }
@@ -544,14 +626,23 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
 }
 
-// x: [M, K] ([M, 2K] = [gate | up] when GATED_IN), w: [N, K], y: [M, n_out].
-template <typename scalar_t, int MT, Act ACT, int NB, bool GATED_IN>
+// What a GEMV launch reads besides x, w and bias: its prologue (In) and, where set, the RMSNorm
+// weight and eps (In::kRmsNorm) and the residual added to the output (null: none).
+struct Extras {
+  In in = In::kPlain;
+  const at::Tensor* norm_weight = nullptr;
+  double eps = 0.0;
+  const at::Tensor* residual = nullptr;
+};
+
+// x: [M, K] ([M, 2K] = [gate | up] for In::kSiluMul), w: [N, K], y: [M, n_out].
+template <typename scalar_t, int MT, Act ACT, int NB, In IN>
 void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
-                    int64_t n_out) {
+                    int64_t n_out, const Extras& ex) {
   using T = typename CudaType<scalar_t>::type;
   static const bool prepared = [] {  // before the occupancy query, which counts the ring
-    allow_ring(gemv_kernel<T, MT, ACT, false, NB, GATED_IN>, NB);
-    allow_ring(gemv_kernel<T, MT, ACT, true, NB, GATED_IN>, NB);
+    allow_ring(gemv_kernel<T, MT, ACT, false, NB, IN>, NB);
+    allow_ring(gemv_kernel<T, MT, ACT, true, NB, IN>, NB);
     return true;
   }();
   (void)prepared;
@@ -566,63 +657,69 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, GATED_IN>(2 * warps)) * sms)
+         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, IN>(2 * warps)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
 
+  auto ptr = [](const at::Tensor* t) { return t == nullptr ? nullptr : reinterpret_cast<const T*>(t->data_ptr<scalar_t>()); };
   const T* xp = reinterpret_cast<const T*>(x.data_ptr<scalar_t>());
   const T* wp = reinterpret_cast<const T*>(w.data_ptr<scalar_t>());
   T* yp = reinterpret_cast<T*>(y.data_ptr<scalar_t>());
   const T* bp = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr<scalar_t>()) : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
-  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, GATED_IN> : gemv_kernel<T, MT, ACT, false, NB, GATED_IN>,
-             grid, block,
-             ring_bytes(NB, warps), stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp,
-             prefetch_bytes);
+  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, IN> : gemv_kernel<T, MT, ACT, false, NB, IN>, grid,
+             block, ring_bytes(NB, warps), stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp,
+             prefetch_bytes, ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual));
 }
 
-template <typename scalar_t, int MT, Act ACT, bool GATED_IN = false>
-void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
-                     int64_t n_out) {
+template <typename scalar_t, int MT, Act ACT, In IN>
+void launch_gemv_in(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                    int64_t n_out, const Extras& ex) {
   switch (gemv_stages(MT)) {
-    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, GATED_IN>(x, w, bias, y, n_out);
-    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, GATED_IN>(x, w, bias, y, n_out);
-    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, GATED_IN>(x, w, bias, y, n_out);
+    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, IN>(x, w, bias, y, n_out, ex);
+    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, IN>(x, w, bias, y, n_out, ex);
+    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, IN>(x, w, bias, y, n_out, ex);
   }
+}
+
+// Only the prologues the ops use are instantiated: RMSNorm before the plain and the gated
+// projection (qkv, gate_up), silu-multiply before a plain one (down).
+template <typename scalar_t, int MT, Act ACT>
+void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                     int64_t n_out, const Extras& ex) {
+  constexpr bool kNorm = ACT == Act::kNone || ACT == Act::kGatedSilu, kSiluMul = ACT == Act::kNone;
+  if constexpr (kNorm) {
+    if (ex.in == In::kRmsNorm) return launch_gemv_in<scalar_t, MT, ACT, In::kRmsNorm>(x, w, bias, y, n_out, ex);
+  }
+  if constexpr (kSiluMul) {
+    if (ex.in == In::kSiluMul) return launch_gemv_in<scalar_t, MT, ACT, In::kSiluMul>(x, w, bias, y, n_out, ex);
+  }
+  TORCH_CHECK(ex.in == In::kPlain, "fused_linear: no GEMV prologue ", static_cast<int>(ex.in), " for this activation");
+  launch_gemv_in<scalar_t, MT, ACT, In::kPlain>(x, w, bias, y, n_out, ex);
 }
 
 template <typename scalar_t, int MT>
 void launch_gemv_mt(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
-                    Act act, int64_t n_out) {
+                    Act act, int64_t n_out, const Extras& ex) {
   switch (act) {
-    case Act::kNone: return launch_gemv_act<scalar_t, MT, Act::kNone>(x, w, bias, y, n_out);
-    case Act::kRelu: return launch_gemv_act<scalar_t, MT, Act::kRelu>(x, w, bias, y, n_out);
-    case Act::kGelu: return launch_gemv_act<scalar_t, MT, Act::kGelu>(x, w, bias, y, n_out);
-    case Act::kSilu: return launch_gemv_act<scalar_t, MT, Act::kSilu>(x, w, bias, y, n_out);
-    case Act::kGatedSilu: return launch_gemv_act<scalar_t, MT, Act::kGatedSilu>(x, w, bias, y, n_out);
+    case Act::kNone: return launch_gemv_act<scalar_t, MT, Act::kNone>(x, w, bias, y, n_out, ex);
+    case Act::kRelu: return launch_gemv_act<scalar_t, MT, Act::kRelu>(x, w, bias, y, n_out, ex);
+    case Act::kGelu: return launch_gemv_act<scalar_t, MT, Act::kGelu>(x, w, bias, y, n_out, ex);
+    case Act::kSilu: return launch_gemv_act<scalar_t, MT, Act::kSilu>(x, w, bias, y, n_out, ex);
+    case Act::kGatedSilu: return launch_gemv_act<scalar_t, MT, Act::kGatedSilu>(x, w, bias, y, n_out, ex);
   }
 }
 
+// y [M, n_out] = the GEMV of x (rows <= 16) against w, with the prologue and residual of `ex`.
 template <typename scalar_t>
 void launch_gemv(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
-                 Act act, int64_t n_out) {
+                 Act act, int64_t n_out, const Extras& ex) {
   if (x.size(0) <= 8) {
-    launch_gemv_mt<scalar_t, 1>(x, w, bias, y, act, n_out);
+    launch_gemv_mt<scalar_t, 1>(x, w, bias, y, act, n_out, ex);
   } else {
-    launch_gemv_mt<scalar_t, 2>(x, w, bias, y, act, n_out);
-  }
-}
-
-// y = (silu(gu[:, :K]) * gu[:, K:]) @ w^T + bias for gu [M, 2K] = [gate | up], w [N, K].
-template <typename scalar_t>
-void launch_gemv_gated_in(const at::Tensor& gu, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                          at::Tensor& y) {
-  if (gu.size(0) <= 8) {
-    launch_gemv_act<scalar_t, 1, Act::kNone, true>(gu, w, bias, y, w.size(0));
-  } else {
-    launch_gemv_act<scalar_t, 2, Act::kNone, true>(gu, w, bias, y, w.size(0));
+    launch_gemv_mt<scalar_t, 2>(x, w, bias, y, act, n_out, ex);
   }
 }
 
@@ -670,69 +767,106 @@ bool gemv_takes(at::ScalarType dtype, int64_t M, const at::Tensor& weight) {
   const int64_t N = weight.size(0), K = weight.size(1);
   const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
   return reduced && M >= 1 && M <= kMaxGemvRows && N >= 1 && K >= 8 && K % 8 == 0 && N <= INT32_MAX / 2 &&
-         K <= INT32_MAX / 2 && aligned16(weight) && N * K * int64_t(weight.element_size()) < max_gemv_weight_bytes();
+         K <= INT32_MAX / 2 && aligned16(weight) && N * K * int64_t(weight.element_size()) <= max_gemv_weight_bytes();
 }
 
-// x2 [M, K] ([M, 2K] = [gate | up] when gated_in) as a contiguous, 16-byte aligned copy or view.
+// x2 [M, K] ([M, 2K] = [gate | up] for In::kSiluMul) as a contiguous, 16-byte aligned copy or view.
 at::Tensor gemv_input(const at::Tensor& x2) {
   at::Tensor c = x2.contiguous();
   return aligned16(c) ? c : c.clone(at::MemoryFormat::Contiguous);  // a fresh allocation is aligned
 }
 
-// act(x2 @ weight^T + b) for 2-D x2 [M, K]: the GEMV where it takes the shape, else gemm_path.
+// act(prologue(x2) @ weight^T + b) (+ residual) for 2-D x2 [M, K]: the GEMV where it takes the
+// shape; else gemm_path, with the norm and the residual add as ATen ops around it.
 at::Tensor linear_2d(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& b, Act act,
-                     int64_t n_out) {
+                     int64_t n_out, const Extras& ex = {}) {
   const int64_t M = x2.size(0);
-  if (!gemv_takes(x2.scalar_type(), M, weight)) return gemm_path(x2, weight, b, act);
+  if (!gemv_takes(x2.scalar_type(), M, weight)) {
+    TORCH_CHECK(ex.in != In::kSiluMul, "linear_2d: the silu-multiply prologue needs the GEMV");
+    const at::Tensor xin = ex.in == In::kRmsNorm ? reference_rms_norm(x2, *ex.norm_weight, ex.eps) : x2;
+    at::Tensor y = gemm_path(xin, weight, b, act);
+    return ex.residual != nullptr ? y.add_(*ex.residual) : y;
+  }
   const at::Tensor xc = gemv_input(x2);
   at::Tensor y2 = at::empty({M, n_out}, x2.options());
   if (x2.scalar_type() == at::kBFloat16) {
-    launch_gemv<at::BFloat16>(xc, weight, b, y2, act, n_out);
+    launch_gemv<at::BFloat16>(xc, weight, b, y2, act, n_out, ex);
   } else {
-    launch_gemv<at::Half>(xc, weight, b, y2, act, n_out);
+    launch_gemv<at::Half>(xc, weight, b, y2, act, n_out, ex);
   }
   return y2;
 }
 
+// The optional norm weight and residual of a fused_linear / gated_mlp call, checked and laid out
+// for the kernels (contiguous; the residual as [M, n_out]); `ex` points into this object.
+struct Prologue {
+  at::Tensor norm_weight, residual;
+  Extras ex;
+  Prologue(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& norm_weight_, double eps,
+           const std::optional<at::Tensor>& residual_, int64_t n_out) {
+    check_prologue(op, x, norm_weight_, eps, residual_, n_out);
+    if (norm_weight_.has_value()) {
+      norm_weight = norm_weight_->contiguous();
+      ex.in = In::kRmsNorm;
+      ex.norm_weight = &norm_weight;
+      ex.eps = eps;
+    }
+    if (residual_.has_value()) {
+      residual = rows_2d(*residual_).contiguous();
+      ex.residual = &residual;
+    }
+  }
+  Prologue(const Prologue&) = delete;
+};
+
 at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             c10::string_view activation) {
+                             c10::string_view activation, const std::optional<at::Tensor>& norm_weight,
+                             double norm_eps, const std::optional<at::Tensor>& residual) {
   const Act act = parse_activation(activation);
   const int64_t n_out = check_args(x, weight, bias, act);
   TORCH_CHECK_VALUE(x.is_cuda(), "fused_linear: x must be a CUDA tensor here, got ", x.device());
   const c10::cuda::OptionalCUDAGuard guard(x.device());
+  const Prologue pro("fused_linear", x, norm_weight, norm_eps, residual, n_out);
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
-  return linear_2d(rows_2d(x), weight, b, act, n_out).reshape(out_shape(x, n_out));
+  return linear_2d(rows_2d(x), weight, b, act, n_out, pro.ex).reshape(out_shape(x, n_out));
 }
 
-// down(silu(gate) * up) with [gate; up] = x @ gate_up^T + gate_up_bias, in at most two kernels:
-// the gated GEMV (silu-multiply in its epilogue) then down_proj; or, where gate_up is too big for
-// the GEMV (cuBLAS streams it faster), cuBLAS then the down GEMV with the silu-multiply in its
-// input load; or, for prefill, cuBLAS + silu_mul + cuBLAS.
+// down(silu(gate) * up) (+ residual) with [gate; up] = norm?(x) @ gate_up^T + gate_up_bias, in
+// at most two kernels at decode: the gated GEMV (RMSNorm in its prologue, silu-multiply in its
+// epilogue) then the down GEMV (residual add in its epilogue); or, where gate_up is too big for
+// the GEMV (cuBLAS streams it faster), cuBLAS then the down GEMV computing silu(gate) * up as it
+// loads x; or, for prefill, cuBLAS + silu_mul + cuBLAS.
 at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const std::optional<at::Tensor>& gate_up_bias,
-                          const at::Tensor& down, const std::optional<at::Tensor>& down_bias) {
+                          const at::Tensor& down, const std::optional<at::Tensor>& down_bias,
+                          const std::optional<at::Tensor>& norm_weight, double norm_eps,
+                          const std::optional<at::Tensor>& residual) {
   const int64_t n_out = check_mlp_args(x, gate_up, gate_up_bias, down, down_bias);
   TORCH_CHECK_VALUE(x.is_cuda(), "gated_mlp: x must be a CUDA tensor here, got ", x.device());
   const c10::cuda::OptionalCUDAGuard guard(x.device());
+  const Prologue pro("gated_mlp", x, norm_weight, norm_eps, residual, n_out);
   std::optional<at::Tensor> bg, bd;
   if (gate_up_bias.has_value()) bg = gate_up_bias->contiguous();
   if (down_bias.has_value()) bd = down_bias->contiguous();
   const at::Tensor x2 = rows_2d(x);
   const int64_t M = x2.size(0), inner = down.size(1);
+  Extras in_ex = pro.ex, out_ex;  // the norm before gate_up, the residual after down
+  in_ex.residual = nullptr;
+  out_ex.residual = pro.ex.residual;
   at::Tensor y2;
-  if (!gemv_takes(x.scalar_type(), M, gate_up) && gemv_takes(x.scalar_type(), M, down)) {
-    const at::Tensor gu = gemv_input(at::linear(x2, gate_up, bg));  // [M, 2 inner] = [gate | up]
-    y2 = at::empty({M, n_out}, x.options());
-    if (x.scalar_type() == at::kBFloat16) {
-      launch_gemv_gated_in<at::BFloat16>(gu, down, bd, y2);
-    } else {
-      launch_gemv_gated_in<at::Half>(gu, down, bd, y2);
-    }
+  if (gemv_gated_in() && !gemv_takes(x.scalar_type(), M, gate_up) && gemv_takes(x.scalar_type(), M, down)) {
+    const at::Tensor xin = pro.ex.in == In::kRmsNorm ? reference_rms_norm(x2, pro.norm_weight, norm_eps) : x2;
+    out_ex.in = In::kSiluMul;
+    y2 = linear_2d(gemv_input(at::linear(xin, gate_up, bg)), down, bd, Act::kNone, n_out, out_ex);
   } else {
-    y2 = linear_2d(linear_2d(x2, gate_up, bg, Act::kGatedSilu, inner), down, bd, Act::kNone, n_out);
+    y2 = linear_2d(linear_2d(x2, gate_up, bg, Act::kGatedSilu, inner, in_ex), down, bd, Act::kNone, n_out, out_ex);
   }
   return y2.reshape(out_shape(x, n_out));
 }
+
+// Whether fused_linear / gated_mlp on `weight` at `rows` rows run a norm prologue or residual
+// epilogue inside the GEMV (true) or as ATen ops around cuBLAS (false).
+bool fuses_prologue_cuda(const at::Tensor& weight, int64_t rows) { return gemv_takes(weight.scalar_type(), rows, weight); }
 
 }  // namespace
 }  // namespace linear
@@ -741,4 +875,5 @@ at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const 
 TORCH_LIBRARY_IMPL(autoglm, CUDA, m) {
   m.impl("fused_linear", &autoglm::linear::fused_linear_cuda);
   m.impl("gated_mlp", &autoglm::linear::gated_mlp_cuda);
+  m.impl("fuses_prologue", &autoglm::linear::fuses_prologue_cuda);
 }

@@ -75,6 +75,40 @@ inline int64_t check_mlp_args(const at::Tensor& x, const at::Tensor& gate_up,
   return check_weight(x, down, down_bias, inner, "gated_mlp", "down");
 }
 
+// The optional RMSNorm weight (applied to x before the projection) and residual (added to its
+// output) of fused_linear / gated_mlp: norm_weight [K] and residual [..., n_out] (x's leading
+// dims), both of x's dtype and device; eps > 0.
+inline void check_prologue(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& norm_weight,
+                           double eps, const std::optional<at::Tensor>& residual, int64_t n_out) {
+  if (norm_weight.has_value()) {
+    const at::Tensor& w = *norm_weight;
+    TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": norm_weight dtype ", w.scalar_type(),
+                     " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK_VALUE(w.device() == x.device(), op, ": norm_weight on ", w.device(), " but x on ", x.device());
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == x.size(-1), op, ": norm_weight must be [K] = [", x.size(-1),
+                      "], got ", w.sizes());
+    TORCH_CHECK_VALUE(eps > 0.0, op, ": norm_eps must be > 0, got ", eps);
+  }
+  if (residual.has_value()) {
+    const at::Tensor& r = *residual;
+    TORCH_CHECK_TYPE(r.scalar_type() == x.scalar_type(), op, ": residual dtype ", r.scalar_type(),
+                     " differs from x dtype ", x.scalar_type());
+    TORCH_CHECK_VALUE(r.device() == x.device(), op, ": residual on ", r.device(), " but x on ", x.device());
+    std::vector<int64_t> want(x.sizes().begin(), x.sizes().end());
+    want.back() = n_out;
+    TORCH_CHECK_VALUE(r.sizes().vec() == want, op, ": residual must have the output's shape ", at::IntArrayRef(want),
+                      ", got ", r.sizes());
+  }
+}
+
+// transformers' RMSNorm (Llama, Qwen, GLM) of 2-D x2 [M, K] in ATen ops: rnd(rnd(x * rstd) * w),
+// rstd = rsqrt(mean(x^2) + eps) in fp32, rounded to x's dtype at the same two points.
+inline at::Tensor reference_rms_norm(const at::Tensor& x2, const at::Tensor& w, double eps) {
+  const at::Tensor xf = x2.to(at::kFloat);
+  const at::Tensor n = (xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(x2.scalar_type());
+  return (n.to(at::kFloat) * w.to(at::kFloat)).to(x2.scalar_type());
+}
+
 // x [..., K] as [M, K] (a view where possible); also right for K == 0, where reshape(-1, K) is not.
 inline at::Tensor rows_2d(const at::Tensor& x) {
   int64_t rows = 1;
