@@ -348,16 +348,28 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     // 1/rms of each row of x: 16-byte loads spread over the block, warp sums, then one thread per
     // row adds the warps' sums (partial[][] is free until the split-K reduction; the first
     // __syncthreads also orders these writes before that reuse).
+    const int stride = 8 * static_cast<int>(blockDim.x);
     for (int m = 0; m < M; ++m) {
       const T* xr = x + static_cast<int64_t>(m) * K;
       float ss = 0.0f;
-      for (int k = 8 * static_cast<int>(threadIdx.x); k < K; k += 8 * static_cast<int>(blockDim.x)) {
-        const uint4 v = __ldg(reinterpret_cast<const uint4*>(xr + k));
-        const T* e = reinterpret_cast<const T*>(&v);
+      // kPro 16-byte loads in flight per thread (a 64-thread block covers K = 2048 in two round
+      // trips to L2, not four); K % 8 == 0, so a chunk is all in range or all out.
+      constexpr int kPro = 2;
+      for (int k0 = 8 * static_cast<int>(threadIdx.x); k0 < K; k0 += kPro * stride) {
+        uint4 v[kPro];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float f = Num<T>::to_float(e[i]);
-          ss += f * f;
+        for (int u = 0; u < kPro; ++u) {
+          const int k = k0 + u * stride;
+          v[u] = k < K ? __ldg(reinterpret_cast<const uint4*>(xr + k)) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int u = 0; u < kPro; ++u) {
+          const T* e = reinterpret_cast<const T*>(&v[u]);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const float f = Num<T>::to_float(e[i]);
+            ss += f * f;
+          }
         }
       }
 #pragma unroll
