@@ -170,10 +170,13 @@ __device__ __forceinline__ T add_residual(T v, const T* __restrict__ res, int64_
 // x = [gate | up] (gated_mlp's down projection); or RMSNorm(x) (the norm before a projection).
 enum class In : int { kPlain = 0, kSiluMul = 1, kRmsNorm = 2 };
 
-// load_x of RMSNorm(x) for the 8 elements at p: rnd(rnd(x * rstd) * w), rounded to T at the same
-// two points as transformers' Llama/Qwen/GLM RMSNorm and the Triton rms_norm kernel.
+// load_x for the RMSNorm prologue: rnd(x * w) for the 8 elements at p (norm weights at wp), and
+// their sum of squares added to ss. The 1/rms factor is applied to the fp32 sums in the epilogue
+// (RMSNorm's scale is one number per row, so it commutes with the dot product): no pass over x
+// before the weights stream. Rounding: once (x * w), where the stock RMSNorm rounds x * rstd and
+// then its product with w; the difference is within bf16 rounding noise.
 template <typename T>
-__device__ __forceinline__ void load_x_rms_norm(uint32_t (&r)[4], const T* p, const T* wp, float rstd) {
+__device__ __forceinline__ void load_x_rms_norm(uint32_t (&r)[4], const T* p, const T* wp, float& ss) {
   const uint4 xv = __ldg(reinterpret_cast<const uint4*>(p));
   const uint4 wv = __ldg(reinterpret_cast<const uint4*>(wp));
   const T* xe = reinterpret_cast<const T*>(&xv);
@@ -182,8 +185,9 @@ __device__ __forceinline__ void load_x_rms_norm(uint32_t (&r)[4], const T* p, co
   T* oe = reinterpret_cast<T*>(&ov);
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    const float n = Num<T>::to_float(Num<T>::from_float(Num<T>::to_float(xe[e]) * rstd));
-    oe[e] = Num<T>::from_float(n * Num<T>::to_float(we[e]));
+    const float f = Num<T>::to_float(xe[e]);
+    ss += f * f;
+    oe[e] = Num<T>::from_float(f * Num<T>::to_float(we[e]));
   }
   r[0] = ov.x;
   r[1] = ov.y;
@@ -234,8 +238,11 @@ __device__ __forceinline__ float activate(float v) {
 // IN = kSiluMul (down projection of a gated MLP): x is [M, 2K] = [gate | up] and the GEMV's input
 // is silu(gate) * up, computed (and rounded to T, exactly as silu_mul_kernel does) as x is loaded,
 // so the separate silu-multiply kernel between the two projections is gone. IN = kRmsNorm: the
-// input is RMSNorm(x; norm_w, eps); every block first reduces x's rows (from L2, while its first
-// weight batches are in flight) to their 1/rms, so the norm kernel before the projection is gone.
+// input is RMSNorm(x; norm_w, eps): the GEMV runs on x * norm_w, each lane summing the squares of
+// the x it loads; the split-K reduction adds them up per row (a block covers all of K) and the
+// epilogue scales each row's sums by its 1/rms, so the norm kernel before the projection is gone
+// at no extra pass over x. (A first version reduced x's rows before the main loop: those L2
+// reads queued behind the block's first weight batches and cost 3.5-11.6 us a GEMV on the H100.)
 // res (or null): y = rnd(rnd(act(...)) + res), the residual add after an output projection, with
 // the rounding of transformers' `residual + out`.
 //
@@ -252,7 +259,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
                 float eps, const T* __restrict__ res) {
   constexpr bool kGated = ACT == Act::kGatedSilu;
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
-  __shared__ float rstd_s[IN == In::kRmsNorm ? kMaxGemvRows : 1];
+  __shared__ float sumsq_s[IN == In::kRmsNorm ? kMaxWarps : 1][IN == In::kRmsNorm ? kMaxGemvRows : 1];
   extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -343,49 +350,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   pdl_wait();
   pdl_launch_dependents();
 
-  float rstd[MT] = {};
-  if constexpr (IN == In::kRmsNorm) {
-    // 1/rms of each row of x: 16-byte loads spread over the block, warp sums, then one thread per
-    // row adds the warps' sums (partial[][] is free until the split-K reduction; the first
-    // __syncthreads also orders these writes before that reuse).
-    const int stride = 8 * static_cast<int>(blockDim.x);
-    for (int m = 0; m < M; ++m) {
-      const T* xr = x + static_cast<int64_t>(m) * K;
-      float ss = 0.0f;
-      // kPro 16-byte loads in flight per thread (a 64-thread block covers K = 2048 in two round
-      // trips to L2, not four); K % 8 == 0, so a chunk is all in range or all out.
-      constexpr int kPro = 2;
-      for (int k0 = 8 * static_cast<int>(threadIdx.x); k0 < K; k0 += kPro * stride) {
-        uint4 v[kPro];
-#pragma unroll
-        for (int u = 0; u < kPro; ++u) {
-          const int k = k0 + u * stride;
-          v[u] = k < K ? __ldg(reinterpret_cast<const uint4*>(xr + k)) : make_uint4(0u, 0u, 0u, 0u);
-        }
-#pragma unroll
-        for (int u = 0; u < kPro; ++u) {
-          const T* e = reinterpret_cast<const T*>(&v[u]);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            const float f = Num<T>::to_float(e[i]);
-            ss += f * f;
-          }
-        }
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) partial[warp][m] = ss;
-    }
-    __syncthreads();
-    if (threadIdx.x < M) {
-      float ss = 0.0f;
-      for (int s = 0; s < nwarps; ++s) ss += partial[s][threadIdx.x];
-      rstd_s[threadIdx.x] = rsqrtf(ss / static_cast<float>(K) + eps);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) rstd[mt] = ok_x[mt] ? rstd_s[mt * 8 + g] : 0.0f;
-  }
+  float ss[MT] = {};  // IN == kRmsNorm: sum of squares of the x this lane loaded, per row tile
   const T* norm_wt = IN == In::kRmsNorm ? norm_w + 8 * t : nullptr;  // this lane's norm weights, indexed like x
 
   float acc[MT][4];
@@ -433,7 +398,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           if constexpr (IN == In::kSiluMul) {
             load_x_silu_mul(b[u][mt], x_row[mt] + k, K);
           } else if constexpr (IN == In::kRmsNorm) {
-            load_x_rms_norm(b[u][mt], x_row[mt] + k, norm_wt + k, rstd[mt]);
+            load_x_rms_norm(b[u][mt], x_row[mt] + k, norm_wt + k, ss[mt]);
           } else {
             load_x(b[u][mt], x_row[mt] + k);
           }
@@ -468,7 +433,26 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 #pragma unroll
     for (int j = 0; j < 4; ++j) partial[warp][(mt * 4 + j) * 32 + lane] = acc[mt][j];
   }
+  if constexpr (IN == In::kRmsNorm) {  // this warp's sum of squares of row mt * 8 + g: its 4 t-lanes'
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      float v = ss[mt];
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      v += __shfl_xor_sync(0xffffffffu, v, 2);
+      if (t == 0) sumsq_s[warp][mt * 8 + g] = v;
+    }
+  }
   __syncthreads();
+  // 1/rms of row m (IN == kRmsNorm; the block's warps cover all of K), else 1.
+  auto row_scale = [&](int m) {
+    if constexpr (IN == In::kRmsNorm) {
+      float v = 0.0f;
+      for (int s = 0; s < nwarps; ++s) v += sumsq_s[s][m];
+      return rsqrtf(v / static_cast<float>(K) + eps);
+    } else {
+      return 1.0f;
+    }
+  };
 
   constexpr int kOutputs = kGated ? MT * 2 * 32 : MT * 4 * 32;
   for (int i = threadIdx.x; i < kOutputs; i += blockDim.x) {
@@ -484,6 +468,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           gate += partial[s][(mt * 4 + j) * 32 + l];
           up += partial[s][(mt * 4 + j + 2) * 32 + l];
         }
+        if constexpr (IN == In::kRmsNorm) {
+          const float scale = row_scale(m);
+          gate *= scale;
+          up *= scale;
+        }
         if constexpr (HAS_BIAS) {
           gate += Num<T>::to_float(bias[n]);
           up += Num<T>::to_float(bias[n + n_out]);
@@ -497,6 +486,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       if (m < M && n < N) {
         float v = 0.0f;
         for (int s = 0; s < nwarps; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
+        if constexpr (IN == In::kRmsNorm) v *= row_scale(m);
         if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
         const int64_t o = static_cast<int64_t>(m) * N + n;
         y[o] = add_residual(Num<T>::from_float(activate<ACT>(v)), res, o);
