@@ -220,10 +220,9 @@ def fused_linear(
     weight-streaming GEMV (decode); more rows run cuBLAS with the epilogue fused where it can be.
     norm_weight ([K]): x goes through transformers' RMSNorm (norm_eps) first; residual (the
     output's shape): added to the output, rounded as `residual + out`. The GEMV does both inside
-    its one kernel (a decoder layer's norm and residual-add kernels are gone): it multiplies x by
-    norm_weight as it loads it and scales each row's fp32 sums by that row's 1/rms, so the normed
-    input is rounded once where the stock RMSNorm rounds twice (within bf16 noise of it).
-    Elsewhere (CPU, cuBLAS paths) they are the stock ops around the matmul (see fuses_prologue).
+    its one kernel (a decoder layer's norm and residual-add kernels are gone; the normed rows
+    are staged in shared memory, up to 64 KiB of them), with the stock rounding. Elsewhere (CPU,
+    cuBLAS paths, more rows) they are the stock ops around the matmul (see fuses_prologue).
     """
     _check_linear(x, weight, bias, activation)
     if norm_weight is not None or residual is not None:

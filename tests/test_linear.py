@@ -574,8 +574,8 @@ def test_native_prologue_checks_its_arguments(case):
 @pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 17, 100])
 @pytest.mark.parametrize("K,N", [(64, 46), (2056, 130), (4096, 40)])
 def test_gpu_prologue_matches_reference(K, N, M, act, dtype):
-    """RMSNorm prologue and residual epilogue in the GEMV (M <= 16; each row's sum of squares is
-    gathered from the x chunks the split-K warps load, K % 32 != 0 included, and scales the sums)
+    """RMSNorm prologue and residual epilogue in the GEMV (M <= 16, K % 32 != 0 included; the
+    normed rows staged in shared memory up to 64 KiB, else the norm as ATen ops before the GEMV)
     and as ops around cuBLAS (M > 16)."""
     x, w, b = make(M, K, N, dtype, "cuda")
     x = x * 3  # rms far from 1: the norm matters

@@ -564,8 +564,7 @@ def decoder_layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs) ->
     if ctx.fold and hidden_states.numel() <= ops.LINEAR_GEMV_MAX_ROWS * hidden_states.shape[-1]:
         # A decode step: each norm runs inside the GEMV of the projection after it (qkv, gate_up)
         # and each residual add inside the GEMV before it (o_proj, down): four kernels instead of
-        # four plus two add+norm kernels. The residual adds round as the unfolded path does; the
-        # norm rounds once instead of twice (ops.fused_linear), within bf16 noise of it.
+        # four plus two add+norm kernels, with the unfolded path's rounding.
         h = getattr(self, spec.attn)(hidden_states=hidden_states,
                                      autoglm_fold_norm=getattr(self, spec.input_norm), **kwargs)[0]
         return getattr(self, spec.mlp_module)(h, autoglm_fold_norm=getattr(self, spec.post_attn_norm))

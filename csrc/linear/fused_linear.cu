@@ -170,31 +170,6 @@ __device__ __forceinline__ T add_residual(T v, const T* __restrict__ res, int64_
 // x = [gate | up] (gated_mlp's down projection); or RMSNorm(x) (the norm before a projection).
 enum class In : int { kPlain = 0, kSiluMul = 1, kRmsNorm = 2 };
 
-// load_x for the RMSNorm prologue: rnd(x * w) for the 8 elements at p (norm weights at wp), and
-// their sum of squares added to ss. The 1/rms factor is applied to the fp32 sums in the epilogue
-// (RMSNorm's scale is one number per row, so it commutes with the dot product): no pass over x
-// before the weights stream. Rounding: once (x * w), where the stock RMSNorm rounds x * rstd and
-// then its product with w; the difference is within bf16 rounding noise.
-template <typename T>
-__device__ __forceinline__ void load_x_rms_norm(uint32_t (&r)[4], const T* p, const T* wp, float& ss) {
-  const uint4 xv = __ldg(reinterpret_cast<const uint4*>(p));
-  const uint4 wv = __ldg(reinterpret_cast<const uint4*>(wp));
-  const T* xe = reinterpret_cast<const T*>(&xv);
-  const T* we = reinterpret_cast<const T*>(&wv);
-  uint4 ov;
-  T* oe = reinterpret_cast<T*>(&ov);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const float f = Num<T>::to_float(xe[e]);
-    ss += f * f;
-    oe[e] = Num<T>::from_float(f * Num<T>::to_float(we[e]));
-  }
-  r[0] = ov.x;
-  r[1] = ov.y;
-  r[2] = ov.z;
-  r[3] = ov.w;
-}
-
 // load_x of silu(gate) * up for the 8 elements at p (gate) and p + K (up), each product rounded to
 // T as silu_mul_kernel rounds it (the GEMV's results match silu_mul + GEMV bit for bit).
 template <typename T>
@@ -238,11 +213,12 @@ __device__ __forceinline__ float activate(float v) {
 // IN = kSiluMul (down projection of a gated MLP): x is [M, 2K] = [gate | up] and the GEMV's input
 // is silu(gate) * up, computed (and rounded to T, exactly as silu_mul_kernel does) as x is loaded,
 // so the separate silu-multiply kernel between the two projections is gone. IN = kRmsNorm: the
-// input is RMSNorm(x; norm_w, eps): the GEMV runs on x * norm_w, each lane summing the squares of
-// the x it loads; the split-K reduction adds them up per row (a block covers all of K) and the
-// epilogue scales each row's sums by its 1/rms, so the norm kernel before the projection is gone
-// at no extra pass over x. (A first version reduced x's rows before the main loop: those L2
-// reads queued behind the block's first weight batches and cost 3.5-11.6 us a GEMV on the H100.)
+// input is RMSNorm(x; norm_w, eps): after the PDL wait each block reduces x's rows to their 1/rms
+// and writes rnd(rnd(x * rstd) * w) (the stock RMSNorm's rounding) into shared memory behind the
+// ring; the main loop reads x from there. The block's first weight batches are in flight
+// meanwhile, so the norm kernel before the projection is gone at the cost of that short prologue.
+// (A version that normalized x as the main loop loaded it from L2 stalled each step on those
+// loads: 3-14 us more per GEMV on the H100, bench/results/..._1234_.../fold_cost.txt.)
 // res (or null): y = rnd(rnd(act(...)) + res), the residual add after an output projection, with
 // the rounding of transformers' `residual + out`.
 //
@@ -259,8 +235,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
                 float eps, const T* __restrict__ res) {
   constexpr bool kGated = ACT == Act::kGatedSilu;
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
-  __shared__ float sumsq_s[IN == In::kRmsNorm ? kMaxWarps : 1][IN == In::kRmsNorm ? kMaxGemvRows : 1];
-  extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]
+  __shared__ float rstd_s[IN == In::kRmsNorm ? kMaxGemvRows : 1];
+  extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]; kRmsNorm: then xs [M][K]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -350,8 +326,62 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   pdl_wait();
   pdl_launch_dependents();
 
-  float ss[MT] = {};  // IN == kRmsNorm: sum of squares of the x this lane loaded, per row tile
-  const T* norm_wt = IN == In::kRmsNorm ? norm_w + 8 * t : nullptr;  // this lane's norm weights, indexed like x
+  if constexpr (IN == In::kRmsNorm) {
+    // 1/rms of each row (two 16-byte loads in flight per thread; partial[][] is free until the
+    // split-K reduction), then the normed rows into shared memory; x_row then points there.
+    T* xs = reinterpret_cast<T*>(ring_smem + nwarps * (NB * kUnroll * 64));
+    const int stride = 8 * static_cast<int>(blockDim.x);
+    for (int m = 0; m < M; ++m) {
+      const T* xr = x + static_cast<int64_t>(m) * K;
+      float ss = 0.0f;
+      for (int k0 = 8 * static_cast<int>(threadIdx.x); k0 < K; k0 += 2 * stride) {
+        uint4 v[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int k = k0 + u * stride;
+          v[u] = k < K ? __ldg(reinterpret_cast<const uint4*>(xr + k)) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const T* e = reinterpret_cast<const T*>(&v[u]);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const float f = Num<T>::to_float(e[i]);
+            ss += f * f;
+          }
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) partial[warp][m] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+      float ss = 0.0f;
+      for (int w2 = 0; w2 < nwarps; ++w2) ss += partial[w2][threadIdx.x];
+      rstd_s[threadIdx.x] = rsqrtf(ss / static_cast<float>(K) + eps);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < M * (K / 8); i += blockDim.x) {
+      const int m = i / (K / 8), k = (i - m * (K / 8)) * 8;
+      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(m) * K + k));
+      const uint4 wv = __ldg(reinterpret_cast<const uint4*>(norm_w + k));
+      const T* xe = reinterpret_cast<const T*>(&xv);
+      const T* we = reinterpret_cast<const T*>(&wv);
+      const float rstd = rstd_s[m];
+      uint4 ov;
+      T* oe = reinterpret_cast<T*>(&ov);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float n = Num<T>::to_float(Num<T>::from_float(Num<T>::to_float(xe[e]) * rstd));
+        oe[e] = Num<T>::from_float(n * Num<T>::to_float(we[e]));
+      }
+      *reinterpret_cast<uint4*>(xs + static_cast<int64_t>(m) * K + k) = ov;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) x_row[mt] = xs + static_cast<int64_t>(ok_x[mt] ? mt * 8 + g : 0) * K + 8 * t;
+  }
 
   float acc[MT][4];
 #pragma unroll
@@ -397,8 +427,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         if (ok && ok_x[mt]) {
           if constexpr (IN == In::kSiluMul) {
             load_x_silu_mul(b[u][mt], x_row[mt] + k, K);
-          } else if constexpr (IN == In::kRmsNorm) {
-            load_x_rms_norm(b[u][mt], x_row[mt] + k, norm_wt + k, ss[mt]);
+          } else if constexpr (IN == In::kRmsNorm) {  // from shared memory
+            const uint4 v = *reinterpret_cast<const uint4*>(x_row[mt] + k);
+            b[u][mt][0] = v.x, b[u][mt][1] = v.y, b[u][mt][2] = v.z, b[u][mt][3] = v.w;
           } else {
             load_x(b[u][mt], x_row[mt] + k);
           }
@@ -433,26 +464,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 #pragma unroll
     for (int j = 0; j < 4; ++j) partial[warp][(mt * 4 + j) * 32 + lane] = acc[mt][j];
   }
-  if constexpr (IN == In::kRmsNorm) {  // this warp's sum of squares of row mt * 8 + g: its 4 t-lanes'
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      float v = ss[mt];
-      v += __shfl_xor_sync(0xffffffffu, v, 1);
-      v += __shfl_xor_sync(0xffffffffu, v, 2);
-      if (t == 0) sumsq_s[warp][mt * 8 + g] = v;
-    }
-  }
   __syncthreads();
-  // 1/rms of row m (IN == kRmsNorm; the block's warps cover all of K), else 1.
-  auto row_scale = [&](int m) {
-    if constexpr (IN == In::kRmsNorm) {
-      float v = 0.0f;
-      for (int s = 0; s < nwarps; ++s) v += sumsq_s[s][m];
-      return rsqrtf(v / static_cast<float>(K) + eps);
-    } else {
-      return 1.0f;
-    }
-  };
 
   constexpr int kOutputs = kGated ? MT * 2 * 32 : MT * 4 * 32;
   for (int i = threadIdx.x; i < kOutputs; i += blockDim.x) {
@@ -468,11 +480,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           gate += partial[s][(mt * 4 + j) * 32 + l];
           up += partial[s][(mt * 4 + j + 2) * 32 + l];
         }
-        if constexpr (IN == In::kRmsNorm) {
-          const float scale = row_scale(m);
-          gate *= scale;
-          up *= scale;
-        }
         if constexpr (HAS_BIAS) {
           gate += Num<T>::to_float(bias[n]);
           up += Num<T>::to_float(bias[n + n_out]);
@@ -486,7 +493,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       if (m < M && n < N) {
         float v = 0.0f;
         for (int s = 0; s < nwarps; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
-        if constexpr (IN == In::kRmsNorm) v *= row_scale(m);
         if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
         const int64_t o = static_cast<int64_t>(m) * N + n;
         y[o] = add_residual(Num<T>::from_float(activate<ACT>(v)), res, o);
@@ -556,24 +562,29 @@ int sm_count() {
 // Dynamic shared memory of a block of `warps` warps: the weight ring of the staged kernel.
 constexpr int ring_bytes(int nb, int warps) { return nb * kUnroll * 64 * 16 * warps; }
 
+// Normed rows of x the RMSNorm prologue keeps in shared memory, at most (larger M * K: the norm
+// runs as ATen ops before a plain GEMV).
+constexpr int64_t kMaxNormSmemBytes = 64 << 10;
+
 // Lets the kernel use more than 48 KB of dynamic shared memory (once per instantiation).
 template <typename Kernel>
-void allow_ring(Kernel kernel, int nb) {
-  if (nb > 0) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ring_bytes(nb, kMaxWarps)));
+void allow_ring(Kernel kernel, int nb, bool norm) {
+  const int bytes = ring_bytes(nb, kMaxWarps) + (norm ? static_cast<int>(kMaxNormSmemBytes) : 0);
+  if (bytes > 0) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
 // Blocks of `warps` warps that fit on one SM at once (registers, shared memory), cached per
 // kernel and block size (a host-side query; safe during graph capture).
 template <typename T, int MT, Act ACT, int NB, In IN>
-int resident_blocks(int warps) {
+int resident_blocks(int warps, int extra_smem) {
   static int cache[kMaxWarps + 1] = {};
-  if (cache[warps] == 0) {
-    int n = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, IN>, 32 * warps,
-                                                                 ring_bytes(NB, warps)));
-    cache[warps] = n > 0 ? n : 1;
-  }
-  return cache[warps];
+  if (extra_smem == 0 && cache[warps] != 0) return cache[warps];
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, IN>, 32 * warps,
+                                                               ring_bytes(NB, warps) + extra_smem));
+  n = n > 0 ? n : 1;
+  if (extra_smem == 0) cache[warps] = n;
+  return n;
 }
 
 // Batches of weights each warp keeps in flight through shared memory (0: the register-only
@@ -643,8 +654,8 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
                     int64_t n_out, const Extras& ex) {
   using T = typename CudaType<scalar_t>::type;
   static const bool prepared = [] {  // before the occupancy query, which counts the ring
-    allow_ring(gemv_kernel<T, MT, ACT, false, NB, IN>, NB);
-    allow_ring(gemv_kernel<T, MT, ACT, true, NB, IN>, NB);
+    allow_ring(gemv_kernel<T, MT, ACT, false, NB, IN>, NB, IN == In::kRmsNorm);
+    allow_ring(gemv_kernel<T, MT, ACT, true, NB, IN>, NB, IN == In::kRmsNorm);
     return true;
   }();
   (void)prepared;
@@ -655,11 +666,12 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   // least two unrolled batches per warp, and only while all tiles stay resident at once: a
   // second, mostly empty wave of blocks costs more than the extra split gains (the H100 run
   // measured M = 16 on 4096->4608 at 0.82x cuBLAS with 288 blocks on 264 resident slots).
+  const int norm_smem = IN == In::kRmsNorm ? M * K * static_cast<int>(sizeof(T)) : 0;  // <= kMaxNormSmemBytes
   const int sms = sm_count();
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, IN>(2 * warps)) * sms)
+         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, IN>(2 * warps, norm_smem)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
@@ -672,7 +684,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
   launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, IN> : gemv_kernel<T, MT, ACT, false, NB, IN>, grid,
-             block, ring_bytes(NB, warps), stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp,
+             block, ring_bytes(NB, warps) + norm_smem, stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp,
              prefetch_bytes, ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual));
 }
 
@@ -783,6 +795,11 @@ at::Tensor gemv_input(const at::Tensor& x2) {
 at::Tensor linear_2d(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& b, Act act,
                      int64_t n_out, const Extras& ex = {}) {
   const int64_t M = x2.size(0);
+  if (ex.in == In::kRmsNorm && M * x2.size(1) * x2.element_size() > kMaxNormSmemBytes) {
+    Extras plain = ex;  // too many normed rows for the prologue's shared memory
+    plain.in = In::kPlain;
+    return linear_2d(reference_rms_norm(x2, *ex.norm_weight, ex.eps), weight, b, act, n_out, plain);
+  }
   if (!gemv_takes(x2.scalar_type(), M, weight)) {
     TORCH_CHECK(ex.in != In::kSiluMul, "linear_2d: the silu-multiply prologue needs the GEMV");
     const at::Tensor xin = ex.in == In::kRmsNorm ? reference_rms_norm(x2, *ex.norm_weight, ex.eps) : x2;
