@@ -245,10 +245,10 @@ def gated_mlp(
     x: [..., K]; gate_up: [2I, K] (gate rows first, like GLM4's gate_up_proj); down: [N, I];
     biases [2I] / [N] or None; one dtype. Returns [..., N]. The hidden activation is rounded to
     x's dtype between the projections, as in the stock MLP. On CUDA at decode (<= 16 rows) it is
-    two kernels: the gated GEMV then the down GEMV, or, where gate_up is too big for the GEMV,
-    cuBLAS then the down GEMV computing silu(gate) * up as it loads its input; the separate
-    silu-multiply kernel of fused_linear's cuBLAS path is gone either way. norm_weight / residual
-    as in fused_linear: the RMSNorm before gate_up, the residual added after down.
+    two kernels where both weights take the GEMV (the gated GEMV, silu-multiply in its epilogue,
+    then the down GEMV); a gate_up too big for the GEMV runs cuBLAS + the silu_mul kernel.
+    norm_weight / residual as in fused_linear: the RMSNorm before gate_up, the residual added
+    after down.
     """
     _check_linear(x, gate_up, gate_up_bias, "gated_silu")
     check_tensor("down", down, dtypes=FLOAT_DTYPES, dim=2)

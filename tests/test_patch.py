@@ -593,8 +593,8 @@ def test_offloading_hooks_stay_stock_with_a_reason():
 
 
 def test_decode_steps_fold_norms_into_the_projections():
-    """Pre-norm RMSNorm layers (Llama, Qwen) run a decode step's norms and residual adds inside
-    their projections (LayerCtx.fold; on CPU the reference op stands in for the GEMV); GLM-4's
+    """Pre-norm RMSNorm layers (Llama, Qwen) run a decode step's input norm and residual adds
+    inside their projections (LayerCtx.fold; on CPU the reference op stands in for the GEMV); GLM-4's
     sandwich norms and OPT's LayerNorm keep the add+norm kernels. The folded step gives the
     unfolded step's logits, and generate gives the stock tokens (test_patched_generate_matches_stock)."""
     for arch, folds in (("llama", True), ("qwen3", True), ("glm4", False), ("opt", False)):
@@ -602,7 +602,7 @@ def test_decode_steps_fold_norms_into_the_projections():
         report = patch_model(model, strict=True)
         layers = state_of(model).layers
         assert all(layer._autoglm.fold is folds for layer in layers), arch
-        assert any("inside the GEMV" in n for n in report.notes) is folds, arch
+        assert any("inside the qkv GEMV" in n for n in report.notes) is folds, arch
     model = _model("llama")
     ids, mask = _prompt()
     patch_model(model)

@@ -203,8 +203,8 @@ class LayerCtx:
     activation: str  # fused_linear activation of the inline MLP
     next_norm: Optional[nn.Module] = None  # the norm after this layer, fused into its last residual add
     arg_names: tuple = ()  # names of the stock forward's positional parameters after hidden_states
-    # Decode steps (<= LINEAR_GEMV_MAX_ROWS rows) run the norms and residual adds inside the
-    # projections' GEMVs (see decoder_layer_forward); set where all four take the GEMV.
+    # Decode steps (<= LINEAR_GEMV_MAX_ROWS rows) run the input norm and the residual adds inside
+    # the projections' GEMVs (see decoder_layer_forward); set where all four take the GEMV.
     fold: bool = False
 
 
@@ -251,19 +251,18 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     return ops.fused_linear(x, weight, bias, activation=activation)
 
 
-def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel], gate_up=None, fold=None) -> torch.Tensor:
+def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel], gate_up=None,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """An output projection (o_proj, down_proj). With gate_up = (weight, bias), x is the MLP's
-    input and the whole gated MLP runs as one op (ops.gated_mlp). fold = (norm module or None,
-    residual): the RMSNorm before (gated MLP only) and the residual add after, inside the op
-    (never tensor-parallel). Tensor-parallel: this rank's input columns give a partial sum,
-    all-reduced, then the replicated bias once (what transformers' rowwise does)."""
+    input and the whole gated MLP runs as one op (ops.gated_mlp). residual (decode steps, never
+    tensor-parallel): added to the output inside the op. Tensor-parallel: this rank's input
+    columns give a partial sum, all-reduced, then the replicated bias once (what transformers'
+    rowwise does)."""
     w, b = local(lin.weight), (lin.bias if tp is None else None)
-    if fold is not None:
-        norm_mod, residual = fold
+    if residual is not None:
         if gate_up is None:
             return ops.fused_linear(x, w, b, residual=residual)
-        return ops.gated_mlp(x, *gate_up, w, b, norm_weight=local(norm_mod.weight), norm_eps=_eps(norm_mod),
-                             residual=residual)
+        return ops.gated_mlp(x, *gate_up, w, b, residual=residual)
     y = _linear(x, w, b) if gate_up is None else ops.gated_mlp(x, *gate_up, w, b)
     if tp is None:
         return y
@@ -476,8 +475,8 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
             k, v = cache.update(k, v, self.layer_idx)
     out = attend(q, k, v, attention_mask, ctx.scale, runtime=ctx.runtime, cache=cache, layer_idx=self.layer_idx,
                  valid_len=valid)
-    fold = None if autoglm_fold_norm is None else (None, hidden_states)
-    return _out_linear(out.reshape(B, S, hq * d), getattr(self, ctx.o_proj), ctx.tp, fold=fold), None
+    residual = None if autoglm_fold_norm is None else hidden_states
+    return _out_linear(out.reshape(B, S, hq * d), getattr(self, ctx.o_proj), ctx.tp, residual=residual), None
 
 
 def attention_interface(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -527,16 +526,14 @@ def register_attention() -> None:
 # ---------------------------------------------------------------------------------------------
 # MLP, decoder layer, final norm, lm_head
 # ---------------------------------------------------------------------------------------------
-def mlp_forward(self, x: torch.Tensor, autoglm_fold_norm: Optional[nn.Module] = None) -> torch.Tensor:
+def mlp_forward(self, x: torch.Tensor, autoglm_residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Gated MLP: down_proj(silu(gate) * up) as one op (ops.gated_mlp: two kernels at decode). GLM's
     gate_up_proj as it is; Llama's gate_proj/up_proj stacked once at patch time (ctx.gate_up).
-    autoglm_fold_norm (decode steps, see decoder_layer_forward): x is the residual stream, normed
-    inside the gate_up GEMV, and the output is x + MLP (the residual added inside the down GEMV)."""
+    autoglm_residual (decode steps, see decoder_layer_forward): added inside the down GEMV."""
     no_training(self)
     ctx: MlpCtx = self._autoglm
     w, b = ctx.gate_up.get() if ctx.gate_up is not None else (self.gate_up_proj.weight, self.gate_up_proj.bias)
-    fold = None if autoglm_fold_norm is None else (autoglm_fold_norm, x)
-    return _out_linear(x, self.down_proj, ctx.tp, gate_up=(w, b), fold=fold)
+    return _out_linear(x, self.down_proj, ctx.tp, gate_up=(w, b), residual=autoglm_residual)
 
 
 def _inline_mlp(layer: nn.Module, ctx: LayerCtx, x: torch.Tensor) -> torch.Tensor:
@@ -562,12 +559,14 @@ def decoder_layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs) ->
     if args:
         kwargs.update(zip(ctx.arg_names, args))
     if ctx.fold and hidden_states.numel() <= ops.LINEAR_GEMV_MAX_ROWS * hidden_states.shape[-1]:
-        # A decode step: each norm runs inside the GEMV of the projection after it (qkv, gate_up)
-        # and each residual add inside the GEMV before it (o_proj, down): four kernels instead of
-        # four plus two add+norm kernels, with the unfolded path's rounding.
+        # A decode step: the input norm runs inside the qkv GEMV and each residual add inside the
+        # GEMV before it (o_proj, down); the post-attention norm stays a kernel (in the gate_up
+        # GEMV's prologue it cost more than the kernel: scripts/fold_cost.py, ..._1246_...). One
+        # norm kernel per layer instead of two add+norm kernels, with the unfolded path's rounding.
         h = getattr(self, spec.attn)(hidden_states=hidden_states,
                                      autoglm_fold_norm=getattr(self, spec.input_norm), **kwargs)[0]
-        return getattr(self, spec.mlp_module)(h, autoglm_fold_norm=getattr(self, spec.post_attn_norm))
+        x = norm("rms", True, getattr(self, spec.post_attn_norm), h)
+        return getattr(self, spec.mlp_module)(x, autoglm_residual=h)
     kind, fused = spec.norm, ctx.fuse_norms
     residual = hidden_states
     x = ctx.runtime.take(hidden_states) if fused else None

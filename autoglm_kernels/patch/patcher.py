@@ -441,12 +441,12 @@ def _privatize_config(model: nn.Module, state: PatchState) -> dict:
 
 
 def _fold_norms(p: _Plan, state: PatchState) -> bool:
-    """Whether decode steps run the norms and residual adds inside the projections' GEMVs
+    """Whether decode steps run the input norm and the residual adds inside the projections' GEMVs
     (LayerCtx.fold): pre-norm RMSNorm layers whose attention, MLP and norms are all fused, not
-    tensor-parallel, with each layer's qkv, o_proj, gate_up and down weights taken by the GEMV
-    (on CUDA, weights of at most 64 MiB; elsewhere the op would run the norm and add as separate
-    ops around cuBLAS, more kernels than the fused add+norm). AUTOGLM_FOLD_NORMS=0 turns it off
-    (a switch for benchmarks, read at patch time)."""
+    tensor-parallel, with each layer's qkv, o_proj and down weights taken by the GEMV (on CUDA,
+    weights of at most 64 MiB; elsewhere the op would run the norm and add as separate ops around
+    cuBLAS, more kernels than the fused add+norm). AUTOGLM_FOLD_NORMS=0 turns it off (a switch
+    for benchmarks, read at patch time)."""
     spec = p.spec
     if os.environ.get("AUTOGLM_FOLD_NORMS", "1") == "0":
         return False
@@ -455,9 +455,7 @@ def _fold_norms(p: _Plan, state: PatchState) -> bool:
         return False
     for layer in p.layers:
         attn, mlp = getattr(layer, spec.attn), getattr(layer, spec.mlp_module)
-        weights = [getattr(attn, spec.o_proj).weight, mlp.down_proj.weight]
-        weights += [attn._autoglm.qkv.get()[0],
-                    mlp._autoglm.gate_up.get()[0] if mlp._autoglm.gate_up is not None else mlp.gate_up_proj.weight]
+        weights = [attn._autoglm.qkv.get()[0], getattr(attn, spec.o_proj).weight, mlp.down_proj.weight]
         if not all(ops.fuses_prologue(w, 1) for w in weights):
             return False
     return True
@@ -502,8 +500,8 @@ def _apply(p: _Plan, state: PatchState) -> None:
         n = len(p.layers)
         fold = _fold_norms(p, state)
         if fold:
-            p.report.notes.append("decode steps: each RMSNorm and residual add runs inside the GEMV of the projection "
-                                  "next to it (qkv, o_proj, gate_up, down)")
+            p.report.notes.append("decode steps: the input RMSNorm runs inside the qkv GEMV and the residual adds "
+                                  "inside the o_proj and down GEMVs")
         for i, layer in enumerate(p.layers):
             if not p.norms:
                 nxt = None

@@ -15,9 +15,9 @@
 // the best stock path, with the epilogue fused where cuBLASLt can (relu/gelu + bias) and one
 // fused silu(g)*u kernel for gated_silu instead of chunk + silu + mul.
 //
-// autoglm::gated_mlp (the whole gated MLP, down(silu(gate) * up)) runs the same kernels; where
-// gate_up is too big for the GEMV but down is not (Llama-3.2-1B: 64 MiB gate_up, 32 MiB down),
-// cuBLAS's gate_up output feeds a GEMV that computes silu(gate) * up as it loads x (GATED_IN).
+// autoglm::gated_mlp (the whole gated MLP, down(silu(gate) * up)) runs the same kernels, and
+// both ops take an optional RMSNorm before the projection (the GEMV's prologue) and a residual
+// added after it (its epilogue), for the decoder layer's decode step.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -67,12 +67,6 @@ int64_t max_gemv_weight_bytes() {
 int64_t gemv_prefetch_bytes() {
   static const int64_t bytes = env_knob("AUTOGLM_GEMV_PREFETCH_BYTES", 256, 0, int64_t(1) << 30);
   return bytes;
-}
-// Whether gated_mlp's down GEMV computes silu(gate) * up as it loads x (1) or runs after the
-// silu_mul kernel (0). AUTOGLM_GEMV_GATED_IN overrides it (a tuning knob for benchmarks; read once).
-bool gemv_gated_in() {
-  static const bool on = env_knob("AUTOGLM_GEMV_GATED_IN", 1, 0, 1) == 1;
-  return on;
 }
 // Split-K warps per SM the launch aims at (see launch_gemv_nb). AUTOGLM_GEMV_WARPS_PER_SM
 // overrides it (a tuning knob for benchmarks; read once per process).
@@ -166,27 +160,8 @@ __device__ __forceinline__ T add_residual(T v, const T* __restrict__ res, int64_
   return res == nullptr ? v : Num<T>::from_float(Num<T>::to_float(v) + Num<T>::to_float(res[o]));
 }
 
-// What the GEMV computes from x as it loads it (its "prologue"): x itself; silu(gate) * up of
-// x = [gate | up] (gated_mlp's down projection); or RMSNorm(x) (the norm before a projection).
-enum class In : int { kPlain = 0, kSiluMul = 1, kRmsNorm = 2 };
-
-// load_x of silu(gate) * up for the 8 elements at p (gate) and p + K (up), each product rounded to
-// T as silu_mul_kernel rounds it (the GEMV's results match silu_mul + GEMV bit for bit).
-template <typename T>
-__device__ __forceinline__ void load_x_silu_mul(uint32_t (&r)[4], const T* p, int K) {
-  const uint4 gv = __ldg(reinterpret_cast<const uint4*>(p));
-  const uint4 uv = __ldg(reinterpret_cast<const uint4*>(p + K));
-  const T* ge = reinterpret_cast<const T*>(&gv);
-  const T* ue = reinterpret_cast<const T*>(&uv);
-  uint4 ov;
-  T* oe = reinterpret_cast<T*>(&ov);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) oe[e] = Num<T>::from_float(silu_f(Num<T>::to_float(ge[e])) * Num<T>::to_float(ue[e]));
-  r[0] = ov.x;
-  r[1] = ov.y;
-  r[2] = ov.z;
-  r[3] = ov.w;
-}
+// What the GEMV computes from x before the dot products (its "prologue"): nothing, or RMSNorm.
+enum class In : int { kPlain = 0, kRmsNorm = 1 };
 
 template <Act ACT>
 __device__ __forceinline__ float activate(float v) {
@@ -210,10 +185,7 @@ __device__ __forceinline__ float activate(float v) {
 // Registers: MT = 1 fits 64 (two 512-thread blocks per SM); MT = 2 needs ~110 to keep all
 // kUnroll steps' loads in flight without spilling, so one 512-thread block per SM.
 //
-// IN = kSiluMul (down projection of a gated MLP): x is [M, 2K] = [gate | up] and the GEMV's input
-// is silu(gate) * up, computed (and rounded to T, exactly as silu_mul_kernel does) as x is loaded,
-// so the separate silu-multiply kernel between the two projections is gone. IN = kRmsNorm: the
-// input is RMSNorm(x; norm_w, eps): after the PDL wait each block reduces x's rows to their 1/rms
+// IN = kRmsNorm: the input is RMSNorm(x; norm_w, eps): after the PDL wait each block reduces x's rows to their 1/rms
 // and writes rnd(rnd(x * rstd) * w) (the stock RMSNorm's rounding) into shared memory behind the
 // ring; the main loop reads x from there. The block's first weight batches are in flight
 // meanwhile, so the norm kernel before the projection is gone at the cost of that short prologue.
@@ -264,7 +236,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   for (int mt = 0; mt < MT; ++mt) {
     const int m = mt * 8 + g;
     ok_x[mt] = m < M;
-    x_row[mt] = x + static_cast<int64_t>(ok_x[mt] ? m : 0) * (IN == In::kSiluMul ? 2 * K : K) + 8 * t;
+    x_row[mt] = x + static_cast<int64_t>(ok_x[mt] ? m : 0) * K + 8 * t;
   }
 
   const int num_steps = (K + kStepK - 1) / kStepK;
@@ -425,9 +397,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         if (ok && ok_x[mt]) {
-          if constexpr (IN == In::kSiluMul) {
-            load_x_silu_mul(b[u][mt], x_row[mt] + k, K);
-          } else if constexpr (IN == In::kRmsNorm) {  // from shared memory
+          if constexpr (IN == In::kRmsNorm) {  // from shared memory
             const uint4 v = *reinterpret_cast<const uint4*>(x_row[mt] + k);
             b[u][mt][0] = v.x, b[u][mt][1] = v.y, b[u][mt][2] = v.z, b[u][mt][3] = v.w;
           } else {
@@ -648,7 +618,7 @@ struct Extras {
   const at::Tensor* residual = nullptr;
 };
 
-// x: [M, K] ([M, 2K] = [gate | up] for In::kSiluMul), w: [N, K], y: [M, n_out].
+// x: [M, K], w: [N, K], y: [M, n_out].
 template <typename scalar_t, int MT, Act ACT, int NB, In IN>
 void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
@@ -699,16 +669,12 @@ void launch_gemv_in(const at::Tensor& x, const at::Tensor& w, const std::optiona
 }
 
 // Only the prologues the ops use are instantiated: RMSNorm before the plain and the gated
-// projection (qkv, gate_up), silu-multiply before a plain one (down).
+// projection (qkv, gate_up).
 template <typename scalar_t, int MT, Act ACT>
 void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                      int64_t n_out, const Extras& ex) {
-  constexpr bool kNorm = ACT == Act::kNone || ACT == Act::kGatedSilu, kSiluMul = ACT == Act::kNone;
-  if constexpr (kNorm) {
+  if constexpr (ACT == Act::kNone || ACT == Act::kGatedSilu) {
     if (ex.in == In::kRmsNorm) return launch_gemv_in<scalar_t, MT, ACT, In::kRmsNorm>(x, w, bias, y, n_out, ex);
-  }
-  if constexpr (kSiluMul) {
-    if (ex.in == In::kSiluMul) return launch_gemv_in<scalar_t, MT, ACT, In::kSiluMul>(x, w, bias, y, n_out, ex);
   }
   TORCH_CHECK(ex.in == In::kPlain, "fused_linear: no GEMV prologue ", static_cast<int>(ex.in), " for this activation");
   launch_gemv_in<scalar_t, MT, ACT, In::kPlain>(x, w, bias, y, n_out, ex);
@@ -784,7 +750,7 @@ bool gemv_takes(at::ScalarType dtype, int64_t M, const at::Tensor& weight) {
          K <= INT32_MAX / 2 && aligned16(weight) && N * K * int64_t(weight.element_size()) <= max_gemv_weight_bytes();
 }
 
-// x2 [M, K] ([M, 2K] = [gate | up] for In::kSiluMul) as a contiguous, 16-byte aligned copy or view.
+// x2 [M, K] as a contiguous, 16-byte aligned copy or view.
 at::Tensor gemv_input(const at::Tensor& x2) {
   at::Tensor c = x2.contiguous();
   return aligned16(c) ? c : c.clone(at::MemoryFormat::Contiguous);  // a fresh allocation is aligned
@@ -801,7 +767,6 @@ at::Tensor linear_2d(const at::Tensor& x2, const at::Tensor& weight, const std::
     return linear_2d(reference_rms_norm(x2, *ex.norm_weight, ex.eps), weight, b, act, n_out, plain);
   }
   if (!gemv_takes(x2.scalar_type(), M, weight)) {
-    TORCH_CHECK(ex.in != In::kSiluMul, "linear_2d: the silu-multiply prologue needs the GEMV");
     const at::Tensor xin = ex.in == In::kRmsNorm ? reference_rms_norm(x2, *ex.norm_weight, ex.eps) : x2;
     at::Tensor y = gemm_path(xin, weight, b, act);
     return ex.residual != nullptr ? y.add_(*ex.residual) : y;
@@ -852,10 +817,10 @@ at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight, cons
 }
 
 // down(silu(gate) * up) (+ residual) with [gate; up] = norm?(x) @ gate_up^T + gate_up_bias, in
-// at most two kernels at decode: the gated GEMV (RMSNorm in its prologue, silu-multiply in its
-// epilogue) then the down GEMV (residual add in its epilogue); or, where gate_up is too big for
-// the GEMV (cuBLAS streams it faster), cuBLAS then the down GEMV computing silu(gate) * up as it
-// loads x; or, for prefill, cuBLAS + silu_mul + cuBLAS.
+// two kernels at decode where both projections take the GEMV: the gated GEMV (RMSNorm in its
+// prologue, silu-multiply in its epilogue) then the down GEMV (residual add in its epilogue);
+// else cuBLAS + silu_mul for gate_up. (A down GEMV computing silu(gate) * up as it loaded x,
+// after a cuBLAS gate_up, measured 45-50 vs 45 us for cuBLAS + silu_mul + GEMV: removed.)
 at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const std::optional<at::Tensor>& gate_up_bias,
                           const at::Tensor& down, const std::optional<at::Tensor>& down_bias,
                           const std::optional<at::Tensor>& norm_weight, double norm_eps,
@@ -868,19 +833,12 @@ at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const 
   if (gate_up_bias.has_value()) bg = gate_up_bias->contiguous();
   if (down_bias.has_value()) bd = down_bias->contiguous();
   const at::Tensor x2 = rows_2d(x);
-  const int64_t M = x2.size(0), inner = down.size(1);
+  const int64_t inner = down.size(1);
   Extras in_ex = pro.ex, out_ex;  // the norm before gate_up, the residual after down
   in_ex.residual = nullptr;
   out_ex.residual = pro.ex.residual;
-  at::Tensor y2;
-  if (gemv_gated_in() && !gemv_takes(x.scalar_type(), M, gate_up) && gemv_takes(x.scalar_type(), M, down)) {
-    const at::Tensor xin = pro.ex.in == In::kRmsNorm ? reference_rms_norm(x2, pro.norm_weight, norm_eps) : x2;
-    out_ex.in = In::kSiluMul;
-    y2 = linear_2d(gemv_input(at::linear(xin, gate_up, bg)), down, bd, Act::kNone, n_out, out_ex);
-  } else {
-    y2 = linear_2d(linear_2d(x2, gate_up, bg, Act::kGatedSilu, inner, in_ex), down, bd, Act::kNone, n_out, out_ex);
-  }
-  return y2.reshape(out_shape(x, n_out));
+  const at::Tensor h = linear_2d(x2, gate_up, bg, Act::kGatedSilu, inner, in_ex);
+  return linear_2d(h, down, bd, Act::kNone, n_out, out_ex).reshape(out_shape(x, n_out));
 }
 
 // Whether fused_linear / gated_mlp on `weight` at `rows` rows run a norm prologue or residual
