@@ -204,7 +204,7 @@ class LayerCtx:
     next_norm: Optional[nn.Module] = None  # the norm after this layer, fused into its last residual add
     arg_names: tuple = ()  # names of the stock forward's positional parameters after hidden_states
     # Decode steps (<= LINEAR_GEMV_MAX_ROWS rows) run the input norm and the residual adds inside
-    # the projections' GEMVs (see decoder_layer_forward); set where all four take the GEMV.
+    # the projections' GEMVs (see decoder_layer_forward); set where qkv, o_proj and down take the GEMV.
     fold: bool = False
 
 
