@@ -180,29 +180,35 @@ def _with_prologue(fn, x, norm_weight, norm_eps, residual):
     return y if residual is None else y + residual
 
 
+def _check_weight(op: str, x, weight, bias, name: str = "weight", bias_name: str = "bias") -> None:
+    """A projection's weight [N, K] (contiguous) and bias [N] against x's device and dtype; the
+    caller checks K."""
+    check_tensor(name, weight, dtypes=FLOAT_DTYPES, dim=2)
+    if bias is not None:
+        check_tensor(bias_name, bias, dtypes=FLOAT_DTYPES, dim=1)
+    check_same("device", **{"x": x, name: weight, bias_name: bias})
+    check_same("dtype", **{"x": x, name: weight, bias_name: bias})
+    if bias is not None and bias.shape[0] != weight.shape[0]:
+        raise ValueError(f"{op}: {bias_name} must be [N] = [{weight.shape[0]}], got {tuple(bias.shape)}")
+    if not weight.is_contiguous():
+        raise ValueError(f"{op}: {name} must be contiguous (got strides {weight.stride()} for shape "
+                         f"{tuple(weight.shape)}); call .contiguous() once at load time")
+
+
 def _check_linear(x, weight, bias, activation: str) -> None:
     """fused_linear's input checks (clear errors instead of a failure in a kernel)."""
     check_tensor("x", x, dtypes=FLOAT_DTYPES)
-    check_tensor("weight", weight, dtypes=FLOAT_DTYPES, dim=2)
-    if bias is not None:
-        check_tensor("bias", bias, dtypes=FLOAT_DTYPES, dim=1)
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"fused_linear: unknown activation {activation!r}; expected one of: {', '.join(ACTIVATIONS)}")
-    check_same("device", x=x, weight=weight, bias=bias)
-    check_same("dtype", x=x, weight=weight, bias=bias)
+    _check_weight("fused_linear", x, weight, bias)
     if x.dim() < 1:
         raise ValueError("fused_linear: x must have at least 1 dim [..., K], got a 0-d tensor")
     N, K = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"fused_linear: x has K={x.shape[-1]} (last dim of {tuple(x.shape)}) "
                          f"but weight is [N, K] = {tuple(weight.shape)}")
-    if bias is not None and bias.shape[0] != N:
-        raise ValueError(f"fused_linear: bias must be [N] = [{N}], got {tuple(bias.shape)}")
     if activation == "gated_silu" and N % 2:
         raise ValueError(f"fused_linear: gated_silu needs weight = [gate; up] with an even N, got N={N}")
-    if not weight.is_contiguous():
-        raise ValueError(f"fused_linear: weight must be contiguous (got strides {weight.stride()} for shape "
-                         f"{tuple(weight.shape)}); call .contiguous() once at load time")
 
 
 def fused_linear(
@@ -251,20 +257,11 @@ def gated_mlp(
     after down.
     """
     _check_linear(x, gate_up, gate_up_bias, "gated_silu")
-    check_tensor("down", down, dtypes=FLOAT_DTYPES, dim=2)
-    if down_bias is not None:
-        check_tensor("down_bias", down_bias, dtypes=FLOAT_DTYPES, dim=1)
-    check_same("device", x=x, down=down, down_bias=down_bias)
-    check_same("dtype", x=x, down=down, down_bias=down_bias)
+    _check_weight("gated_mlp", x, down, down_bias, "down", "down_bias")
     inner = gate_up.shape[0] // 2
     if down.shape[1] != inner:
         raise ValueError(f"gated_mlp: gate_up {tuple(gate_up.shape)} gives {inner} features but down is "
                          f"{tuple(down.shape)}; expected [N, {inner}]")
-    if down_bias is not None and down_bias.shape[0] != down.shape[0]:
-        raise ValueError(f"gated_mlp: down_bias must be [N] = [{down.shape[0]}], got {tuple(down_bias.shape)}")
-    if not down.is_contiguous():
-        raise ValueError(f"gated_mlp: down must be contiguous (got strides {down.stride()} for shape "
-                         f"{tuple(down.shape)}); call .contiguous() once at load time")
     if norm_weight is not None or residual is not None:
         _check_prologue("gated_mlp", x, norm_weight, norm_eps, residual, (*x.shape[:-1], down.shape[0]))
     if _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0]:

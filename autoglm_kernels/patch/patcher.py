@@ -440,7 +440,7 @@ def _privatize_config(model: nn.Module, state: PatchState) -> dict:
     return mapping
 
 
-def _fold_norms(p: _Plan, state: PatchState) -> bool:
+def _fold_norms(p: _Plan) -> bool:
     """Whether decode steps run the input norm and the residual adds inside the projections' GEMVs
     (LayerCtx.fold): pre-norm RMSNorm layers whose attention, MLP and norms are all fused, not
     tensor-parallel, with each layer's qkv, o_proj and down weights taken by the GEMV (on CUDA,
@@ -498,7 +498,7 @@ def _apply(p: _Plan, state: PatchState) -> None:
             state.bind(mlp, L.mlp_forward, L.MlpCtx(gate_up=rows, tp=p.tp))
     if p.layer_forward:
         n = len(p.layers)
-        fold = _fold_norms(p, state)
+        fold = _fold_norms(p)
         if fold:
             p.report.notes.append("decode steps: the input RMSNorm runs inside the qkv GEMV and the residual adds "
                                   "inside the o_proj and down GEMVs")

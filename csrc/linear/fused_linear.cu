@@ -28,6 +28,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -160,9 +161,6 @@ __device__ __forceinline__ T add_residual(T v, const T* __restrict__ res, int64_
   return res == nullptr ? v : Num<T>::from_float(Num<T>::to_float(v) + Num<T>::to_float(res[o]));
 }
 
-// What the GEMV computes from x before the dot products (its "prologue"): nothing, or RMSNorm.
-enum class In : int { kPlain = 0, kRmsNorm = 1 };
-
 template <Act ACT>
 __device__ __forceinline__ float activate(float v) {
   if constexpr (ACT == Act::kRelu) return fmaxf(v, 0.0f);
@@ -185,9 +183,9 @@ __device__ __forceinline__ float activate(float v) {
 // Registers: MT = 1 fits 64 (two 512-thread blocks per SM); MT = 2 needs ~110 to keep all
 // kUnroll steps' loads in flight without spilling, so one 512-thread block per SM.
 //
-// IN = kRmsNorm: the input is RMSNorm(x; norm_w, eps): after the PDL wait each block reduces x's rows to their 1/rms
-// and writes rnd(rnd(x * rstd) * w) (the stock RMSNorm's rounding) into shared memory behind the
-// ring; the main loop reads x from there. The block's first weight batches are in flight
+// NORM: the input is RMSNorm(x; norm_w, eps): after the PDL wait each block reduces x's rows to
+// their 1/rms and writes rnd(rnd(x * rstd) * w) (the stock RMSNorm's rounding) into shared memory
+// behind the ring; the main loop reads x from there. The block's first weight batches are in flight
 // meanwhile, so the norm kernel before the projection is gone at the cost of that short prologue.
 // (A version that normalized x as the main loop loaded it from L2 stalled each step on those
 // loads: 3-14 us more per GEMV on the H100, bench/results/..._1234_.../fold_cost.txt.)
@@ -200,15 +198,15 @@ __device__ __forceinline__ float activate(float v) {
 // weight stream stay in flight (NB = 0: one batch of loads into registers at a time, 4 KB, with
 // the first batch prefetched into L2 before the wait). Each lane reads back only the 16 bytes it
 // copied, so the ring needs no barrier.
-template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, In IN>
+template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes, const T* __restrict__ norm_w,
                 float eps, const T* __restrict__ res) {
   constexpr bool kGated = ACT == Act::kGatedSilu;
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
-  __shared__ float rstd_s[IN == In::kRmsNorm ? kMaxGemvRows : 1];
-  extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]; kRmsNorm: then xs [M][K]
+  __shared__ float rstd_s[NORM ? kMaxGemvRows : 1];
+  extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]; NORM: then xs [M][K]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -298,7 +296,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   pdl_wait();
   pdl_launch_dependents();
 
-  if constexpr (IN == In::kRmsNorm) {
+  if constexpr (NORM) {
     // 1/rms of each row (two 16-byte loads in flight per thread; partial[][] is free until the
     // split-K reduction), then the normed rows into shared memory; x_row then points there.
     T* xs = reinterpret_cast<T*>(ring_smem + nwarps * (NB * kUnroll * 64));
@@ -397,7 +395,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         if (ok && ok_x[mt]) {
-          if constexpr (IN == In::kRmsNorm) {  // from shared memory
+          if constexpr (NORM) {  // from shared memory
             const uint4 v = *reinterpret_cast<const uint4*>(x_row[mt] + k);
             b[u][mt][0] = v.x, b[u][mt][1] = v.y, b[u][mt][2] = v.z, b[u][mt][3] = v.w;
           } else {
@@ -543,17 +541,20 @@ void allow_ring(Kernel kernel, int nb, bool norm) {
   if (bytes > 0) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
-// Blocks of `warps` warps that fit on one SM at once (registers, shared memory), cached per
-// kernel and block size (a host-side query; safe during graph capture).
-template <typename T, int MT, Act ACT, int NB, In IN>
+// Blocks of `warps` warps that fit on one SM at once (registers, shared memory: the ring and
+// `extra_smem` more), cached per kernel and block size with the last extra_smem asked for (a
+// model's norm prologue asks with the same M * K every step; a host-side query, safe during graph
+// capture). One 64-bit word per entry, so concurrent callers never pair a size with another's count.
+template <typename T, int MT, Act ACT, int NB, bool NORM>
 int resident_blocks(int warps, int extra_smem) {
-  static int cache[kMaxWarps + 1] = {};
-  if (extra_smem == 0 && cache[warps] != 0) return cache[warps];
+  static std::atomic<int64_t> cache[kMaxWarps + 1] = {};
+  const int64_t hit = cache[warps].load(std::memory_order_relaxed);
+  if (hit != 0 && (hit >> 32) == int64_t(extra_smem) + 1) return static_cast<int>(hit & 0xffffffff);
   int n = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, IN>, 32 * warps,
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM>, 32 * warps,
                                                                ring_bytes(NB, warps) + extra_smem));
   n = n > 0 ? n : 1;
-  if (extra_smem == 0) cache[warps] = n;
+  cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
   return n;
 }
 
@@ -609,23 +610,22 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
 }
 
-// What a GEMV launch reads besides x, w and bias: its prologue (In) and, where set, the RMSNorm
-// weight and eps (In::kRmsNorm) and the residual added to the output (null: none).
+// What a GEMV launch reads besides x, w and bias: the RMSNorm weight and eps of its prologue and
+// the residual added to its output (null: none).
 struct Extras {
-  In in = In::kPlain;
   const at::Tensor* norm_weight = nullptr;
   double eps = 0.0;
   const at::Tensor* residual = nullptr;
 };
 
 // x: [M, K], w: [N, K], y: [M, n_out].
-template <typename scalar_t, int MT, Act ACT, int NB, In IN>
+template <typename scalar_t, int MT, Act ACT, int NB, bool NORM>
 void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   using T = typename CudaType<scalar_t>::type;
   static const bool prepared = [] {  // before the occupancy query, which counts the ring
-    allow_ring(gemv_kernel<T, MT, ACT, false, NB, IN>, NB, IN == In::kRmsNorm);
-    allow_ring(gemv_kernel<T, MT, ACT, true, NB, IN>, NB, IN == In::kRmsNorm);
+    allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM>, NB, NORM);
+    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM>, NB, NORM);
     return true;
   }();
   (void)prepared;
@@ -636,12 +636,12 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   // least two unrolled batches per warp, and only while all tiles stay resident at once: a
   // second, mostly empty wave of blocks costs more than the extra split gains (the H100 run
   // measured M = 16 on 4096->4608 at 0.82x cuBLAS with 288 blocks on 264 resident slots).
-  const int norm_smem = IN == In::kRmsNorm ? M * K * static_cast<int>(sizeof(T)) : 0;  // <= kMaxNormSmemBytes
+  const int norm_smem = NORM ? M * K * static_cast<int>(sizeof(T)) : 0;  // <= kMaxNormSmemBytes
   const int sms = sm_count();
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, IN>(2 * warps, norm_smem)) * sms)
+         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM>(2 * warps, norm_smem)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
@@ -653,18 +653,18 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const T* bp = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr<scalar_t>()) : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
-  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, IN> : gemv_kernel<T, MT, ACT, false, NB, IN>, grid,
+  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, NORM> : gemv_kernel<T, MT, ACT, false, NB, NORM>, grid,
              block, ring_bytes(NB, warps) + norm_smem, stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp,
              prefetch_bytes, ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual));
 }
 
-template <typename scalar_t, int MT, Act ACT, In IN>
+template <typename scalar_t, int MT, Act ACT, bool NORM>
 void launch_gemv_in(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   switch (gemv_stages(MT)) {
-    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, IN>(x, w, bias, y, n_out, ex);
-    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, IN>(x, w, bias, y, n_out, ex);
-    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, IN>(x, w, bias, y, n_out, ex);
+    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, NORM>(x, w, bias, y, n_out, ex);
+    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, NORM>(x, w, bias, y, n_out, ex);
+    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, NORM>(x, w, bias, y, n_out, ex);
   }
 }
 
@@ -674,10 +674,10 @@ template <typename scalar_t, int MT, Act ACT>
 void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                      int64_t n_out, const Extras& ex) {
   if constexpr (ACT == Act::kNone || ACT == Act::kGatedSilu) {
-    if (ex.in == In::kRmsNorm) return launch_gemv_in<scalar_t, MT, ACT, In::kRmsNorm>(x, w, bias, y, n_out, ex);
+    if (ex.norm_weight != nullptr) return launch_gemv_in<scalar_t, MT, ACT, true>(x, w, bias, y, n_out, ex);
   }
-  TORCH_CHECK(ex.in == In::kPlain, "fused_linear: no GEMV prologue ", static_cast<int>(ex.in), " for this activation");
-  launch_gemv_in<scalar_t, MT, ACT, In::kPlain>(x, w, bias, y, n_out, ex);
+  TORCH_CHECK(ex.norm_weight == nullptr, "fused_linear: no GEMV norm prologue for this activation");
+  launch_gemv_in<scalar_t, MT, ACT, false>(x, w, bias, y, n_out, ex);
 }
 
 template <typename scalar_t, int MT>
@@ -750,28 +750,23 @@ bool gemv_takes(at::ScalarType dtype, int64_t M, const at::Tensor& weight) {
          K <= INT32_MAX / 2 && aligned16(weight) && N * K * int64_t(weight.element_size()) <= max_gemv_weight_bytes();
 }
 
-// x2 [M, K] as a contiguous, 16-byte aligned copy or view.
-at::Tensor gemv_input(const at::Tensor& x2) {
-  at::Tensor c = x2.contiguous();
-  return aligned16(c) ? c : c.clone(at::MemoryFormat::Contiguous);  // a fresh allocation is aligned
-}
-
-// act(prologue(x2) @ weight^T + b) (+ residual) for 2-D x2 [M, K]: the GEMV where it takes the
+// act(norm?(x2) @ weight^T + b) (+ residual) for 2-D x2 [M, K]: the GEMV where it takes the
 // shape; else gemm_path, with the norm and the residual add as ATen ops around it.
 at::Tensor linear_2d(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& b, Act act,
                      int64_t n_out, const Extras& ex = {}) {
   const int64_t M = x2.size(0);
-  if (ex.in == In::kRmsNorm && M * x2.size(1) * x2.element_size() > kMaxNormSmemBytes) {
-    Extras plain = ex;  // too many normed rows for the prologue's shared memory
-    plain.in = In::kPlain;
+  const bool gemv = gemv_takes(x2.scalar_type(), M, weight);
+  if (ex.norm_weight != nullptr && (!gemv || M * x2.size(1) * x2.element_size() > kMaxNormSmemBytes)) {
+    Extras plain = ex;  // no GEMV, or more normed rows than the prologue's shared memory holds
+    plain.norm_weight = nullptr;
     return linear_2d(reference_rms_norm(x2, *ex.norm_weight, ex.eps), weight, b, act, n_out, plain);
   }
-  if (!gemv_takes(x2.scalar_type(), M, weight)) {
-    const at::Tensor xin = ex.in == In::kRmsNorm ? reference_rms_norm(x2, *ex.norm_weight, ex.eps) : x2;
-    at::Tensor y = gemm_path(xin, weight, b, act);
+  if (!gemv) {
+    at::Tensor y = gemm_path(x2, weight, b, act);
     return ex.residual != nullptr ? y.add_(*ex.residual) : y;
   }
-  const at::Tensor xc = gemv_input(x2);
+  at::Tensor xc = x2.contiguous();
+  if (!aligned16(xc)) xc = xc.clone(at::MemoryFormat::Contiguous);  // a fresh allocation is aligned
   at::Tensor y2 = at::empty({M, n_out}, x2.options());
   if (x2.scalar_type() == at::kBFloat16) {
     launch_gemv<at::BFloat16>(xc, weight, b, y2, act, n_out, ex);
@@ -791,7 +786,6 @@ struct Prologue {
     check_prologue(op, x, norm_weight_, eps, residual_, n_out);
     if (norm_weight_.has_value()) {
       norm_weight = norm_weight_->contiguous();
-      ex.in = In::kRmsNorm;
       ex.norm_weight = &norm_weight;
       ex.eps = eps;
     }
