@@ -18,6 +18,7 @@ test and the ratio) and one summary line per benchmark is printed.
 """
 
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -38,7 +39,7 @@ DECODE_STEP_SIZES = (4096, 8192, 4096, 4096, 1024, 1024, 262144, 262144, 4096, 4
 TRACE_PROMPTS = [round(16 * 256 ** (i / 19)) for i in range(20)]  # 16 .. 4096, geometric
 random.Random(0).shuffle(TRACE_PROMPTS)
 TRACE_NEW_TOKENS = 16
-PAIRS = 8  # timed generate pairs (pool, stock) in test_generate
+PAIRS = int(os.environ.get("BENCH_MEMORY_PAIRS", "8"))  # timed generate pairs (pool, stock) in test_generate
 IMPLS = ("stock", "fused")
 MiB = 2**20
 

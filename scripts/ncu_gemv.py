@@ -1,20 +1,31 @@
-"""One call of fused_linear per reference qkv/o shape at M=1 (weights cold in L2), for Nsight Compute:
+"""One call of fused_linear per decode shape at M=1 (weights cold in L2), for Nsight Compute:
 
-    ncu --kernel-name regex:gemv_kernel --section SpeedOfLight --section Occupancy python scripts/ncu_gemv.py
+    ncu --kernel-name regex:gemv_kernel --section SpeedOfLight --section Occupancy python scripts/ncu_gemv.py [NAME ...]
+
+NAME: keys of SHAPES (default: the qkv/o shapes). The > 64 MiB shapes take the GEMV only with
+AUTOGLM_GEMV_MAX_WEIGHT_MIB raised.
 """
+import sys
+
 import torch
 
 from autoglm_kernels import ops
 
-SHAPES = {"glm4-9b qkv": (4096, 4608, True), "llama3.1-8b qkv": (4096, 6144, False),
-          "llama3.1-8b o_proj": (4096, 4096, False), "llama3.2-1b qkv": (2048, 3072, False)}
+SHAPES = {  # name -> (K, N, bias, activation)
+    "glm4-9b qkv": (4096, 4608, True, "none"), "llama3.1-8b qkv": (4096, 6144, False, "none"),
+    "llama3.1-8b o_proj": (4096, 4096, False, "none"), "llama3.2-1b qkv": (2048, 3072, False, "none"),
+    "llama3.1-8b down_proj": (14336, 4096, False, "none"),
+    "llama3.1-8b gate_up": (4096, 28672, False, "gated_silu"),
+}
+DEFAULT = ("glm4-9b qkv", "llama3.1-8b qkv", "llama3.1-8b o_proj", "llama3.2-1b qkv")
 flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-for name, (K, N, bias) in SHAPES.items():
+for name in sys.argv[1:] or DEFAULT:
+    K, N, bias, act = SHAPES[name]
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(N, device="cuda", dtype=torch.bfloat16) if bias else None
     x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
     flush.zero_()
     torch.cuda.synchronize()
-    ops.fused_linear(x, w, b)
+    ops.fused_linear(x, w, b, act)
     torch.cuda.synchronize()
     print(name, "done")
