@@ -4,8 +4,9 @@
    128 new tokens), each generate in its own `with pool:` region. Targets: tokens identical to
    stock; zero backing cudaMalloc during the decode steps after the first (an untimed region
    with a LogitsProcessor that snapshots the pool's stats once per step); tok/s >= 0.98x stock
-   (the median of PAIRS alternating timed generates each, none with a logits processor: the
-   probe's host time per step once made only the pool's runs slower).
+   by both the ratio of the medians of PAIRS alternating timed generates (BENCH_MEMORY_PAIRS,
+   default 8) and the median of the per-pair ratios (none with a logits processor: the probe's
+   host time per step once made only the pool's runs slower).
 2. alloc_free: host time of torch.empty + del over the tensor sizes of one decode step, inside
    vs outside the pool. Target: <= 1.5x stock.
 3. peak_reserved: 20 generates with prompt lengths 16..4096 (shuffled), each allocator in its
@@ -170,8 +171,12 @@ def test_generate(benchmark, model, capsys, impl):
     stock_tps = NEW_TOKENS / statistics.median(stock_runs)
     pool_tps = NEW_TOKENS / statistics.median(pool_runs)
     decode_allocs = steady[2]
+    # The same ratio per pair (its two runs are adjacent in time), then the median: drift of the
+    # host's speed over the test, which moves both medians unevenly, cancels within a pair.
+    pair_ratio = statistics.median(st / pt for st, pt in zip(stock_runs, pool_runs))
     info.update(
         tok_per_s=round(pool_tps, 1), stock_tok_per_s=round(stock_tps, 1), speed_vs_stock=round(pool_tps / stock_tps, 3),
+        speed_vs_stock_per_pair=round(pair_ratio, 3),
         pairs=PAIRS, pool_runs_s=[round(x, 4) for x in pool_runs], stock_runs_s=[round(x, 4) for x in stock_runs],
         tokens_identical=bool(torch.equal(cold_out, ref) and torch.equal(warm_out, ref)),
         backing_allocs_decode_after_first_step=decode_allocs,
@@ -181,10 +186,12 @@ def test_generate(benchmark, model, capsys, impl):
         cold_backing_allocs_later_steps=cold[2],
         pool_reserved_mib=round(s["reserved_bytes"] / MiB, 1), pool_segments=s["segments"],
     )
-    info.update(target_met=bool(decode_allocs == 0 and pool_tps >= 0.98 * stock_tps and info["tokens_identical"]))
+    info.update(target_met=bool(decode_allocs == 0 and min(pool_tps / stock_tps, pair_ratio) >= 0.98
+                                and info["tokens_identical"]))
     benchmark.extra_info.update(info)
     _summary(capsys, f"generate pool: {info['tok_per_s']} tok/s vs stock {info['stock_tok_per_s']} "
-                     f"({info['speed_vs_stock']}x, median of {PAIRS} alternating pairs), tokens identical "
+                     f"({info['speed_vs_stock']}x, median of {PAIRS} alternating pairs; median of the per-pair "
+                     f"ratios {info['speed_vs_stock_per_pair']}x), tokens identical "
                      f"{info['tokens_identical']}, backing cudaMalloc in decode after step 1: {decode_allocs} "
                      f"(cold run: prefill {cold[0]}, step 1 {cold[1]}, later {cold[2]}), per timed generate "
                      f"{info['backing_allocs_per_timed_generate']}, arena {info['pool_reserved_mib']} MiB in "

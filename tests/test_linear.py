@@ -597,6 +597,24 @@ def test_gpu_gated_mlp_prologue(K, inner, N, M, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("M", [1, 3, 8, 9])
+def test_gpu_long_k_weight_past_the_size_limit(M):
+    """A weight over the GEMV's 64 MiB limit with K >= 8192 (the 8-9B down projections) takes the
+    GEMV at M <= 8 (3-batch ring), cuBLAS beyond; a wide short-K weight of that size stays on
+    cuBLAS. N = 2056 ends in a partial 16-row tile. Results match the reference either way."""
+    K, N = 16384, 2056  # 64.25 MiB of bf16
+    x, w, _ = make(M, K, N, torch.bfloat16, "cuda", bias=False)
+    assert ops.fuses_prologue(w, M) is (M <= 8)
+    assert ops.fuses_prologue(torch.empty(16448, 2048, device="cuda", dtype=torch.bfloat16), 1) is False
+    assert_within_2x_stock(ops.fused_linear(x, w, None), x, w, None, "none")
+    nw, res = make_prologue(x, N)
+    out = ops.fused_linear(x, w, None, norm_weight=nw, norm_eps=1e-5, residual=res)
+    stock_out = prologue_composed(lambda v: stock(v, w, None, "none"), x, nw, res)
+    ref = prologue_reference(lambda v: reference(v, w, None, "none"), x, nw, res)
+    assert_prologue_within_2x_stock(out, stock_out, ref)
+
+
+@pytest.mark.gpu
 def test_gpu_prologue_residual_rounding_and_capture():
     """The residual add rounds as `residual + out` does (bit-equal to the plain GEMV + add), and
     the prologue op captures into a CUDA graph; full opcheck with the new arguments."""
