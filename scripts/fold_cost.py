@@ -3,11 +3,13 @@ folded into the GEMVs (ops.fused_linear / ops.gated_mlp with norm_weight / resid
 the unfolded sequence (Triton add+norm kernels around the same GEMVs), each in a CUDA graph of
 back-to-back calls over rotated weights (bench/common.GraphTimer), one row (batch-1 decode).
 
-    python scripts/fold_cost.py
+    python scripts/fold_cost.py [--dims H,QKV,I]   (default 2048,3072,8192: Llama-3.2-1B;
+                                                   4096,6144,14336: Llama-3.1-8B)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,11 +21,13 @@ from common import GraphTimer, copies_for  # noqa: E402
 
 from autoglm_kernels import ops  # noqa: E402
 
-H, QKV, I = 2048, 3072, 8192  # Llama-3.2-1B: hidden, q+k+v rows, intermediate
 EPS = 1e-5
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dims", default="2048,3072,8192", help="hidden, q+k+v rows, intermediate")
+    H, QKV, I = (int(v) for v in ap.parse_args().dims.split(","))
     dt, dev = torch.bfloat16, "cuda"
     layer_bytes = (QKV * H + H * H + 2 * I * H + H * I) * 2
     n = copies_for(layer_bytes)
@@ -35,6 +39,7 @@ def main() -> None:
               for _ in range(n)]
     h = torch.randn(1, H, device=dev, dtype=dt)
     attn = torch.randn(1, H, device=dev, dtype=dt)
+    mid = torch.randn(1, I, device=dev, dtype=dt)  # the down projection's input
 
     def unfolded(L):  # add+norm, qkv, o_proj, add+norm, gate_up + down (what nofold runs)
         x, r = ops.fused_add_rms_norm(attn, h, L["n1"], EPS)
@@ -62,6 +67,8 @@ def main() -> None:
         "gate_up plain (gated)": lambda L: ops.fused_linear(h, L["gu"], None, "gated_silu"),
         "gate_up + norm prologue": lambda L: ops.fused_linear(h, L["gu"], None, "gated_silu", norm_weight=L["n2"],
                                                               norm_eps=EPS),
+        "down plain": lambda L: ops.fused_linear(mid, L["down"]),
+        "down + residual": lambda L: ops.fused_linear(mid, L["down"], residual=h),
         "gated_mlp": lambda L: ops.gated_mlp(h, L["gu"], None, L["down"]),
         "gated_mlp + norm + residual": lambda L: ops.gated_mlp(h, L["gu"], None, L["down"], norm_weight=L["n2"],
                                                                norm_eps=EPS, residual=h),
@@ -69,7 +76,7 @@ def main() -> None:
         "layer folded (4 GEMVs)": folded,
         "layer as patched (1 norm + 4 GEMVs)": as_patched,
     }
-    print(f"GPU us per call, {n} rotated weight sets, bf16, 1 row")
+    print(f"GPU us per call, {n} rotated weight sets, bf16, 1 row, dims {H},{QKV},{I}")
     for name, fn in pieces.items():
         t = GraphTimer(fn, [(L,) for L in layers])
         print(f"  {name:40s} {t.time_us(20):8.2f}")

@@ -546,26 +546,37 @@ constexpr int ring_bytes(int nb, int warps) { return nb * kUnroll * 64 * 16 * wa
 // runs as ATen ops before a plain GEMV).
 constexpr int64_t kMaxNormSmemBytes = 64 << 10;
 
-// Lets the kernel use more than 48 KB of dynamic shared memory (once per instantiation).
+// Lets the kernel use more than 48 KB of dynamic shared memory (once per instantiation): what its
+// largest block asks for, at most what the device allows beside the static arrays (a 3-batch ring
+// of 16 warps plus 64 KiB of normed rows would not fit: resident_blocks then reports 0 for that
+// block size, so the launch takes fewer warps). Returns the limit set.
 template <typename Kernel>
-void allow_ring(Kernel kernel, int nb, bool norm) {
-  const int bytes = ring_bytes(nb, kMaxWarps) + (norm ? static_cast<int>(kMaxNormSmemBytes) : 0);
+int allow_ring(Kernel kernel, int nb, bool norm) {
+  const int want = ring_bytes(nb, kMaxWarps) + (norm ? static_cast<int>(kMaxNormSmemBytes) : 0);
+  int optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c10::cuda::current_device()));
+  cudaFuncAttributes attr{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  const int bytes = std::min<int>(want, optin - static_cast<int>(attr.sharedSizeBytes));
   if (bytes > 0) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  return bytes;
 }
 
 // Blocks of `warps` warps that fit on one SM at once (registers, shared memory: the ring and
 // `extra_smem` more), cached per kernel and block size with the last extra_smem asked for (a
 // model's norm prologue asks with the same M * K every step; a host-side query, safe during graph
 // capture). One 64-bit word per entry, so concurrent callers never pair a size with another's count.
+// 0: a block of that size does not fit (more shared memory than `smem_limit`, allow_ring's).
 template <typename T, int MT, Act ACT, int NB, bool NORM>
-int resident_blocks(int warps, int extra_smem) {
+int resident_blocks(int warps, int extra_smem, int smem_limit) {
   static std::atomic<int64_t> cache[kMaxWarps + 1] = {};
   const int64_t hit = cache[warps].load(std::memory_order_relaxed);
   if (hit != 0 && (hit >> 32) == int64_t(extra_smem) + 1) return static_cast<int>(hit & 0xffffffff);
   int n = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM>, 32 * warps,
-                                                               ring_bytes(NB, warps) + extra_smem));
-  n = n > 0 ? n : 1;
+  if (ring_bytes(NB, warps) + extra_smem <= smem_limit)
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM>,
+                                                                 32 * warps, ring_bytes(NB, warps) + extra_smem));
+  n = n > 0 ? n : 0;
   cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
   return n;
 }
@@ -636,12 +647,10 @@ template <typename scalar_t, int MT, Act ACT, int NB, bool NORM>
 void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   using T = typename CudaType<scalar_t>::type;
-  static const bool prepared = [] {  // before the occupancy query, which counts the ring
-    allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM>, NB, NORM);
-    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM>, NB, NORM);
-    return true;
+  static const int smem_limit = [] {  // before the occupancy query, which counts the ring
+    return std::min(allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM>, NB, NORM),
+                    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM>, NB, NORM));
   }();
-  (void)prepared;
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(w.size(1)), N = static_cast<int>(w.size(0));
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
@@ -654,7 +663,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM>(2 * warps, norm_smem)) * sms)
+         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM>(2 * warps, norm_smem, smem_limit)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
