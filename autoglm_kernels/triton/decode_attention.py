@@ -40,7 +40,8 @@ from . import cdiv, launch, next_power_of_2, pdl_prologue, triton_op
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
 
-TARGET_PROGRAMS_PER_SM = 2  # split count aims at this many split programs per SM
+TARGET_PROGRAMS_PER_SM = int(os.environ.get("AUTOGLM_DECODE_PROGRAMS_PER_SM", "2"))  # split count aims at
+# this many split programs per SM
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many BLOCK_N-key tiles; 1: short contexts get
 # the most parallel, shortest programs (2 measured 0.89-0.91x SDPA at 1k tokens on the H100)
 MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
@@ -58,9 +59,16 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+# Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
+# (AUTOGLM_DECODE_TILE_BYTES / _WARPS / _STAGES override them; tuning knobs read at import).
+TILE_BYTES = int(os.environ.get("AUTOGLM_DECODE_TILE_BYTES", "16384"))
+SPLIT_WARPS = int(os.environ.get("AUTOGLM_DECODE_WARPS", "4"))
+SPLIT_STAGES = int(os.environ.get("AUTOGLM_DECODE_STAGES", "3"))
+
+
 def block_n(head_dim: int) -> int:
-    """Keys per tile: 16 KB of bf16 K (or V) per tile for head_dim 64 and 128."""
-    return 8192 // head_dim
+    """Keys per tile: TILE_BYTES (16 KB) of bf16 K (or V) per tile for head_dim 64 and 128."""
+    return TILE_BYTES // (2 * head_dim)
 
 
 def rows_block(rows: int) -> int:
@@ -272,7 +280,7 @@ def decode_attention(
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass,
-        num_warps=4, num_stages=3,
+        num_warps=SPLIT_WARPS, num_stages=SPLIT_STAGES,
     )
     if one_pass:
         return out

@@ -53,26 +53,16 @@ int64_t env_knob(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
 }
 
 // Weights larger than this go to cuBLAS (+ the fused epilogue) even at M <= 16: measured on H100,
-// cuBLAS streams > 64 MiB weights at 85-92% of read bandwidth, ahead of this GEMV with its
-// default 2-batch ring (Llama-3.1-8B's 117 MiB down_proj: step 6.44 vs 5.97 ms; but see
-// long_k_gemv), and far ahead on the very wide lm_heads (N >= 50k),
+// cuBLAS streams > 64 MiB weights at 85-92% of read bandwidth, ahead of this GEMV (Llama-3.1-8B's
+// 117 MiB down_proj: step 6.44 vs 5.97 ms; with a 3-batch ring the GEMV matched cuBLAS there in
+// isolation, 44.8 vs 45.0 us, but the step, with the norms folded, took 5.99 vs 5.92 ms:
+// bench/results/..._1411_...), and far ahead on the very wide lm_heads (N >= 50k),
 // where the GEMV runs 1-warp blocks. Exactly 64 MiB (Llama-3.2-1B's gate_up) stays on the GEMV
 // (step 1.159 vs 1.242 ms, bench/results/..._1144_...).
 // AUTOGLM_GEMV_MAX_WEIGHT_MIB overrides it (a tuning knob for benchmarks; read once per process).
 int64_t max_gemv_weight_bytes() {
   static const int64_t bytes = env_knob("AUTOGLM_GEMV_MAX_WEIGHT_MIB", 64, 0, int64_t(1) << 30) << 20;
   return bytes;
-}
-// The exception to that limit: a long-K weight (K >= kLongK: the down projections of the 8-9B
-// models, 14336->4096 and 13696->4096) without gating, at M <= 8, takes the GEMV with the 3-batch
-// ring (gemv_stages): there each warp streams 14 batches of its K slice, and the deeper ring
-// measured 44.3 / 43.5 us at M = 1 against cuBLAS's 45.4 / 44.0 (2 batches: 48.8 / 49.5 us;
-// bench/results/..._1354_.../sweep.jsonl). It also lets those layers fold the residual add into
-// the down GEMV. AUTOGLM_GEMV_LONG_K=0 turns it off (a knob for benchmarks; read once).
-constexpr int64_t kLongK = 8192;
-bool long_k_gemv(int64_t M, int64_t K, Act act) {
-  static const bool on = env_knob("AUTOGLM_GEMV_LONG_K", 1, 0, 1) == 1;
-  return on && K >= kLongK && M <= 8 && act != Act::kGatedSilu;
 }
 // Bytes of each weight row a warp pulls into L2 before it waits for the previous kernel (see
 // gemv_kernel; register kernel only): one unrolled batch (kUnroll steps: 256 bytes). Deeper
@@ -576,7 +566,6 @@ int resident_blocks(int warps, int extra_smem, int smem_limit) {
   if (ring_bytes(NB, warps) + extra_smem <= smem_limit)
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM>,
                                                                  32 * warps, ring_bytes(NB, warps) + extra_smem));
-  n = n > 0 ? n : 0;
   cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
   return n;
 }
@@ -587,14 +576,13 @@ int resident_blocks(int warps, int extra_smem, int smem_limit) {
 // below cuBLAS's 16.3), but made most M = 16 cases slower (its 512-thread blocks then hold 128 KB
 // of ring, one per SM), so M > 8 keeps the register kernel. AUTOGLM_GEMV_STAGES (0, 2 or 3)
 // overrides both (a tuning knob; read once per process).
-// Weights past max_gemv_weight_bytes (long_k_gemv) take 3 batches.
-int gemv_stages(int mt, bool past_limit) {
+int gemv_stages(int mt) {
   static const int env_nb = [] {
     const int v = static_cast<int>(env_knob("AUTOGLM_GEMV_STAGES", -1, 0, 3));
     TORCH_CHECK_VALUE(v != 1, "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1");
     return v;
   }();
-  return env_nb >= 0 ? env_nb : past_limit ? 3 : (mt == 1 ? 2 : 0);
+  return env_nb >= 0 ? env_nb : (mt == 1 ? 2 : 0);
 }
 
 // Programmatic dependent launch on devices of compute capability >= 9 unless AUTOGLM_PDL is 0 or
@@ -683,7 +671,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
 template <typename scalar_t, int MT, Act ACT, bool NORM>
 void launch_gemv_in(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
-  switch (gemv_stages(MT, w.numel() * w.element_size() > max_gemv_weight_bytes())) {
+  switch (gemv_stages(MT)) {
     case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, NORM>(x, w, bias, y, n_out, ex);
     case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, NORM>(x, w, bias, y, n_out, ex);
     default: return launch_gemv_nb<scalar_t, MT, ACT, 2, NORM>(x, w, bias, y, n_out, ex);
@@ -764,14 +752,12 @@ at::Tensor gemm_path(const at::Tensor& x2, const at::Tensor& weight, const std::
   }
 }
 
-// Whether M rows of `dtype` against weight [N, K] with `act` take the handwritten GEMV (else
-// gemm_path).
-bool gemv_takes(at::ScalarType dtype, int64_t M, const at::Tensor& weight, Act act) {
+// Whether M rows of `dtype` against weight [N, K] take the handwritten GEMV (else gemm_path).
+bool gemv_takes(at::ScalarType dtype, int64_t M, const at::Tensor& weight) {
   const int64_t N = weight.size(0), K = weight.size(1);
   const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
   return reduced && M >= 1 && M <= kMaxGemvRows && N >= 1 && K >= 8 && K % 8 == 0 && N <= INT32_MAX / 2 &&
-         K <= INT32_MAX / 2 && aligned16(weight) &&
-         (N * K * int64_t(weight.element_size()) <= max_gemv_weight_bytes() || long_k_gemv(M, K, act));
+         K <= INT32_MAX / 2 && aligned16(weight) && N * K * int64_t(weight.element_size()) <= max_gemv_weight_bytes();
 }
 
 // act(norm?(x2) @ weight^T + b) (+ residual) for 2-D x2 [M, K]: the GEMV where it takes the
@@ -779,7 +765,7 @@ bool gemv_takes(at::ScalarType dtype, int64_t M, const at::Tensor& weight, Act a
 at::Tensor linear_2d(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& b, Act act,
                      int64_t n_out, const Extras& ex = {}) {
   const int64_t M = x2.size(0);
-  const bool gemv = gemv_takes(x2.scalar_type(), M, weight, act);
+  const bool gemv = gemv_takes(x2.scalar_type(), M, weight);
   if (ex.norm_weight != nullptr && (!gemv || M * x2.size(1) * x2.element_size() > kMaxNormSmemBytes)) {
     Extras plain = ex;  // no GEMV, or more normed rows than the prologue's shared memory holds
     plain.norm_weight = nullptr;
@@ -859,11 +845,9 @@ at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const 
   return linear_2d(h, down, bd, Act::kNone, n_out, out_ex).reshape(out_shape(x, n_out));
 }
 
-// Whether fused_linear (no activation) / gated_mlp's down on `weight` at `rows` rows run a norm
-// prologue or residual epilogue inside the GEMV (true) or as ATen ops around cuBLAS (false).
-bool fuses_prologue_cuda(const at::Tensor& weight, int64_t rows) {
-  return gemv_takes(weight.scalar_type(), rows, weight, Act::kNone);
-}
+// Whether fused_linear / gated_mlp on `weight` at `rows` rows run a norm prologue or residual
+// epilogue inside the GEMV (true) or as ATen ops around cuBLAS (false).
+bool fuses_prologue_cuda(const at::Tensor& weight, int64_t rows) { return gemv_takes(weight.scalar_type(), rows, weight); }
 
 }  // namespace
 }  // namespace linear
