@@ -127,6 +127,24 @@ def test_cpu_fallback_without_interpreter(monkeypatch):
     torch.testing.assert_close(ops.decode_attention(q, k, v, kv_lens), kernel, atol=2e-5, rtol=1e-5)
 
 
+def test_tuning_knobs_default_or_clear_error(monkeypatch):
+    """The AUTOGLM_DECODE_* knobs (read at import through env_int): unset gives the default, a
+    value outside the allowed set a ValueError naming the knob, the set and the value."""
+    from autoglm_kernels.triton import env_int
+
+    monkeypatch.delenv("AUTOGLM_DECODE_WARPS", raising=False)
+    assert env_int("AUTOGLM_DECODE_WARPS", 4, (1, 2, 4, 8, 16)) == 4
+    monkeypatch.setenv("AUTOGLM_DECODE_WARPS", "8")
+    assert env_int("AUTOGLM_DECODE_WARPS", 4, (1, 2, 4, 8, 16)) == 8
+    monkeypatch.setenv("AUTOGLM_DECODE_WARPS", "3")
+    with pytest.raises(ValueError, match=r"AUTOGLM_DECODE_WARPS must be an integer in 1, 2, 4, 8, 16, got '3'"):
+        env_int("AUTOGLM_DECODE_WARPS", 4, (1, 2, 4, 8, 16))
+    monkeypatch.setenv("AUTOGLM_DECODE_STAGES", "many")
+    with pytest.raises(ValueError, match=r"AUTOGLM_DECODE_STAGES must be an integer in 1\.\.6, got 'many'"):
+        env_int("AUTOGLM_DECODE_STAGES", 3, range(1, 7))
+    assert dattn.block_n(128) == 64 and dattn.block_n(64) == 128  # the defaults this process imported
+
+
 def test_opcheck_cpu():
     q, k, v = _inputs(2, 2, 4, 2, 64, 37, torch.float32)
     args = (q, k, v, torch.tensor([37, 5], device=DEV), torch.ones(2, 37, dtype=torch.bool, device=DEV), 0.125, 0)

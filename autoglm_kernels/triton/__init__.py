@@ -17,6 +17,22 @@ except ImportError:  # an older torch: no direct path
 _direct = threading.local()  # .on: inside an op's `direct` call on this thread
 
 
+def env_int(name: str, default: int, allowed) -> int:
+    """An integer tuning knob from the environment (read at import): `default` when unset, a
+    clear error when the value is not one of `allowed`."""
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value not in allowed:
+        shown = f"{min(allowed)}..{max(allowed)}" if isinstance(allowed, range) else ", ".join(map(str, allowed))
+        raise ValueError(f"{name} must be an integer in {shown}, got {raw!r}")
+    return value
+
+
 def _pdl_supported() -> bool:
     """Triton can launch with programmatic dependent launch (a `launch_pdl` compile option)."""
     try:

@@ -35,19 +35,19 @@ import torch
 import triton
 import triton.language as tl
 
-from . import cdiv, launch, next_power_of_2, pdl_prologue, triton_op
+from . import cdiv, env_int, launch, next_power_of_2, pdl_prologue, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
 
-TARGET_PROGRAMS_PER_SM = int(os.environ.get("AUTOGLM_DECODE_PROGRAMS_PER_SM", "2"))  # split count aims at
+TARGET_PROGRAMS_PER_SM = env_int("AUTOGLM_DECODE_PROGRAMS_PER_SM", 2, range(1, 17))  # split count aims at
 # this many split programs per SM
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many BLOCK_N-key tiles; 1: short contexts get
 # the most parallel, shortest programs (2 measured 0.89-0.91x SDPA at 1k tokens on the H100)
 MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
 # Capacities of at most this many BLOCK_N tiles run in one pass (no split, no reduce kernel);
 # AUTOGLM_DECODE_ONE_PASS_TILES overrides it (0: always split; a tuning knob, read at import).
-ONE_PASS_MAX_TILES = int(os.environ.get("AUTOGLM_DECODE_ONE_PASS_TILES", "4"))
+ONE_PASS_MAX_TILES = env_int("AUTOGLM_DECODE_ONE_PASS_TILES", 4, range(0, 65))
 
 
 def _triton_can_run(device: torch.device) -> bool:
@@ -61,9 +61,9 @@ def _sm_count(device_index: int) -> int:
 
 # Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
 # (AUTOGLM_DECODE_TILE_BYTES / _WARPS / _STAGES override them; tuning knobs read at import).
-TILE_BYTES = int(os.environ.get("AUTOGLM_DECODE_TILE_BYTES", "16384"))
-SPLIT_WARPS = int(os.environ.get("AUTOGLM_DECODE_WARPS", "4"))
-SPLIT_STAGES = int(os.environ.get("AUTOGLM_DECODE_STAGES", "3"))
+TILE_BYTES = env_int("AUTOGLM_DECODE_TILE_BYTES", 16384, (4096, 8192, 16384, 32768))
+SPLIT_WARPS = env_int("AUTOGLM_DECODE_WARPS", 4, (1, 2, 4, 8, 16))
+SPLIT_STAGES = env_int("AUTOGLM_DECODE_STAGES", 3, range(1, 7))
 
 
 def block_n(head_dim: int) -> int:
