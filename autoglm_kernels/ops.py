@@ -151,13 +151,6 @@ def _fused_linear_torch(x, weight, bias, activation: str) -> torch.Tensor:
     return stock_activation(y, activation).to(x.dtype)
 
 
-def stock_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' Llama/Qwen/GLM RMSNorm in torch ops: what the norm prologue computes."""
-    xf = x.float()
-    n = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-    return (n.float() * weight.float()).to(x.dtype)
-
-
 def _check_prologue(op: str, x, norm_weight, norm_eps, residual, out_shape) -> None:
     """The optional norm weight [K] and residual (the output's shape) of fused_linear / gated_mlp."""
     if norm_weight is not None:
@@ -175,8 +168,9 @@ def _check_prologue(op: str, x, norm_weight, norm_eps, residual, out_shape) -> N
 
 
 def _with_prologue(fn, x, norm_weight, norm_eps, residual):
-    """fn(x) with x through the RMSNorm first and the residual added after (plain torch)."""
-    y = fn(x if norm_weight is None else stock_rms_norm(x, norm_weight, norm_eps))
+    """fn(x) with x through the RMSNorm first (transformers' math, as the GEMV prologue computes
+    it: norm_weight has x's dtype) and the residual added after (plain torch)."""
+    y = fn(x if norm_weight is None else _rmsnorm.rms_norm_reference(x, norm_weight, norm_eps))
     return y if residual is None else y + residual
 
 

@@ -259,11 +259,12 @@ def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel], g
     columns give a partial sum, all-reduced, then the replicated bias once (what transformers'
     rowwise does)."""
     w, b = local(lin.weight), (lin.bias if tp is None else None)
-    if residual is not None:
-        if gate_up is None:
-            return ops.fused_linear(x, w, b, residual=residual)
-        return ops.gated_mlp(x, *gate_up, w, b, residual=residual)
-    y = _linear(x, w, b) if gate_up is None else ops.gated_mlp(x, *gate_up, w, b)
+    if gate_up is not None:
+        y = ops.gated_mlp(x, *gate_up, w, b, residual=residual)
+    elif residual is not None:
+        y = ops.fused_linear(x, w, b, residual=residual)
+    else:
+        y = _linear(x, w, b)
     if tp is None:
         return y
     y = tp.all_reduce_(y)
