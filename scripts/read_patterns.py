@@ -38,8 +38,11 @@ SHAPES = {  # name -> (K, N)
 }
 
 
+DECL = "int64_t read_pattern(const at::Tensor& w, at::Tensor& out, int64_t kind, int64_t nb, int64_t warps, int64_t param);"
+
+
 def build():
-    return load_inline("read_patterns", cpp_sources="", cuda_sources=(HERE / "read_patterns.cu").read_text(),
+    return load_inline("read_patterns", cpp_sources=DECL, cuda_sources=(HERE / "read_patterns.cu").read_text(),
                        functions=["read_pattern"], extra_cuda_cflags=["-O3", "-arch=sm_90a"], verbose=False)
 
 
