@@ -289,7 +289,7 @@ MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64)
 
 
 @torch.library.register_fake("autoglm::decode_attention")
-def _decode_attention_fake(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits):
+def _decode_attention_fake(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits, counters=None):
     return q.new_empty(q.shape)
 
 
@@ -352,6 +352,7 @@ def decode_attention(
     scale: Optional[float] = None,
     *,
     num_splits: Optional[int] = None,
+    counters: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Attention of Sq (1..16) new query tokens over a KV cache, split-KV (flash-decoding).
 
@@ -361,6 +362,11 @@ def decode_attention(
     [B, >= kv_len] (0 = padding; positions past its width count as valid). kv_lens is only read
     on the device (CUDA-graph capturable; values above C are clamped to C). scale defaults to
     D**-0.5. num_splits: most KV splits per (sequence, KV head); None = from C and the SM count.
+    counters: a zeroed int32 workspace on q's device of at least
+    `decode_attention_counters(q, k_cache)` elements, for the splits' in-kernel merge; the call
+    leaves it zeroed, so a caller keeps one (e.g. per model) for every call, one call at a time;
+    None allocates a zeroed one per call where the merge needs it (inside a CUDA graph capture
+    that records a memset per replay).
     Returns [B, Sq, Hq, D] contiguous in q's dtype; a query with no visible key gives zeros.
     """
     B, Sq, Hq, Hk, C, D = _check_attention(q, k_cache, v_cache, kv_mask, k_name="k_cache", v_name="v_cache")
@@ -375,7 +381,21 @@ def decode_attention(
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
     scale = D**-0.5 if scale is None else float(scale)
-    return _run(_decode_attn.decode_attention, q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits or 0)
+    if counters is not None:
+        check_tensor("counters", counters, dtypes=(torch.int32,), dim=1)
+        check_same("device", q=q, counters=counters)
+        need = decode_attention_counters(q, k_cache)
+        if counters.numel() < need or counters.stride(0) != 1:
+            raise ValueError(f"counters must be a contiguous int32 [>= {need}] (one per sequence x KV head x "
+                             f"block of query rows); got shape {tuple(counters.shape)}, stride {counters.stride()}")
+    return _run(_decode_attn.decode_attention, q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits or 0,
+                counters)
+
+
+def decode_attention_counters(q: torch.Tensor, k_cache: torch.Tensor) -> int:
+    """Elements of the `counters` workspace decode_attention takes for q [B, Sq, Hq, D] and
+    k_cache [B, Hk, C, D]."""
+    return _decode_attn.counters_needed(q, k_cache)
 
 
 # Dispatch policy of prefill_attention(impl="auto") on CUDA: torch SDPA (its flash backend) where

@@ -22,8 +22,8 @@ from autoglm_kernels.cli.bench import (_setup, environment, host_timers, measure
                                        prompt_ids, script_models, script_parser, time_generate)
 
 
-def graph_gpu_ms(eng, reps: int = 30) -> float | None:
-    """Median GPU ms of one replay of the engine's newest graph."""
+def graph_gpu_ms(eng, reps: int = 30, length: int = 64) -> float | None:
+    """Median GPU ms of one replay of the engine's newest graph, with `length` valid positions."""
     slots = [s for s in eng.graphs.slots.values() if s.graph is not None]
     if not slots:
         return None
@@ -32,8 +32,8 @@ def graph_gpu_ms(eng, reps: int = 30) -> float | None:
     counters = engine.cache_counters(cache) if cache is not None else []
     with torch.inference_mode():  # the counters are inference tensors (generate made them)
         saved = [c.clone() for c in counters]
-        for c in counters:  # replay from a short valid length, far from the capacity
-            c.fill_(64)
+        for c in counters:  # replay from this valid length (attention time follows it)
+            c.fill_(length)
         ms = median_replay_ms(slot.graph, reps)
         for c, s in zip(counters, saved):
             c.copy_(s)
@@ -45,7 +45,7 @@ def step_ms(model, ids, new_tokens: int, repeats: int) -> float:
     return 1e3 * statistics.median((total - ttft) / (new_tokens - 1) for total, ttft in runs)
 
 
-def breakdown(model, name: str, mode: str, new_tokens: int, repeats: int) -> dict:
+def breakdown(model, name: str, mode: str, new_tokens: int, repeats: int, gpu_lengths=()) -> dict:
     ids = prompt_ids(model, 1, 128)
     undo = _setup(model, mode)
     try:
@@ -59,6 +59,8 @@ def breakdown(model, name: str, mode: str, new_tokens: int, repeats: int) -> dic
             row[f"step_ms_{'deferred' if defer else 'lockstep'}"] = round(step_ms(model, ids, new_tokens, repeats), 4)
         gpu = graph_gpu_ms(eng) if ids.is_cuda else None
         row["graph_gpu_ms"] = round(gpu, 4) if gpu else None
+        if ids.is_cuda and gpu_lengths:  # the lengths generate steps through (prompt .. prompt + new)
+            row["graph_gpu_ms_at_length"] = {n: round(graph_gpu_ms(eng, length=n), 4) for n in gpu_lengths}
         # host time of the phases before each launch, in the lockstep loop
         eng.defer_stop = False
         with host_timers(model, "prepare_inputs_for_generation", "forward") as timers:
@@ -74,6 +76,7 @@ def breakdown(model, name: str, mode: str, new_tokens: int, repeats: int) -> dic
 def main() -> None:
     p = script_parser(__doc__, modes="patched,graph-stock", repeats=3)
     p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--gpu-lengths", default="", help="comma list: also the graph's GPU time at these valid lengths")
     args = p.parse_args()
     eos = bench.set_eos_harness(args.stop_at_eos)
     device = "cpu" if args.tiny else "cuda"
@@ -81,7 +84,8 @@ def main() -> None:
     rows = []
     for name, model in script_models(args.models, args.tiny):
         for mode in args.modes.split(","):
-            row = breakdown(model, name, mode, args.new_tokens, args.repeats)
+            lengths = [int(n) for n in args.gpu_lengths.split(",") if n]
+            row = breakdown(model, name, mode, args.new_tokens, args.repeats, lengths)
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

@@ -117,6 +117,44 @@ def test_query_without_visible_key_is_zero(num_splits):
     assert out[0, :2].abs().max() == 0 and out[1].abs().max() == 0
 
 
+# (B, Sq, Hq, Hk, D, C, kv_lens, num_splits): the in-kernel merge against the reduce kernel
+MERGE_CASES = [
+    (2, 2, 8, 2, 64, 700, [700, 301], 3),
+    (1, 16, 16, 1, 64, 300, [300], 5),  # 256 query rows: four row blocks, four counters
+    (3, 1, 4, 2, 128, 200, [200, 1, 65], 4),  # a split with no visible key; one sequence with a single split
+]
+
+
+@pytest.mark.parametrize("case", MERGE_CASES, ids=lambda c: "B{}_Sq{}_H{}-{}_D{}_C{}".format(*c[:6]))
+def test_in_kernel_merge_matches_reduce_kernel(case, monkeypatch):
+    """The last split's merge gives the reduce kernel's result, with counters passed or not, and
+    leaves the counters zeroed for the next call (which then merges correctly again)."""
+    B, Sq, Hq, Hk, D, C, lens, splits = case
+    q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.float32)
+    kv_mask = torch.ones(B, C, dtype=torch.int32, device=DEV)
+    kv_mask[0, : C // 3] = 0
+    kv_lens = torch.tensor(lens, device=DEV)
+    assert dattn.merges_in_kernel(q, k, splits)
+    counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device=DEV)
+    merged = [_check(q, k, v, kv_lens, kv_mask, num_splits=splits, counters=counters) for _ in range(2)]
+    assert counters.abs().sum().item() == 0
+    fresh = _check(q, k, v, kv_lens, kv_mask, num_splits=splits)
+    monkeypatch.setattr(dattn, "MERGE_ON", False)
+    reduced = _check(q, k, v, kv_lens, kv_mask, num_splits=splits)
+    torch.testing.assert_close(merged[0], merged[1], atol=0, rtol=0)
+    torch.testing.assert_close(merged[0], fresh, atol=0, rtol=0)
+    torch.testing.assert_close(merged[0], reduced, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_policy_by_partial_bytes():
+    """One program merges at most MERGE_MAX_BYTES of partials: Llama's 4 query heads per KV head
+    merge in the kernel at 33 splits, GLM-4's 16 go to the reduce kernel there."""
+    llama = _inputs(1, 1, 32, 8, 128, 64, torch.float32)
+    glm = _inputs(1, 1, 32, 2, 128, 64, torch.float32)
+    assert dattn.merges_in_kernel(llama[0], llama[1], 33) and not dattn.merges_in_kernel(glm[0], glm[1], 33)
+    assert dattn.merges_in_kernel(glm[0], glm[1], 8) and not dattn.merges_in_kernel(glm[0], glm[1], 1)
+
+
 def test_cpu_fallback_without_interpreter(monkeypatch):
     if HAS_CUDA:
         pytest.skip("the plain-torch fallback is for CPU tensors")
@@ -148,8 +186,10 @@ def test_tuning_knobs_default_or_clear_error(monkeypatch):
 def test_opcheck_cpu():
     q, k, v = _inputs(2, 2, 4, 2, 64, 37, torch.float32)
     args = (q, k, v, torch.tensor([37, 5], device=DEV), torch.ones(2, 37, dtype=torch.bool, device=DEV), 0.125, 0)
-    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args,
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args, test_utils=utils)
+    counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device=DEV)
+    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args[:-1] + (3, counters), test_utils=utils)
 
 
 def _bad(**over):
@@ -176,6 +216,10 @@ def _bad(**over):
     (_bad(kv_mask=torch.ones(2, 8)), TypeError, "kv_mask"),
     (_bad(kv_mask=torch.ones(2, 8, dtype=torch.bool)), ValueError, "kv_mask must be"),
     (_bad(num_splits=0), ValueError, "num_splits"),
+    (_bad(counters=torch.zeros(2, dtype=torch.int64)), TypeError, "counters"),
+    (_bad(counters=torch.zeros(0, dtype=torch.int32)), ValueError, r"counters must be a contiguous int32 \[>= 2\]"),
+    (_bad(counters=torch.zeros(4, dtype=torch.int32)[::2]), ValueError, "stride"),
+    (_bad(counters=torch.zeros(2, dtype=torch.int32, device="meta")), ValueError, "device"),
 ])
 def test_bad_input_raises(kwargs, exc, match):
     with pytest.raises(exc, match=match):
@@ -227,30 +271,41 @@ def test_gpu_opcheck_full():
     args = (q, k, v, torch.tensor([300, 77], device="cuda"), torch.ones(2, 300, dtype=torch.bool, device="cuda"),
             128**-0.5, 0)
     torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args)
+    counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device="cuda")
+    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args[:-1] + (3, counters))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("C", [4096, 256], ids=["split", "one_pass"])
-def test_gpu_cuda_graph_follows_kv_lens(C):
-    """Captured once over a static cache; replays with new kv_lens (written in place) match the reference."""
-    B, Sq, Hq, Hk, D = 2, 1, 32, 2, 128
+@pytest.mark.parametrize("Hk, C, own_counters", [(2, 4096, False), (8, 4096, True), (8, 4096, False), (2, 256, False)],
+                         ids=["split_reduce_kernel", "split_merge_own_counters", "split_merge_fresh_counters",
+                              "one_pass"])
+def test_gpu_cuda_graph_follows_kv_lens(Hk, C, own_counters):
+    """Captured once over a static cache; replays with new kv_lens (written in place) match the
+    reference and an eager call bit for bit, and leave the merge's counters zeroed (GLM-4's 16 query
+    heads per KV head merge in the reduce kernel at this length, Llama's 4 in the split kernel)."""
+    B, Sq, Hq, D = 2, 1, 32, 128
     q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
     kv_lens = torch.tensor([100, C], dtype=torch.int32, device="cuda")
+    counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device="cuda") if own_counters else None
+    assert dattn.merges_in_kernel(q, k, dattn.default_num_splits(q, k)) == (Hk == 8)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        ops.decode_attention(q, k, v, kv_lens)  # compile outside the capture
+        ops.decode_attention(q, k, v, kv_lens, counters=counters)  # compile outside the capture
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        out = ops.decode_attention(q, k, v, kv_lens)
-    for lens in ([100, C], [C, 1], [C * 5 // 8, C * 3 // 4 + 1]):
+        out = ops.decode_attention(q, k, v, kv_lens, counters=counters)
+    for lens in ([100, C], [C, 1], [C * 5 // 8, C * 3 // 4 + 1], [C, C]):
         kv_lens.copy_(torch.tensor(lens, dtype=torch.int32))
-        g.replay()
+        for _ in range(3):
+            g.replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(out, ops.decode_attention(q, k, v, kv_lens), atol=0, rtol=0)
         ref = sdpa_reference(q, k, v, _allowed(B, Sq, C, kv_lens, None), D**-0.5, torch.float32)
         assert (out.float() - ref).abs().max().item() < 2e-2
+        if counters is not None:
+            assert counters.abs().sum().item() == 0
 
 
 @pytest.mark.gpu

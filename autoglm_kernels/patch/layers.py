@@ -51,6 +51,8 @@ class Runtime:
         self._prefill = None  # (id of the cache, layer index, valid length): see prefill_len
         self._start = None  # the same, before the layer's update: see prefill_start
         self._full = None  # (mask, whether it is all ones): see full_mask
+        self._counters: dict = {}  # device -> zeroed int32 workspace of decode_attention's in-kernel merge
+        self._retired: list = []  # outgrown workspaces (see counters)
 
     def stash(self, residual: torch.Tensor, normed: torch.Tensor) -> None:
         self.pending = (residual, normed)
@@ -95,6 +97,19 @@ class Runtime:
         if memo is None or memo[0] is not mask:
             memo = self._full = (mask, bool(mask.all()))  # the one host sync of an eager decode step
         return memo[1]
+
+    def counters(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """decode_attention's ticket counters on q's device, one workspace per model and device for
+        every layer and step (each call leaves it zeroed; the layers run one after another): made
+        at the first decode step, i.e. in the engine's warm-up, before its capture, so the graph
+        holds no memset for it."""
+        need = ops.decode_attention_counters(q, k)
+        buf = self._counters.get(q.device)
+        if buf is None or buf.numel() < need:
+            if buf is not None:  # graphs captured with it keep its address: it must stay allocated
+                self._retired.append(buf)
+            buf = self._counters[q.device] = torch.zeros(max(need, 1024), dtype=torch.int32, device=q.device)
+        return buf
 
     def lens(self, n: int, device: torch.device) -> torch.Tensor:
         """`n` as an int32 device tensor [1], built once per decode step (reused by every layer)."""
@@ -408,7 +423,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
             n = k.shape[2] if valid_len is None else valid_len
             kv_lens = runtime.lens(n, k.device) if runtime is not None else torch.full(
                 (1,), n, dtype=torch.int32, device=k.device)
-        return ops.decode_attention(q, k, v, kv_lens, kv_mask=mask, scale=scale)
+        counters = runtime.counters(q, k) if runtime is not None else None
+        return ops.decode_attention(q, k, v, kv_lens, kv_mask=mask, scale=scale, counters=counters)
     if static_len is not None and valid_len is None:  # prefill into a static cache: the valid prefix only
         valid_len = runtime.prefill_len(cache, layer_idx, static_len, S) if runtime is not None else int(static_len)
         _check_room(valid_len, k.shape[2])

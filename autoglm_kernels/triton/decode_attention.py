@@ -9,14 +9,21 @@ torch op `autoglm::decode_attention(q, k_cache, v_cache, kv_lens, kv_mask, scale
   out      [B, Sq, Hq, D]   contiguous, q's dtype
 Query i sees keys j < kv_len - Sq + i + 1 (bottom-right causal) that kv_mask does not exclude.
 
-Two kernels. `_split_kernel` runs one program per (KV split, batch x KV head, block of query rows):
+`_split_kernel` runs one program per (KV split, batch x KV head, block of query rows):
 all G = Hq/Hk query heads and all Sq rows of a KV head are rows of one [G*Sq, D] x [D, BLOCK_N]
 tl.dot, so each K/V tile is read from HBM once for all of them (once per 64 rows when G*Sq > 64,
 e.g. GLM-4's G=16 with Sq > 4). It writes the split's partial
-(running max, sum, unnormalized output) in fp32; `_reduce_kernel` merges the splits. Where the
-whole capacity is a few tiles (C <= ONE_PASS_MAX_TILES * BLOCK_N: short generations, the engine's
-smallest cache buckets), there is one split and `_split_kernel` writes the normalized output
-itself: one launch per layer instead of two, which is most of the cost at such lengths.
+(running max, sum, unnormalized output) in fp32, and the splits are merged in one of two ways:
+  - in the same kernel (MERGE): each split then takes a ticket from an atomic counter of its
+    (batch x KV head, row block), and the split that takes the last one merges every split's
+    partial and writes the output, then puts the counter back to 0. One launch instead of two;
+    used while one program's merge reads at most MERGE_MAX_BYTES of partials (Llama's 4 query
+    heads per KV head at any length; GLM-4's 16 at short lengths).
+  - by `_reduce_kernel`, a second launch that spreads the merge over (row, 32-dim) programs: GLM-4
+    at long lengths, where one program would read about 1 MB of partials.
+Where the whole capacity is a few tiles (C <= ONE_PASS_MAX_TILES * BLOCK_N: short generations, the
+engine's smallest cache buckets), there is one split and `_split_kernel` writes the normalized
+output itself (no partials, no ticket).
 
 The grid is sized on the host from the capacity C and the SM count only; kv_lens is read on the
 device, where each program derives the same split layout from its kv_len (blocks of BLOCK_N keys
@@ -48,6 +55,13 @@ MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more pr
 # Capacities of at most this many BLOCK_N tiles run in one pass (no split, no reduce kernel);
 # AUTOGLM_DECODE_ONE_PASS_TILES overrides it (0: always split; a tuning knob, read at import).
 ONE_PASS_MAX_TILES = env_int("AUTOGLM_DECODE_ONE_PASS_TILES", 4, range(0, 65))
+
+
+# The last split merges the partials in the kernel (one launch) while that program's merge reads
+# at most this many bytes of them; above it, or with AUTOGLM_DECODE_MERGE=0, the reduce kernel
+# merges (a tuning knob, read at import).
+MERGE_ON = env_int("AUTOGLM_DECODE_MERGE", 1, (0, 1)) == 1
+MERGE_MAX_BYTES = 128 * 1024
 
 
 def _triton_can_run(device: torch.device) -> bool:
@@ -95,17 +109,19 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
 # Lengths/capacities change as a cache grows: no per-value specialization (avoids recompiles).
 @triton.jit(do_not_specialize=["sm_b", "mask_len", "C", "MAX_SPLITS"])
 def _split_kernel(
-    Q, K, V, KV_LENS, MASK, PART_O, PART_M, PART_L, OUT,
+    Q, K, V, KV_LENS, MASK, PART_O, PART_M, PART_L, OUT, COUNTERS,
     sq_b, sq_s, sq_h,
     sk_b, sk_h, sk_n,
     sv_b, sv_h, sv_n,
     s_lens, sm_b, mask_len,
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr,
+    MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr, MERGE: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial."""
+    """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial,
+    and with MERGE the split that finishes last merges them all into OUT (COUNTERS: one zeroed
+    int32 ticket counter per (batch x KV head, row block), left zeroed)."""
     pdl_prologue(PDL)
     split = tl.program_id(0)
     bh = tl.program_id(1)  # b * Hk + hk
@@ -168,6 +184,31 @@ def _split_kernel(
     tl.store(PART_L + row * MAX_SPLITS + split, l_i, mask=row_ok)
     o_ptrs = PART_O + (row * MAX_SPLITS + split)[:, None] * HEAD_DIM + d[None, :]
     tl.store(o_ptrs, acc, mask=row_ok[:, None])
+    if MERGE:
+        # Every thread's partial stores come before the ticket (the barrier, then the ticket's
+        # release at GPU scope); the last ticket's acquire makes all splits' partials visible, and
+        # its loads bypass L1 (.cg), which is not coherent across SMs.
+        tl.debug_barrier()
+        counter = COUNTERS + bh * tl.num_programs(2) + rb
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_used - 1:
+            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # every split has taken its ticket
+            m_run = tl.full([BLOCK_M], _NEG, tl.float32)
+            l_run = tl.zeros([BLOCK_M], tl.float32)
+            o_run = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+            for s in range(0, n_used):
+                m_s = tl.load(PART_M + row * MAX_SPLITS + s, mask=row_ok, other=_NEG, cache_modifier=".cg")
+                l_s = tl.load(PART_L + row * MAX_SPLITS + s, mask=row_ok, other=0.0, cache_modifier=".cg")
+                o_s = tl.load(PART_O + (row * MAX_SPLITS + s)[:, None] * HEAD_DIM + d[None, :],
+                              mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                m_new = tl.maximum(m_run, m_s)
+                a = tl.math.exp2(m_run - m_new)
+                c = tl.math.exp2(m_s - m_new)
+                l_run = l_run * a + l_s * c
+                o_run = o_run * a[:, None] + o_s * c[:, None]
+                m_run = m_new
+            o = o_run / tl.where(l_run > 0, l_run, 1.0)[:, None]  # no visible key: zeros, as below
+            tl.store(OUT + row[:, None] * HEAD_DIM + d[None, :], o.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["C", "MAX_SPLITS"])
@@ -233,7 +274,23 @@ def decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask=None, scale
     return out.to(q.dtype).contiguous()
 
 
-@triton_op("autoglm::decode_attention", mutates_args=())
+def merges_in_kernel(q: torch.Tensor, k_cache: torch.Tensor, max_splits: int) -> bool:
+    """Whether the last split merges (MERGE) rather than the reduce kernel: while one program's
+    merge reads at most MERGE_MAX_BYTES of partials (its query rows x splits x D fp32)."""
+    B, Sq, Hq, D = q.shape
+    rows = min((Hq // k_cache.shape[1]) * Sq, MAX_ROWS_PER_PROGRAM)
+    return MERGE_ON and max_splits > 1 and rows * max_splits * D * 4 <= MERGE_MAX_BYTES
+
+
+def counters_needed(q: torch.Tensor, k_cache: torch.Tensor) -> int:
+    """Ticket counters a call takes: one per (batch x KV head, block of query rows)."""
+    B, Sq, Hq, _ = q.shape
+    Hk = k_cache.shape[1]
+    G = Hq // Hk
+    return B * Hk * cdiv(G * Sq, rows_block(G * Sq))
+
+
+@triton_op("autoglm::decode_attention", mutates_args=("counters",))
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -242,9 +299,12 @@ def decode_attention(
     kv_mask: Optional[torch.Tensor],
     scale: float,
     num_splits: int,
+    counters: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """See the module docstring. Inputs are validated by autoglm_kernels.ops.decode_attention;
-    num_splits <= 0 picks default_num_splits."""
+    num_splits <= 0 picks default_num_splits. counters: a zeroed int32 workspace of at least
+    counters_needed() elements for the in-kernel merge, left zeroed (one call at a time may use
+    it); None: a fresh one per call where the merge needs it."""
     if not _triton_can_run(q.device):
         return decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask, scale)
     B, Sq, Hq, D = q.shape
@@ -258,6 +318,11 @@ def decode_attention(
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     rows = B * Sq * Hq
     one_pass = max_splits == 1
+    merge = merges_in_kernel(q, k_cache, max_splits)
+    if merge and counters is None:
+        counters = torch.zeros(counters_needed(q, k_cache), dtype=torch.int32, device=q.device)
+    elif not merge:
+        counters = kv_lens  # unused pointer (MERGE=False)
     if one_pass:  # unused pointers
         part_o = part_m = part_l = out
     else:
@@ -272,17 +337,17 @@ def decode_attention(
         mask, sm_b, mask_len = kv_lens, 0, 0  # unused pointer (HAS_MASK=False)
 
     launch(_split_kernel, (max_splits, B * Hk, n_rb),
-        q, k_cache, v_cache, kv_lens, mask, part_o, part_m, part_l, out,
+        q, k_cache, v_cache, kv_lens, mask, part_o, part_m, part_l, out, counters,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         s_lens, sm_b, mask_len,
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass,
+        MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass, MERGE=merge,
         num_warps=SPLIT_WARPS, num_stages=SPLIT_STAGES,
     )
-    if one_pass:
+    if one_pass or merge:
         return out
     # (row, 32-dim slice) programs: 4x the parallelism of one program per row, each loading
     # [64 splits x 128 B] per step, so the merge costs about one memory latency.
