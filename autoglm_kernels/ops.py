@@ -289,7 +289,7 @@ MASK_DTYPES = (torch.bool, torch.uint8, torch.int32, torch.int64)
 
 
 @torch.library.register_fake("autoglm::decode_attention")
-def _decode_attention_fake(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits, counters=None):
+def _decode_attention_fake(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits, counters):
     return q.new_empty(q.shape)
 
 
@@ -365,8 +365,8 @@ def decode_attention(
     counters: a zeroed int32 workspace on q's device of at least
     `decode_attention_counters(q, k_cache)` elements, for the splits' in-kernel merge; the call
     leaves it zeroed, so a caller keeps one (e.g. per model) for every call, one call at a time;
-    None allocates a zeroed one per call where the merge needs it (inside a CUDA graph capture
-    that records a memset per replay).
+    None allocates a zeroed one per call (one more small kernel; inside a CUDA graph capture, a
+    memset per replay).
     Returns [B, Sq, Hq, D] contiguous in q's dtype; a query with no visible key gives zeros.
     """
     B, Sq, Hq, Hk, C, D = _check_attention(q, k_cache, v_cache, kv_mask, k_name="k_cache", v_name="v_cache")
@@ -381,10 +381,12 @@ def decode_attention(
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
     scale = D**-0.5 if scale is None else float(scale)
-    if counters is not None:
+    need = decode_attention_counters(q, k_cache)
+    if counters is None:
+        counters = torch.zeros(need, dtype=torch.int32, device=q.device)
+    else:
         check_tensor("counters", counters, dtypes=(torch.int32,), dim=1)
         check_same("device", q=q, counters=counters)
-        need = decode_attention_counters(q, k_cache)
         if counters.numel() < need or counters.stride(0) != 1:
             raise ValueError(f"counters must be a contiguous int32 [>= {need}] (one per sequence x KV head x "
                              f"block of query rows); got shape {tuple(counters.shape)}, stride {counters.stride()}")

@@ -57,8 +57,10 @@ def test_decode_attention(benchmark, bandwidth, name, L, c_mult, impl):
         sets.append((q, k, v))
 
     if impl == "fused":
-        def fn(q, k, v):
-            return ops.decode_attention(q, k, v, kv_lens, scale=scale)
+        counters = torch.zeros(ops.decode_attention_counters(sets[0][0], sets[0][1]), dtype=torch.int32, device="cuda")
+
+        def fn(q, k, v):  # a model keeps one counters workspace (patch/layers.Runtime.counters)
+            return ops.decode_attention(q, k, v, kv_lens, scale=scale, counters=counters)
     elif impl == "stock_sdpa_valid":
         def fn(q, k, v):
             return sdpa_attention_forward(module, q.transpose(1, 2), k[:, :, :L], v[:, :, :L], None,

@@ -61,6 +61,7 @@ def op_rows() -> list[dict]:
     cos, sin = torch.randn(1, 1, 64, device=dev, dtype=dt), torch.randn(1, 1, 64, device=dev, dtype=dt)
     kc, vc = (torch.randn(1, 2, 256, 128, device=dev, dtype=dt) for _ in range(2))
     lens = torch.tensor([128], device=dev, dtype=torch.int32)
+    counters = torch.zeros(64, device=dev, dtype=torch.int32)  # decode_attention's merge tickets
     sc = 128 ** -0.5
 
     out, new_r = torch.empty_like(x), torch.empty_like(x)
@@ -111,9 +112,9 @@ def op_rows() -> list[dict]:
             impl=lambda: rp.rope.direct(q, k, cos, sin, True, None),
             stock=lambda: apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)),
         "decode_attention (32/2 heads, 256 slots)": dict(
-            wrapper=lambda: ops.decode_attention(q, kc, vc, lens, scale=sc),
-            dispatcher=lambda: torch.ops.autoglm.decode_attention(q, kc, vc, lens, None, sc, 0),
-            impl=lambda: da.decode_attention.direct(q, kc, vc, lens, None, sc, 0),
+            wrapper=lambda: ops.decode_attention(q, kc, vc, lens, scale=sc, counters=counters),
+            dispatcher=lambda: torch.ops.autoglm.decode_attention(q, kc, vc, lens, None, sc, 0, counters),
+            impl=lambda: da.decode_attention.direct(q, kc, vc, lens, None, sc, 0, counters),
             stock=lambda: torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), kc[:, :, :128], vc[:, :, :128], scale=sc, enable_gqa=True)),
         "torch.add (reference point)": dict(stock=lambda: x + r),

@@ -80,10 +80,12 @@ def test_split_count_does_not_change_result():
 
 
 def test_short_capacity_runs_one_pass_long_splits():
-    """The split count policy: capacities of a few tiles take the one-pass kernel (no reduce)."""
-    q, k, v = _inputs(1, 1, 8, 2, 128, 4 * dattn.block_n(128), torch.float32)
+    """The split count policy: capacities of ONE_PASS_MAX_TILES tiles (one with the in-kernel
+    merge, the default) take the one-pass kernel; larger ones split."""
+    assert dattn.ONE_PASS_MAX_TILES == (1 if dattn.MERGE_ON else 4)
+    q, k, v = _inputs(1, 1, 8, 2, 128, dattn.ONE_PASS_MAX_TILES * dattn.block_n(128), torch.float32)
     assert dattn.default_num_splits(q, k) == 1
-    q, k, v = _inputs(1, 1, 8, 2, 128, 4 * dattn.block_n(128) + 1, torch.float32)
+    q, k, v = _inputs(1, 1, 8, 2, 128, dattn.ONE_PASS_MAX_TILES * dattn.block_n(128) + 1, torch.float32)
     assert dattn.default_num_splits(q, k) > 1
 
 
@@ -185,11 +187,13 @@ def test_tuning_knobs_default_or_clear_error(monkeypatch):
 
 def test_opcheck_cpu():
     q, k, v = _inputs(2, 2, 4, 2, 64, 37, torch.float32)
-    args = (q, k, v, torch.tensor([37, 5], device=DEV), torch.ones(2, 37, dtype=torch.bool, device=DEV), 0.125, 0)
-    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args, test_utils=utils)
     counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device=DEV)
-    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args[:-1] + (3, counters), test_utils=utils)
+    args = (q, k, v, torch.tensor([37, 5], device=DEV), torch.ones(2, 37, dtype=torch.bool, device=DEV), 0.125, 0,
+            counters)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    for splits in (0, 3):  # the policy's split count, and three splits merged in the kernel
+        torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args[:6] + (splits, counters),
+                              test_utils=utils)
 
 
 def _bad(**over):
@@ -268,11 +272,11 @@ def test_gpu_fp32_rejected():
 @pytest.mark.gpu
 def test_gpu_opcheck_full():
     q, k, v = _inputs(2, 2, 8, 2, 128, 300, torch.bfloat16, "cuda")
-    args = (q, k, v, torch.tensor([300, 77], device="cuda"), torch.ones(2, 300, dtype=torch.bool, device="cuda"),
-            128**-0.5, 0)
-    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args)
     counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device="cuda")
-    torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args[:-1] + (3, counters))
+    args = (q, k, v, torch.tensor([300, 77], device="cuda"), torch.ones(2, 300, dtype=torch.bool, device="cuda"),
+            128**-0.5)
+    for splits in (0, 3):
+        torch.library.opcheck(torch.ops.autoglm.decode_attention.default, args + (splits, counters))
 
 
 @pytest.mark.gpu

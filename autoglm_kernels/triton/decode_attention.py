@@ -1,11 +1,12 @@
 """Split-KV (flash-decoding) attention for decode steps: a few new query tokens against a KV cache.
 
-torch op `autoglm::decode_attention(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits) -> out`
+torch op `autoglm::decode_attention(q, k_cache, v_cache, kv_lens, kv_mask, scale, num_splits, counters) -> out`
   q        [B, Sq, Hq, D]   1 <= Sq <= 16, last dim contiguous (a view into the qkv projection is fine)
   k_cache  [B, Hk, C, D]    C = cache capacity; last dim contiguous
   v_cache  [B, Hk, C, D]
   kv_lens  [B] or [1] int   valid positions per sequence, including the Sq new tokens (its last Sq)
   kv_mask  [B, M] or None   0 = padding key (transformers' 2-D attention_mask); positions >= M count as valid
+  counters [>= B*Hk*row blocks] int32, zeroed: the in-kernel merge's tickets; left zeroed
   out      [B, Sq, Hq, D]   contiguous, q's dtype
 Query i sees keys j < kv_len - Sq + i + 1 (bottom-right causal) that kv_mask does not exclude.
 
@@ -21,9 +22,8 @@ e.g. GLM-4's G=16 with Sq > 4). It writes the split's partial
     heads per KV head at any length; GLM-4's 16 at short lengths).
   - by `_reduce_kernel`, a second launch that spreads the merge over (row, 32-dim) programs: GLM-4
     at long lengths, where one program would read about 1 MB of partials.
-Where the whole capacity is a few tiles (C <= ONE_PASS_MAX_TILES * BLOCK_N: short generations, the
-engine's smallest cache buckets), there is one split and `_split_kernel` writes the normalized
-output itself (no partials, no ticket).
+Where the whole capacity is one tile (C <= ONE_PASS_MAX_TILES * BLOCK_N), or a kv_len uses only
+one of the splits, that split writes the normalized output itself (no partials, no ticket).
 
 The grid is sized on the host from the capacity C and the SM count only; kv_lens is read on the
 device, where each program derives the same split layout from its kv_len (blocks of BLOCK_N keys
@@ -52,16 +52,18 @@ TARGET_PROGRAMS_PER_SM = env_int("AUTOGLM_DECODE_PROGRAMS_PER_SM", 2, range(1, 1
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many BLOCK_N-key tiles; 1: short contexts get
 # the most parallel, shortest programs (2 measured 0.89-0.91x SDPA at 1k tokens on the H100)
 MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
-# Capacities of at most this many BLOCK_N tiles run in one pass (no split, no reduce kernel);
-# AUTOGLM_DECODE_ONE_PASS_TILES overrides it (0: always split; a tuning knob, read at import).
-ONE_PASS_MAX_TILES = env_int("AUTOGLM_DECODE_ONE_PASS_TILES", 4, range(0, 65))
-
-
 # The last split merges the partials in the kernel (one launch) while that program's merge reads
 # at most this many bytes of them; above it, or with AUTOGLM_DECODE_MERGE=0, the reduce kernel
 # merges (a tuning knob, read at import).
 MERGE_ON = env_int("AUTOGLM_DECODE_MERGE", 1, (0, 1)) == 1
 MERGE_MAX_BYTES = 128 * 1024
+# Capacities of at most this many BLOCK_N tiles run in one pass (no split, no merge);
+# AUTOGLM_DECODE_ONE_PASS_TILES overrides it (0: always split; a tuning knob, read at import).
+# With the in-kernel merge only a one-tile capacity: one pass walks its tiles one after another
+# (Llama-3.1-8B step on the H100 with a 4-tile cache: +140 us from 64 to 192 valid tokens), while
+# splits read them in parallel and a split that is alone writes the output itself
+# (bench/results/..._1553_...). Without the merge, 4: a second launch costs more than the walk.
+ONE_PASS_MAX_TILES = env_int("AUTOGLM_DECODE_ONE_PASS_TILES", 1 if MERGE_ON else 4, range(0, 65))
 
 
 def _triton_can_run(device: torch.device) -> bool:
@@ -176,7 +178,9 @@ def _split_kernel(
 
     # Partials are indexed by the output row (b, i, h) so the reduce kernel reads them contiguously.
     row = (b * Sq + i).to(tl.int64) * (Hk * G) + h
-    if ONE_PASS:  # as the reduce kernel does: a row with no visible key gives zeros
+    # One pass, or (MERGE) the only split this kv_len uses: the output straight away, no partials
+    # and no ticket. As the reduce kernel does, a row with no visible key gives zeros.
+    if ONE_PASS or (MERGE and n_used == 1):
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(OUT + row[:, None] * HEAD_DIM + d[None, :], o.to(OUT.dtype.element_ty), mask=row_ok[:, None])
         return
@@ -299,12 +303,13 @@ def decode_attention(
     kv_mask: Optional[torch.Tensor],
     scale: float,
     num_splits: int,
-    counters: Optional[torch.Tensor] = None,
+    counters: torch.Tensor,
 ) -> torch.Tensor:
     """See the module docstring. Inputs are validated by autoglm_kernels.ops.decode_attention;
     num_splits <= 0 picks default_num_splits. counters: a zeroed int32 workspace of at least
     counters_needed() elements for the in-kernel merge, left zeroed (one call at a time may use
-    it); None: a fresh one per call where the merge needs it."""
+    it). (Not Optional: torch's boxed dispatch drops a trailing None default of a mutated
+    argument and then fails to bump its version.)"""
     if not _triton_can_run(q.device):
         return decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask, scale)
     B, Sq, Hq, D = q.shape
@@ -319,10 +324,6 @@ def decode_attention(
     rows = B * Sq * Hq
     one_pass = max_splits == 1
     merge = merges_in_kernel(q, k_cache, max_splits)
-    if merge and counters is None:
-        counters = torch.zeros(counters_needed(q, k_cache), dtype=torch.int32, device=q.device)
-    elif not merge:
-        counters = kv_lens  # unused pointer (MERGE=False)
     if one_pass:  # unused pointers
         part_o = part_m = part_l = out
     else:
