@@ -122,7 +122,7 @@ def test_query_without_visible_key_is_zero(num_splits):
 # (B, Sq, Hq, Hk, D, C, kv_lens, num_splits): the in-kernel merge against the reduce kernel
 MERGE_CASES = [
     (2, 2, 8, 2, 64, 700, [700, 301], 3),
-    (1, 16, 16, 1, 64, 300, [300], 5),  # 256 query rows: four row blocks, four counters
+    (1, 16, 16, 1, 64, 390, [390], 4),  # 256 query rows: four row blocks, four counters
     (3, 1, 4, 2, 128, 200, [200, 1, 65], 4),  # a split with no visible key; one sequence with a single split
 ]
 
@@ -148,13 +148,12 @@ def test_in_kernel_merge_matches_reduce_kernel(case, monkeypatch):
     torch.testing.assert_close(merged[0], reduced, atol=1e-5, rtol=1e-5)
 
 
-def test_merge_policy_by_partial_bytes():
-    """One program merges at most MERGE_MAX_BYTES of partials: Llama's 4 query heads per KV head
-    merge in the kernel at 33 splits, GLM-4's 16 go to the reduce kernel there."""
-    llama = _inputs(1, 1, 32, 8, 128, 64, torch.float32)
-    glm = _inputs(1, 1, 32, 2, 128, 64, torch.float32)
-    assert dattn.merges_in_kernel(llama[0], llama[1], 33) and not dattn.merges_in_kernel(glm[0], glm[1], 33)
-    assert dattn.merges_in_kernel(glm[0], glm[1], 8) and not dattn.merges_in_kernel(glm[0], glm[1], 1)
+def test_merge_policy_by_split_count():
+    """2..MERGE_MAX_SPLITS splits merge in the kernel (the engine's short caches); more go to the
+    reduce kernel, one split needs no merge."""
+    q, k, v = _inputs(1, 1, 32, 8, 128, 64, torch.float32)
+    assert [dattn.merges_in_kernel(q, k, n) for n in (1, 2, dattn.MERGE_MAX_SPLITS, dattn.MERGE_MAX_SPLITS + 1)] == [
+        False, True, True, False]
 
 
 def test_cpu_fallback_without_interpreter(monkeypatch):
@@ -280,18 +279,19 @@ def test_gpu_opcheck_full():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("Hk, C, own_counters", [(2, 4096, False), (8, 4096, True), (8, 4096, False), (2, 256, False)],
+@pytest.mark.parametrize("Hk, C, own_counters, merges", [(2, 4096, False, False), (8, 256, True, True),
+                                                         (2, 256, False, True), (8, 64, False, False)],
                          ids=["split_reduce_kernel", "split_merge_own_counters", "split_merge_fresh_counters",
                               "one_pass"])
-def test_gpu_cuda_graph_follows_kv_lens(Hk, C, own_counters):
-    """Captured once over a static cache; replays with new kv_lens (written in place) match the
-    reference and an eager call bit for bit, and leave the merge's counters zeroed (GLM-4's 16 query
-    heads per KV head merge in the reduce kernel at this length, Llama's 4 in the split kernel)."""
+def test_gpu_cuda_graph_follows_kv_lens(Hk, C, own_counters, merges):
+    """Captured once over a static cache; replays with new kv_lens (written in place: lengths that
+    walk 1-2 tiles in one split and that split and merge) match the reference and an eager call bit
+    for bit, and leave the merge's counters zeroed."""
     B, Sq, Hq, D = 2, 1, 32, 128
     q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
     kv_lens = torch.tensor([100, C], dtype=torch.int32, device="cuda")
     counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device="cuda") if own_counters else None
-    assert dattn.merges_in_kernel(q, k, dattn.default_num_splits(q, k)) == (Hk == 8)
+    assert dattn.merges_in_kernel(q, k, dattn.default_num_splits(q, k)) == merges
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

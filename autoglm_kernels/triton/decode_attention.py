@@ -15,13 +15,12 @@ all G = Hq/Hk query heads and all Sq rows of a KV head are rows of one [G*Sq, D]
 tl.dot, so each K/V tile is read from HBM once for all of them (once per 64 rows when G*Sq > 64,
 e.g. GLM-4's G=16 with Sq > 4). It writes the split's partial
 (running max, sum, unnormalized output) in fp32, and the splits are merged in one of two ways:
-  - in the same kernel (MERGE): each split then takes a ticket from an atomic counter of its
-    (batch x KV head, row block), and the split that takes the last one merges every split's
-    partial and writes the output, then puts the counter back to 0. One launch instead of two;
-    used while one program's merge reads at most MERGE_MAX_BYTES of partials (Llama's 4 query
-    heads per KV head at any length; GLM-4's 16 at short lengths).
-  - by `_reduce_kernel`, a second launch that spreads the merge over (row, 32-dim) programs: GLM-4
-    at long lengths, where one program would read about 1 MB of partials.
+  - in the same kernel (MERGE, up to MERGE_MAX_SPLITS splits: the engine's short cache buckets):
+    each split then takes a ticket from an atomic counter of its (batch x KV head, row block),
+    and the split that takes the last one merges every split's partial and writes the output,
+    then puts the counter back to 0. One launch instead of two.
+  - by `_reduce_kernel`, a second launch that spreads the merge over (row, 32-dim) programs:
+    more splits (longer caches), where one program's loop over them would cost more.
 Where the whole capacity is one tile (C <= ONE_PASS_MAX_TILES * BLOCK_N), or a kv_len uses only
 one of the splits, that split writes the normalized output itself (no partials, no ticket).
 
@@ -52,17 +51,23 @@ TARGET_PROGRAMS_PER_SM = env_int("AUTOGLM_DECODE_PROGRAMS_PER_SM", 2, range(1, 1
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many BLOCK_N-key tiles; 1: short contexts get
 # the most parallel, shortest programs (2 measured 0.89-0.91x SDPA at 1k tokens on the H100)
 MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
-# The last split merges the partials in the kernel (one launch) while that program's merge reads
-# at most this many bytes of them; above it, or with AUTOGLM_DECODE_MERGE=0, the reduce kernel
-# merges (a tuning knob, read at import).
+# The last split merges the partials in the kernel (one launch) up to this many splits; more, or
+# AUTOGLM_DECODE_MERGE=0 (a tuning knob, read at import), go to the reduce kernel. Its merge is
+# one program's loop over the splits, which costs more than the second launch beyond a few: on
+# the H100, Llama-3.1-8B at 1k-8k tokens (16-33 splits) took 10.0-24.9 us against 7.9-18.8 with
+# the reduce kernel (bench/results/..._1558_...).
 MERGE_ON = env_int("AUTOGLM_DECODE_MERGE", 1, (0, 1)) == 1
-MERGE_MAX_BYTES = 128 * 1024
+MERGE_MAX_SPLITS = 4
+# Under the merge, a kv_len of at most this many tiles is read by one split walking them (no
+# partials, no ticket): Llama-3.1-8B's step with 2 tiles valid took 150 us longer split and
+# merged than walked, with 3-4 tiles 20-80 us shorter (bench/results/..._1553_... and ..._1558_...).
+WALK_MAX_TILES = 2
 # Capacities of at most this many BLOCK_N tiles run in one pass (no split, no merge);
 # AUTOGLM_DECODE_ONE_PASS_TILES overrides it (0: always split; a tuning knob, read at import).
 # With the in-kernel merge only a one-tile capacity: one pass walks its tiles one after another
 # (Llama-3.1-8B step on the H100 with a 4-tile cache: +140 us from 64 to 192 valid tokens), while
-# splits read them in parallel and a split that is alone writes the output itself
-# (bench/results/..._1553_...). Without the merge, 4: a second launch costs more than the walk.
+# splits read them in parallel and a split that is alone (WALK_MAX_TILES) writes the output
+# itself. Without the merge, 4: a second launch costs more than the walk.
 ONE_PASS_MAX_TILES = env_int("AUTOGLM_DECODE_ONE_PASS_TILES", 1 if MERGE_ON else 4, range(0, 65))
 
 
@@ -119,7 +124,7 @@ def _split_kernel(
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr, MERGE: tl.constexpr,
-    PDL: tl.constexpr = False,
+    WALK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial,
     and with MERGE the split that finishes last merges them all into OUT (COUNTERS: one zeroed
@@ -136,6 +141,8 @@ def _split_kernel(
     # Split layout from kv_len (the reduce kernel derives the same): n_blocks tiles, bps per split.
     n_blocks = (kv_len + BLOCK_N - 1) // BLOCK_N
     bps = tl.maximum((n_blocks + MAX_SPLITS - 1) // MAX_SPLITS, MIN_BLOCKS)
+    if MERGE:  # a few tiles: one split walks them (see WALK_MAX_TILES)
+        bps = tl.where(n_blocks <= WALK, tl.maximum(n_blocks, 1), bps)
     n_used = (n_blocks + bps - 1) // bps
     if not ONE_PASS:
         if split >= n_used:
@@ -279,11 +286,9 @@ def decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask=None, scale
 
 
 def merges_in_kernel(q: torch.Tensor, k_cache: torch.Tensor, max_splits: int) -> bool:
-    """Whether the last split merges (MERGE) rather than the reduce kernel: while one program's
-    merge reads at most MERGE_MAX_BYTES of partials (its query rows x splits x D fp32)."""
-    B, Sq, Hq, D = q.shape
-    rows = min((Hq // k_cache.shape[1]) * Sq, MAX_ROWS_PER_PROGRAM)
-    return MERGE_ON and max_splits > 1 and rows * max_splits * D * 4 <= MERGE_MAX_BYTES
+    """Whether the last split merges (MERGE) rather than the reduce kernel: for 2..MERGE_MAX_SPLITS
+    splits (the engine's short cache buckets)."""
+    return MERGE_ON and 1 < max_splits <= MERGE_MAX_SPLITS
 
 
 def counters_needed(q: torch.Tensor, k_cache: torch.Tensor) -> int:
@@ -346,6 +351,7 @@ def decode_attention(
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass, MERGE=merge,
+        WALK=WALK_MAX_TILES,
         num_warps=SPLIT_WARPS, num_stages=SPLIT_STAGES,
     )
     if one_pass or merge:
