@@ -397,7 +397,7 @@ def decode_attention(
 def decode_attention_counters(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     """Elements of the `counters` workspace decode_attention takes for q [B, Sq, Hq, D] and
     k_cache [B, Hk, C, D]."""
-    return _decode_attn.counters_needed(q, k_cache)
+    return _decode_attn.programs_per_split(q, k_cache)
 
 
 # Dispatch policy of prefill_attention(impl="auto") on CUDA: torch SDPA (its flash backend) where

@@ -136,7 +136,7 @@ def test_in_kernel_merge_matches_reduce_kernel(case, monkeypatch):
     kv_mask = torch.ones(B, C, dtype=torch.int32, device=DEV)
     kv_mask[0, : C // 3] = 0
     kv_lens = torch.tensor(lens, device=DEV)
-    assert dattn.merges_in_kernel(q, k, splits)
+    assert dattn.merges_in_kernel(splits)
     counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device=DEV)
     merged = [_check(q, k, v, kv_lens, kv_mask, num_splits=splits, counters=counters) for _ in range(2)]
     assert counters.abs().sum().item() == 0
@@ -151,8 +151,7 @@ def test_in_kernel_merge_matches_reduce_kernel(case, monkeypatch):
 def test_merge_policy_by_split_count():
     """2..MERGE_MAX_SPLITS splits merge in the kernel (the engine's short caches); more go to the
     reduce kernel, one split needs no merge."""
-    q, k, v = _inputs(1, 1, 32, 8, 128, 64, torch.float32)
-    assert [dattn.merges_in_kernel(q, k, n) for n in (1, 2, dattn.MERGE_MAX_SPLITS, dattn.MERGE_MAX_SPLITS + 1)] == [
+    assert [dattn.merges_in_kernel(n) for n in (1, 2, dattn.MERGE_MAX_SPLITS, dattn.MERGE_MAX_SPLITS + 1)] == [
         False, True, True, False]
 
 
@@ -291,7 +290,7 @@ def test_gpu_cuda_graph_follows_kv_lens(Hk, C, own_counters, merges):
     q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
     kv_lens = torch.tensor([100, C], dtype=torch.int32, device="cuda")
     counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device="cuda") if own_counters else None
-    assert dattn.merges_in_kernel(q, k, dattn.default_num_splits(q, k)) == merges
+    assert dattn.merges_in_kernel(dattn.default_num_splits(q, k)) == merges
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -97,6 +97,15 @@ def rows_block(rows: int) -> int:
     return min(MAX_ROWS_PER_PROGRAM, max(16, next_power_of_2(rows)))
 
 
+def programs_per_split(q: torch.Tensor, k_cache: torch.Tensor) -> int:
+    """Split-kernel programs per KV split: one per (batch x KV head, block of query rows); also
+    the number of ticket counters a call takes."""
+    B, Sq, Hq, _ = q.shape
+    Hk = k_cache.shape[1]
+    G = Hq // Hk
+    return B * Hk * cdiv(G * Sq, rows_block(G * Sq))
+
+
 def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     """Most KV splits per (batch, KV head, row block): enough programs to fill the GPU at full
     capacity C, each still reading >= MIN_BLOCKS_PER_SPLIT tiles; 1 (one pass) for capacities of
@@ -105,10 +114,9 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     Hk, C = k_cache.shape[1], k_cache.shape[2]
     if C <= ONE_PASS_MAX_TILES * block_n(D):
         return 1
-    n_rb = cdiv((Hq // Hk) * Sq, rows_block((Hq // Hk) * Sq))
     sms = _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device()) \
         if q.device.type == "cuda" else 4  # interpreter: a few splits, to exercise the reduction
-    want = cdiv(TARGET_PROGRAMS_PER_SM * sms, B * Hk * n_rb)
+    want = cdiv(TARGET_PROGRAMS_PER_SM * sms, programs_per_split(q, k_cache))
     cap = cdiv(max(C, 1), block_n(D) * MIN_BLOCKS_PER_SPLIT)
     return max(1, min(want, cap))
 
@@ -285,18 +293,10 @@ def decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask=None, scale
     return out.to(q.dtype).contiguous()
 
 
-def merges_in_kernel(q: torch.Tensor, k_cache: torch.Tensor, max_splits: int) -> bool:
+def merges_in_kernel(max_splits: int) -> bool:
     """Whether the last split merges (MERGE) rather than the reduce kernel: for 2..MERGE_MAX_SPLITS
     splits (the engine's short cache buckets)."""
     return MERGE_ON and 1 < max_splits <= MERGE_MAX_SPLITS
-
-
-def counters_needed(q: torch.Tensor, k_cache: torch.Tensor) -> int:
-    """Ticket counters a call takes: one per (batch x KV head, block of query rows)."""
-    B, Sq, Hq, _ = q.shape
-    Hk = k_cache.shape[1]
-    G = Hq // Hk
-    return B * Hk * cdiv(G * Sq, rows_block(G * Sq))
 
 
 @triton_op("autoglm::decode_attention", mutates_args=("counters",))
@@ -312,7 +312,7 @@ def decode_attention(
 ) -> torch.Tensor:
     """See the module docstring. Inputs are validated by autoglm_kernels.ops.decode_attention;
     num_splits <= 0 picks default_num_splits. counters: a zeroed int32 workspace of at least
-    counters_needed() elements for the in-kernel merge, left zeroed (one call at a time may use
+    programs_per_split() elements for the in-kernel merge, left zeroed (one call at a time may use
     it). (Not Optional: torch's boxed dispatch drops a trailing None default of a mutated
     argument and then fails to bump its version.)"""
     if not _triton_can_run(q.device):
@@ -328,7 +328,7 @@ def decode_attention(
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     rows = B * Sq * Hq
     one_pass = max_splits == 1
-    merge = merges_in_kernel(q, k_cache, max_splits)
+    merge = merges_in_kernel(max_splits)
     if one_pass:  # unused pointers
         part_o = part_m = part_l = out
     else:
