@@ -81,10 +81,10 @@ def main() -> None:
     eos = bench.set_eos_harness(args.stop_at_eos)
     device = "cpu" if args.tiny else "cuda"
     bw = measure_read_bandwidth() if device == "cuda" else None
+    lengths = [int(n) for n in args.gpu_lengths.split(",") if n]
     rows = []
     for name, model in script_models(args.models, args.tiny):
         for mode in args.modes.split(","):
-            lengths = [int(n) for n in args.gpu_lengths.split(",") if n]
             row = breakdown(model, name, mode, args.new_tokens, args.repeats, lengths)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -101,7 +101,8 @@ def main() -> None:
             del ws
             rows.sort(key=lambda r: r["us"])
             print(f"\n{name} ({nbytes / 2**20:.1f} MiB)")
-            for r in [r for r in rows if r["impl"] in ("cublas", "fused_linear")] + rows[:8]:
+            refs = [r for r in rows if r["impl"] in ("cublas", "fused_linear")]
+            for r in refs + [r for r in rows if r not in refs][:8]:
                 print(f"  {r['impl']:>12} nb={r.get('nb', '-')} warps={r.get('warps', '-')} param={r.get('param', '-')}"
                       f"  {r['us']:8.2f} us  {r['pct_bw']:5.1f}%")
             for label in ("frag", "bulk"):
