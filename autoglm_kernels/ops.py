@@ -632,6 +632,12 @@ def _check_rope(q, k, cos, sin, interleaved, mrope_section) -> Optional[list[int
             raise ValueError(f"{name} must have a contiguous last dim (stride 1), got strides {t.stride()}")
     if q is k:  # (no data_ptr() check: it would break torch.compile tracing)
         raise ValueError("q and k are the same tensor; they must be different (non-overlapping) heads")
+    return _check_rope_tables(B, S, D, cos, sin, interleaved, mrope_section)
+
+
+def _check_rope_tables(B: int, S: int, D: int, cos, sin, interleaved, mrope_section) -> Optional[list[int]]:
+    """cos/sin (already checked as tensors) for B sequences of S tokens with head_dim D; returns
+    mrope_section as a list (or None)."""
     if cos.shape != sin.shape:
         raise ValueError(f"cos and sin must have one shape; got {tuple(cos.shape)} and {tuple(sin.shape)}")
     R = cos.shape[-1]
@@ -640,7 +646,7 @@ def _check_rope(q, k, cos, sin, interleaved, mrope_section) -> Optional[list[int
                          f"<= head_dim D = {D}")
     if cos.shape[-2] != S or cos.shape[-3] not in (1, B):
         raise ValueError(f"cos/sin must be [B={B} or 1, S={S}, R] (optionally with a leading 3 for mrope); "
-                         f"got {tuple(cos.shape)} for q {tuple(q.shape)}")
+                         f"got {tuple(cos.shape)}")
     if cos.dim() == 4 and (mrope_section is None or cos.shape[0] != 3):
         raise ValueError(f"4-D cos/sin {tuple(cos.shape)} are the multimodal [3, B, S, R] form: they need "
                          "cos.shape[0] == 3 and mrope_section")
@@ -744,6 +750,116 @@ def _check_append(k, v, k_cache, v_cache, cache_len, q=None) -> None:
 KERNELS["apply_rope_"] = _norm_rope_kernel_state()
 KERNELS["rope_append_kv_"] = _norm_rope_kernel_state()
 KERNELS["append_kv_"] = _norm_rope_kernel_state()
+
+
+# ---------------------------------------------------------------------------------------------
+# qkv_rope_append: the decode qkv projection with RoPE and the cache append in its epilogue
+# (csrc/linear/fused_linear.cu; the composition of fused_linear + apply_rope_ + append_kv_ elsewhere)
+# ---------------------------------------------------------------------------------------------
+def _qkv_rope_append_composed(x, weight, bias, norm_weight, norm_eps, cos, sin, rope_layout, k_cache, v_cache,
+                              cache_len, num_q_heads):
+    """What the fused op computes, as the separate ops: the reference (CPU) and the fallback."""
+    qkv = fused_linear(x, weight, bias, norm_weight=norm_weight, norm_eps=norm_eps)
+    B, S = x.shape[:2]
+    hk, D = k_cache.shape[1], k_cache.shape[3]
+    q, k, v = qkv.view(B, S, num_q_heads + 2 * hk, D).split((num_q_heads, hk, hk), dim=2)
+    if cos is not None:
+        R = cos.shape[-1]  # layout 2 is the 3-D pair-duplicated (mrope) form: any section summing to R/2
+        apply_rope_(q, k, cos, sin, interleaved=rope_layout != _rope.LAYOUT_HALF,
+                    mrope_section=[R // 2, 0, 0] if rope_layout == _rope.LAYOUT_PAIRS else None)
+    append_kv_(k, v, k_cache, v_cache, cache_len)
+    return qkv
+
+
+if NATIVE_OK:
+
+    @torch.library.register_fake("autoglm::qkv_rope_append")
+    def _qkv_rope_append_fake(x, weight, bias, norm_weight, norm_eps, cos, sin, rope_layout, k_cache, v_cache,
+                              cache_len, ticket, num_q_heads):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_kernel("autoglm::qkv_rope_append", "cpu")
+    def _qkv_rope_append_cpu(x, weight, bias, norm_weight, norm_eps, cos, sin, rope_layout, k_cache, v_cache,
+                             cache_len, ticket, num_q_heads):
+        return _qkv_rope_append_composed(x, weight, bias, norm_weight, norm_eps, cos, sin, rope_layout, k_cache,
+                                         v_cache, cache_len, num_q_heads)
+
+
+# AUTOGLM_QKV_ROPE=0 turns the fused kernel off (the separate ops run): an A/B knob for benchmarks.
+_QKV_ROPE_ON = os.environ.get("AUTOGLM_QKV_ROPE", "1") != "0"
+
+
+def qkv_rope_fused(x: torch.Tensor, weight: torch.Tensor, cos: Optional[torch.Tensor], head_dim: int) -> bool:
+    """Whether qkv_rope_append_ runs as the one fused kernel for these arguments (CUDA: a decode
+    token per sequence, a weight the GEMV takes, 3-D cos/sin of x's dtype, head_dim a multiple of
+    16), rather than as fused_linear, apply_rope_ and append_kv_."""
+    if not _QKV_ROPE_ON or x.device.type != "cuda" or not _FUSED_LINEAR_NATIVE["cuda"][0]:
+        return False
+    return (x.dim() == 3 and x.shape[1] == 1 and head_dim % 16 == 0
+            and (cos is None or (cos.dim() == 3 and cos.dtype == x.dtype)) and fuses_prologue(weight, x.shape[0]))
+
+
+def qkv_rope_append_(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], cos: Optional[torch.Tensor],
+    sin: Optional[torch.Tensor], k_cache: torch.Tensor, v_cache: torch.Tensor, cache_len: torch.Tensor, *,
+    num_q_heads: int, interleaved: bool = False, mrope_section: Optional[list[int]] = None,
+    norm_weight: Optional[torch.Tensor] = None, norm_eps: float = 1e-6,
+) -> torch.Tensor:
+    """A decode step's attention input in one launch: qkv = norm?(x) @ weight^T + bias, RoPE on
+    its q and k heads, k and v appended to a static cache.
+
+    x [B, S, K]; weight [(Hq + 2 Hk) * D, K] with rows [q heads; k heads; v heads] (the attention's
+    stacked projections), Hq = num_q_heads, Hk and D from k_cache / v_cache [B, Hk, C, D]
+    (transformers' StaticLayer keys/values). cos/sin as apply_rope_ takes them (None: no RoPE, as
+    for OPT; interleaved and mrope_section as there). k and v go to the caches at slots cache_len
+    + [0, S) and cache_len advances by S, as rope_append_kv_. Returns qkv [B, S, N] with q and k
+    rotated. On CUDA with S = 1 and a weight the decode GEMV takes (qkv_rope_fused) it is one
+    kernel: the GEMV with the rotation and the cache writes in its epilogue; otherwise the
+    separate ops. No host sync either way on CUDA: graph-capturable.
+    """
+    check_tensor("x", x, dtypes=FLOAT_DTYPES, dim=3)
+    check_tensor("k_cache", k_cache, dtypes=FLOAT_DTYPES, dim=4)
+    if isinstance(num_q_heads, bool) or not isinstance(num_q_heads, int) or num_q_heads < 1:
+        raise ValueError(f"num_q_heads must be a positive int, got {num_q_heads!r}")
+    if (cos is None) != (sin is None):
+        raise ValueError("pass both cos and sin, or neither (no RoPE)")
+    hk, D = k_cache.shape[1], k_cache.shape[3]
+    if weight.dim() != 2 or weight.shape[0] != (num_q_heads + 2 * hk) * D:
+        raise ValueError(f"weight must be [(Hq + 2 Hk) * D, K] = [{(num_q_heads + 2 * hk) * D}, K] for "
+                         f"{num_q_heads} q heads and k_cache {tuple(k_cache.shape)}; got {tuple(weight.shape)}")
+    B, S = x.shape[:2]
+    check_tensor("v_cache", v_cache, dtypes=FLOAT_DTYPES, dim=4)
+    check_tensor("cache_len", cache_len, dtypes=(torch.int32, torch.int64))
+    check_same("device", x=x, weight=weight, k_cache=k_cache, v_cache=v_cache, cache_len=cache_len, cos=cos, sin=sin)
+    check_same("dtype", x=x, weight=weight, k_cache=k_cache, v_cache=v_cache)
+    if k_cache.shape[0] != B or v_cache.shape != k_cache.shape:
+        raise ValueError(f"k_cache and v_cache must both be [B={B}, Hk, capacity, D]; got {tuple(k_cache.shape)} "
+                         f"and {tuple(v_cache.shape)}")
+    if cache_len.numel() != 1:
+        raise ValueError(f"cache_len must hold one count (the cache's valid length); got shape {tuple(cache_len.shape)}")
+    _check_linear(x, weight, bias, "none")
+    layout = _rope.LAYOUT_HALF
+    if cos is not None:
+        check_tensor("cos", cos, dtypes=FLOAT_DTYPES, dim=(3, 4))
+        check_tensor("sin", sin, dtypes=FLOAT_DTYPES, dim=(3, 4))
+        check_same("dtype", cos=cos, sin=sin)
+        if not isinstance(interleaved, bool):
+            raise TypeError(f"interleaved must be a bool, got {type(interleaved).__name__}")
+        mrope_section = _check_rope_tables(B, S, D, cos, sin, interleaved, mrope_section)
+        layout = _rope.cos_layout(interleaved, mrope_section, cos.dim())
+    if qkv_rope_fused(x, weight, cos, D):
+        return torch.ops.autoglm.qkv_rope_append.default(
+            x, weight, bias, norm_weight, float(norm_eps), cos, sin, layout, k_cache, v_cache, cache_len,
+            _rope.ticket_of(cache_len), num_q_heads)
+    if _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0] and x.device.type == "cpu" and x.shape[1] == 1:
+        return torch.ops.autoglm.qkv_rope_append.default(  # the CPU kernel: the composition, through the op
+            x, weight, bias, norm_weight, float(norm_eps), cos, sin, layout, k_cache, v_cache, cache_len,
+            _rope.ticket_of(cache_len), num_q_heads)
+    return _qkv_rope_append_composed(x, weight, bias, norm_weight, norm_eps, cos, sin, layout, k_cache, v_cache,
+                                      cache_len, num_q_heads)
+
+
+KERNELS["qkv_rope_append_ (CUDA: the decode qkv GEMV with RoPE + cache append)"] = _FUSED_LINEAR_NATIVE["cuda"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,4 +43,13 @@ TORCH_LIBRARY(autoglm, m) {
   // Whether fused_linear / gated_mlp on `weight` at `rows` rows of input run the norm and the
   // residual add inside their own kernel (the decode GEMV; always on CPU) or as separate ops.
   m.def("fuses_prologue(Tensor weight, int rows) -> bool");
+  // The decode qkv projection with RoPE and the static-cache append in its epilogue (one launch):
+  // qkv = norm?(x) @ weight^T + bias, x [B, 1, K], weight rows [q heads; k heads; v heads] of D
+  // = k_cache.size(3) dims; q and k heads rotate by cos/sin (rope_layout 0 rotate_half, 1 GLM-4
+  // interleaved, 2 GLM-4.1V pair-duplicated; no cos/sin: no rotation), k and v go to k_cache /
+  // v_cache [B, Hk, C, D] at slot cache_len, which advances by one (ticket: an int32 that is zero
+  // between calls). Returns qkv [B, 1, N] with q and k rotated.
+  m.def("qkv_rope_append(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float norm_eps, Tensor? cos, "
+        "Tensor? sin, int rope_layout, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) cache_len, "
+        "Tensor(d!) ticket, int num_q_heads) -> Tensor");
 }

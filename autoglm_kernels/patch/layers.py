@@ -365,21 +365,44 @@ def _appendable_layer(cache, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
     instead of RoPE plus the stock update's five): a plain StaticLayer (not a sliding-window or
     other subclass, whose update differs; initialized here if it is not yet) of matching shape
     and dtype; else None (stock update)."""
-    from transformers.cache_utils import StaticLayer
-
-    layer = _cache_layer(cache, layer_idx) if cache is not None else None
-    if type(layer) is not StaticLayer:
+    layer = _plain_static_layer(cache, layer_idx)
+    if layer is None:
         return None
     if not layer.is_initialized:  # allocate as the stock update would ([B, Hk, S, D] views: shapes only), so
         # the first prefill takes this same path (and compiles its kernel) like every later one
         layer.lazy_initialization(k.transpose(1, 2), v.transpose(1, 2))
-    keys, values, cum = layer.keys, layer.values, getattr(layer, "cumulative_length", None)
     B, _, Hk, D = k.shape
-    ok = (isinstance(cum, torch.Tensor) and cum.numel() == 1 and cum.device == k.device
-          and keys.dim() == 4 and keys.shape[0] == B and keys.shape[1] == Hk and keys.shape[3] == D
-          and values.shape == keys.shape and keys.dtype == k.dtype and values.dtype == k.dtype
-          and keys.device == k.device and keys.stride(-1) == 1 and values.stride(-1) == 1)
-    return layer if ok else None
+    return layer if _layer_fits(layer, B, Hk, D, k) else None
+
+
+def _plain_static_layer(cache, layer_idx: int):
+    """The cache's layer when it is a plain StaticLayer (not a sliding-window or other subclass,
+    whose update differs), else None."""
+    from transformers.cache_utils import StaticLayer
+
+    layer = _cache_layer(cache, layer_idx) if cache is not None else None
+    return layer if type(layer) is StaticLayer else None
+
+
+def _layer_fits(layer, B: int, Hk: int, D: int, like: torch.Tensor) -> bool:
+    """An initialized static layer holds [B, Hk, capacity, D] of like's dtype and device, and a counter."""
+    keys, values, cum = layer.keys, layer.values, getattr(layer, "cumulative_length", None)
+    return (isinstance(cum, torch.Tensor) and cum.numel() == 1 and cum.device == like.device
+            and keys.dim() == 4 and keys.shape[0] == B and keys.shape[1] == Hk and keys.shape[3] == D
+            and values.shape == keys.shape and keys.dtype == like.dtype and values.dtype == like.dtype
+            and keys.device == like.device and keys.stride(-1) == 1 and values.stride(-1) == 1)
+
+
+def _decode_step_layer(ctx: "AttnCtx", cache, layer_idx: int, x: torch.Tensor, weight: torch.Tensor, cos):
+    """The static layer a decode step's qkv projection appends to from its own kernel
+    (ops.qkv_rope_append_, RoPE in the epilogue), or None: x [B, 1, hidden], no q/k norm between
+    the projection and RoPE (Qwen3), an initialized plain StaticLayer, a weight the GEMV takes."""
+    if x.shape[1] != 1 or ctx.qk_norm is not None or (ctx.rope is not None and not ctx.fuse_rope):
+        return None
+    layer = _plain_static_layer(cache, layer_idx)
+    if layer is None or not layer.is_initialized or not _layer_fits(layer, x.shape[0], ctx.n_kv, ctx.head_dim, x):
+        return None
+    return layer if ops.qkv_rope_fused(x, weight, cos, ctx.head_dim) else None
 
 
 def _check_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -436,21 +459,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[tor
     return ops.prefill_attention(q, k, v, kv_mask=mask, scale=scale, causal=True)
 
 
-def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
-                      cache=None, past_key_values=None, autoglm_fold_norm: Optional[nn.Module] = None, **kwargs):
-    """Fused attention: one qkv matmul, (q/k norm), in-place RoPE, cache update, attention, o_proj.
-
-    hidden_states [B, S, hidden] -> ([B, S, hidden], None). The cache gets k/v as [B, Hk, S, D],
-    as the stock forward gives them. autoglm_fold_norm (the layer's input norm; decode steps, see
-    decoder_layer_forward): hidden_states is the residual stream, normed inside the qkv GEMV, and
-    the output is hidden_states + attention (the residual added inside the o_proj GEMV).
-    """
-    ctx: AttnCtx = self._autoglm
-    no_training(self)
-    cache = cache if cache is not None else past_key_values
+def _project_and_cache(self, ctx: AttnCtx, hidden_states: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                        cos, sin, cache, autoglm_fold_norm: Optional[nn.Module]):
+    """attention_forward's qkv projection, (q/k norm), RoPE and cache update as separate ops:
+    -> (q [B, S, Hq, D], k, v (the cache's, or this forward's [B, Hk, L, D]), valid length or None)."""
     B, S, _ = hidden_states.shape
     hq, hk, d = ctx.n_q, ctx.n_kv, ctx.head_dim
-    w, b = ctx.qkv.get()
     if autoglm_fold_norm is not None:
         qkv = ops.fused_linear(hidden_states, w, b, norm_weight=local(autoglm_fold_norm.weight),
                                norm_eps=_eps(autoglm_fold_norm))
@@ -475,13 +489,11 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
         elif ctx.rope is None:
             ops.append_kv_(k, v, layer.keys, layer.values, layer.cumulative_length)
         else:
-            cos, sin = position_embeddings
             ops.rope_append_kv_(q, k, v, cos, sin, layer.keys, layer.values, layer.cumulative_length,
                                 interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)
         k, v = layer.keys, layer.values
     else:
         if ctx.rope is not None:
-            cos, sin = position_embeddings
             if ctx.fuse_rope:
                 ops.apply_rope_(q, k, cos, sin, interleaved=ctx.rope != "half", mrope_section=ctx.mrope_section)
             else:
@@ -490,6 +502,36 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
+    return q, k, v, valid
+
+
+def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                      cache=None, past_key_values=None, autoglm_fold_norm: Optional[nn.Module] = None, **kwargs):
+    """Fused attention: one qkv matmul, (q/k norm), in-place RoPE, cache update, attention, o_proj.
+
+    hidden_states [B, S, hidden] -> ([B, S, hidden], None). The cache gets k/v as [B, Hk, S, D],
+    as the stock forward gives them. autoglm_fold_norm (the layer's input norm; decode steps, see
+    decoder_layer_forward): hidden_states is the residual stream, normed inside the qkv GEMV, and
+    the output is hidden_states + attention (the residual added inside the o_proj GEMV).
+    """
+    ctx: AttnCtx = self._autoglm
+    no_training(self)
+    cache = cache if cache is not None else past_key_values
+    B, S, _ = hidden_states.shape
+    hq, hk, d = ctx.n_q, ctx.n_kv, ctx.head_dim
+    w, b = ctx.qkv.get()
+    cos, sin = position_embeddings if ctx.rope is not None else (None, None)
+    step_layer = _decode_step_layer(ctx, cache, self.layer_idx, hidden_states, w, cos)
+    if step_layer is not None:  # a decode step: projection, RoPE and cache append in one kernel
+        fold = {} if autoglm_fold_norm is None else {"norm_weight": local(autoglm_fold_norm.weight),
+                                                     "norm_eps": _eps(autoglm_fold_norm)}
+        qkv = ops.qkv_rope_append_(hidden_states, w, b, cos, sin, step_layer.keys, step_layer.values,
+                                   step_layer.cumulative_length, num_q_heads=hq, interleaved=ctx.rope != "half",
+                                   mrope_section=ctx.mrope_section, **fold)
+        q = qkv.view(B, S, hq + 2 * hk, d)[:, :, :hq]
+        k, v, valid = step_layer.keys, step_layer.values, None
+    else:
+        q, k, v, valid = _project_and_cache(self, ctx, hidden_states, w, b, cos, sin, cache, autoglm_fold_norm)
     out = attend(q, k, v, attention_mask, ctx.scale, runtime=ctx.runtime, cache=cache, layer_idx=self.layer_idx,
                  valid_len=valid)
     residual = None if autoglm_fold_norm is None else hidden_states

@@ -96,6 +96,38 @@ struct Num<__half> {
   static __device__ __forceinline__ __half from_float(float v) { return __float2half(v); }
 };
 
+// The RoPE + static-cache append epilogue of the decode qkv projection (autoglm::qkv_rope_append;
+// gemv_kernel's ROPE instantiations). The tile's 16 rows are 8 rotation pairs (x1, x2) of one head:
+// the MMA's lo and hi fragment rows, so each epilogue thread holds both elements of a pair.
+// Heads [0, hq) are q, [hq, hq + hk) k, then hk v heads, d dims each. Pair f < F of a q or k head
+// rotates: layout 0 (rotate_half) dims (f, f + F) with cos[f], cos[f + F]; layout 1 (GLM-4) dims
+// (2f, 2f + 1), both with cos[f]; layout 2 (GLM-4.1V, pair-duplicated cos) dims (2f, 2f + 1) with
+// cos[2f], cos[2f + 1]. Other pairs (dims past 2F, v heads) are (2f, 2f + 1), unrotated. k and v
+// rows also go to the caches [B, hk, C, d] at slot *cache_len (< C), x row m being batch entry m;
+// the block that takes the last ticket advances *cache_len by one after every block has read it.
+struct RopeArgs {
+  const void* cos = nullptr;  // [B or 1, 1, 2F] of T (null: no rotation, the append alone)
+  const void* sin = nullptr;
+  int64_t cos_b = 0, cos_r = 0, sin_b = 0, sin_r = 0;  // strides: batch (0: broadcast), rotary dim
+  int layout = 0, F = 0, hq = 0, hk = 0, d = 0;
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+  int64_t kc_b = 0, kc_h = 0, kc_n = 0, vc_b = 0, vc_h = 0, vc_n = 0, capacity = 0;
+  void* cache_len = nullptr;  // int64 (len64) or int32, one element
+  bool len64 = true;
+  unsigned* ticket = nullptr;  // zero between launches
+
+  // The head, the within-head dims (lo, hi) and whether pair p (of the whole output) rotates.
+  __device__ __forceinline__ void pair(int p, int& head, int& lo, int& hi, bool& rot) const {
+    const int half_d = d >> 1;
+    head = p / half_d;
+    const int f = p - head * half_d;
+    rot = head < hq + hk && f < F;
+    lo = rot && layout == 0 ? f : 2 * f;
+    hi = rot && layout == 0 ? f + F : 2 * f + 1;
+  }
+};
+
 // 16-byte weight load: read once, so bypass L1 and do not keep it there. volatile: the call
 // sits under a bounds predicate and must not be hoisted (speculated) out of it.
 __device__ __forceinline__ void load_weight(uint32_t (&r)[4], const void* p) {
@@ -200,12 +232,13 @@ __device__ __forceinline__ float activate(float v) {
 // weight stream stay in flight (NB = 0: one batch of loads into registers at a time, 4 KB, with
 // the first batch prefetched into L2 before the wait). Each lane reads back only the 16 bytes it
 // copied, so the ring needs no barrier.
-template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM>
+template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM, bool ROPE = false>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes, const T* __restrict__ norm_w,
-                float eps, const T* __restrict__ res) {
+                float eps, const T* __restrict__ res, RopeArgs ra) {
   constexpr bool kGated = ACT == Act::kGatedSilu;
+  static_assert(!ROPE || ACT == Act::kNone, "the RoPE epilogue follows a plain projection");
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
   __shared__ float rstd_s[NORM ? kMaxGemvRows : 1];
   extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]; NORM: then xs [M][K]
@@ -221,6 +254,14 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     ok_lo = ok_hi = n < n_out;
     row_lo = ok_lo ? n : 0;
     row_hi = ok_hi ? n + n_out : 0;
+  } else if constexpr (ROPE) {
+    const int p = blockIdx.x * 8 + g;
+    int head, lo, hi;
+    bool rot;
+    ra.pair(p, head, lo, hi, rot);
+    ok_lo = ok_hi = 2 * p < N;
+    row_lo = ok_lo ? head * ra.d + lo : 0;
+    row_hi = ok_hi ? head * ra.d + hi : 0;
   } else {
     const int n = blockIdx.x * 16 + g;
     ok_lo = n < N;
@@ -279,6 +320,13 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       const int n = blockIdx.x * 8 + (r & 7);
       ok_r = n < n_out;
       row = n + (r >= 8 ? n_out : 0);
+    } else if constexpr (ROPE) {
+      const int p = blockIdx.x * 8 + (r & 7);
+      int head, lo, hi;
+      bool rot;
+      ra.pair(p, head, lo, hi, rot);
+      ok_r = 2 * p < N;
+      row = head * ra.d + (r >= 8 ? hi : lo);
     } else {
       row = blockIdx.x * 16 + r;
       ok_r = row < N;
@@ -297,6 +345,12 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   }
   pdl_wait();
   pdl_launch_dependents();
+  // ROPE: the cache slot of this step, read by every thread before its block takes a ticket.
+  int64_t slot = 0;
+  if constexpr (ROPE) {
+    slot = ra.len64 ? *static_cast<const volatile int64_t*>(ra.cache_len)
+                    : static_cast<int64_t>(*static_cast<const volatile int32_t*>(ra.cache_len));
+  }
 
   if constexpr (NORM) {
     // 1/rms of each row (two 16-byte loads in flight per thread; partial[][] is free until the
@@ -436,11 +490,57 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   }
   __syncthreads();
 
-  constexpr int kOutputs = kGated ? MT * 2 * 32 : MT * 4 * 32;
+  constexpr int kOutputs = kGated || ROPE ? MT * 2 * 32 : MT * 4 * 32;
   for (int i = threadIdx.x; i < kOutputs; i += blockDim.x) {
     const int l = i & 31, jj = i >> 5;
     const int lg = l >> 2, lt = l & 3;
-    if constexpr (kGated) {
+    if constexpr (ROPE) {
+      // x1 is fragment row lg (j = 0, 1), x2 row lg + 8 (j = 2, 3) of the same column (x row m).
+      const int mt = jj >> 1, j = jj & 1;
+      const int m = mt * 8 + 2 * lt + j, p = blockIdx.x * 8 + lg;
+      if (m < M && 2 * p < N) {
+        int head, lo, hi;
+        bool rot;
+        ra.pair(p, head, lo, hi, rot);
+        const int n_lo = head * ra.d + lo, n_hi = head * ra.d + hi;
+        float x1 = 0.0f, x2 = 0.0f;
+        for (int s = 0; s < nwarps; ++s) {
+          x1 += partial[s][(mt * 4 + j) * 32 + l];
+          x2 += partial[s][(mt * 4 + j + 2) * 32 + l];
+        }
+        if constexpr (HAS_BIAS) {
+          x1 += Num<T>::to_float(bias[n_lo]);
+          x2 += Num<T>::to_float(bias[n_hi]);
+        }
+        // the projection's output as the stock linear rounds it, then the rotation in fp32 with
+        // one rounding (what the RoPE kernel computes from that output)
+        x1 = Num<T>::to_float(Num<T>::from_float(x1));
+        x2 = Num<T>::to_float(Num<T>::from_float(x2));
+        if (rot) {
+          const int f = ra.layout == 0 ? lo : lo >> 1;
+          const int col1 = ra.layout == 2 ? 2 * f : f;
+          const int col2 = ra.layout == 0 ? f + ra.F : (ra.layout == 1 ? f : 2 * f + 1);
+          const T* cs = static_cast<const T*>(ra.cos) + m * ra.cos_b;
+          const T* sn = static_cast<const T*>(ra.sin) + m * ra.sin_b;
+          const float c1 = Num<T>::to_float(cs[col1 * ra.cos_r]), c2 = Num<T>::to_float(cs[col2 * ra.cos_r]);
+          const float s1 = Num<T>::to_float(sn[col1 * ra.sin_r]), s2 = Num<T>::to_float(sn[col2 * ra.sin_r]);
+          const float y1 = x1 * c1 - x2 * s1, y2 = x2 * c2 + x1 * s2;
+          x1 = y1;
+          x2 = y2;
+        }
+        const T o1 = Num<T>::from_float(x1), o2 = Num<T>::from_float(x2);
+        y[static_cast<int64_t>(m) * N + n_lo] = o1;
+        y[static_cast<int64_t>(m) * N + n_hi] = o2;
+        if (head >= ra.hq && slot < ra.capacity) {
+          const bool is_v = head >= ra.hq + ra.hk;
+          const int h = head - ra.hq - (is_v ? ra.hk : 0);
+          T* c = static_cast<T*>(is_v ? ra.v_cache : ra.k_cache) +
+                 (is_v ? m * ra.vc_b + h * ra.vc_h + slot * ra.vc_n : m * ra.kc_b + h * ra.kc_h + slot * ra.kc_n);
+          c[lo] = o1;
+          c[hi] = o2;
+        }
+      }
+    } else if constexpr (kGated) {
       // gate is fragment row lg (j = 0, 1), up is row lg + 8 (j = 2, 3) of the same column.
       const int mt = jj >> 1, j = jj & 1;
       const int m = mt * 8 + 2 * lt + j, n = blockIdx.x * 8 + lg;
@@ -466,6 +566,23 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
         const int64_t o = static_cast<int64_t>(m) * N + n;
         y[o] = add_residual(Num<T>::from_float(activate<ACT>(v)), res, o);
+      }
+    }
+  }
+  if constexpr (ROPE) {
+    // Every thread of the block has read the slot (and stored its outputs): take a ticket; the
+    // last block advances the cache length and resets the ticket for the next launch.
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      if (atomicAdd(ra.ticket, 1u) == gridDim.x - 1) {
+        *ra.ticket = 0u;
+        if (ra.len64) {
+          *static_cast<volatile int64_t*>(ra.cache_len) = slot + 1;
+        } else {
+          *static_cast<volatile int32_t*>(ra.cache_len) = static_cast<int32_t>(slot + 1);
+        }
+        __threadfence();
       }
     }
   }
@@ -557,14 +674,14 @@ int allow_ring(Kernel kernel, int nb, bool norm) {
 // model's norm prologue asks with the same M * K every step; a host-side query, safe during graph
 // capture). One 64-bit word per entry, so concurrent callers never pair a size with another's count.
 // 0: a block of that size does not fit (more shared memory than `smem_limit`, allow_ring's).
-template <typename T, int MT, Act ACT, int NB, bool NORM>
+template <typename T, int MT, Act ACT, int NB, bool NORM, bool ROPE>
 int resident_blocks(int warps, int extra_smem, int smem_limit) {
   static std::atomic<int64_t> cache[kMaxWarps + 1] = {};
   const int64_t hit = cache[warps].load(std::memory_order_relaxed);
   if (hit != 0 && (hit >> 32) == int64_t(extra_smem) + 1) return static_cast<int>(hit & 0xffffffff);
   int n = 0;
   if (ring_bytes(NB, warps) + extra_smem <= smem_limit)
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM>,
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, ROPE>,
                                                                  32 * warps, ring_bytes(NB, warps) + extra_smem));
   cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
   return n;
@@ -628,16 +745,17 @@ struct Extras {
   const at::Tensor* norm_weight = nullptr;
   double eps = 0.0;
   const at::Tensor* residual = nullptr;
+  const RopeArgs* rope = nullptr;  // the qkv projection's RoPE + cache-append epilogue (qkv_rope_append)
 };
 
 // x: [M, K], w: [N, K], y: [M, n_out].
-template <typename scalar_t, int MT, Act ACT, int NB, bool NORM>
+template <typename scalar_t, int MT, Act ACT, int NB, bool NORM, bool ROPE>
 void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   using T = typename CudaType<scalar_t>::type;
   static const int smem_limit = [] {  // before the occupancy query, which counts the ring
-    return std::min(allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM>, NB, NORM),
-                    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM>, NB, NORM));
+    return std::min(allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM, ROPE>, NB, NORM),
+                    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM, ROPE>, NB, NORM));
   }();
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(w.size(1)), N = static_cast<int>(w.size(0));
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
@@ -651,7 +769,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM>(2 * warps, norm_smem, smem_limit)) * sms)
+         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, ROPE>(2 * warps, norm_smem, smem_limit)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
@@ -663,18 +781,19 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const T* bp = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr<scalar_t>()) : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
-  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, NORM> : gemv_kernel<T, MT, ACT, false, NB, NORM>, grid,
-             block, ring_bytes(NB, warps) + norm_smem, stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp,
-             prefetch_bytes, ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual));
+  const RopeArgs ra = ex.rope != nullptr ? *ex.rope : RopeArgs{};
+  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, NORM, ROPE> : gemv_kernel<T, MT, ACT, false, NB, NORM, ROPE>,
+             grid, block, ring_bytes(NB, warps) + norm_smem, stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out),
+             steps_per_warp, prefetch_bytes, ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual), ra);
 }
 
-template <typename scalar_t, int MT, Act ACT, bool NORM>
+template <typename scalar_t, int MT, Act ACT, bool NORM, bool ROPE = false>
 void launch_gemv_in(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   switch (gemv_stages(MT)) {
-    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, NORM>(x, w, bias, y, n_out, ex);
-    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, NORM>(x, w, bias, y, n_out, ex);
-    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, NORM>(x, w, bias, y, n_out, ex);
+    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, NORM, ROPE>(x, w, bias, y, n_out, ex);
+    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, NORM, ROPE>(x, w, bias, y, n_out, ex);
+    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, NORM, ROPE>(x, w, bias, y, n_out, ex);
   }
 }
 
@@ -845,6 +964,113 @@ at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const 
   return linear_2d(h, down, bd, Act::kNone, n_out, out_ex).reshape(out_shape(x, n_out));
 }
 
+template <typename scalar_t, int MT>
+void launch_qkv_rope_mt(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                        const Extras& ex) {
+  if (ex.norm_weight != nullptr) return launch_gemv_in<scalar_t, MT, Act::kNone, true, true>(x, w, bias, y, w.size(0), ex);
+  launch_gemv_in<scalar_t, MT, Act::kNone, false, true>(x, w, bias, y, w.size(0), ex);
+}
+
+// autoglm::qkv_rope_append on CUDA: the decode qkv GEMV (with its optional RMSNorm prologue) and
+// RoPE + the static-cache append in its epilogue (RopeArgs): one launch where the stock step runs
+// the projection, the rotary kernels and the cache update. x [B, 1, K] (one token per sequence,
+// every sequence at slot *cache_len); returns [B, 1, N] with q and k rotated. Only shapes the GEMV
+// takes (ops.qkv_rope_append_ composes fused_linear + rope_append_kv for the rest).
+at::Tensor qkv_rope_append_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                const std::optional<at::Tensor>& norm_weight, double norm_eps,
+                                const std::optional<at::Tensor>& cos, const std::optional<at::Tensor>& sin,
+                                int64_t rope_layout, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& cache_len, const at::Tensor& ticket, int64_t num_q_heads) {
+  constexpr const char* op = "qkv_rope_append";
+  const int64_t n = check_args(x, weight, bias, Act::kNone);
+  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(1) == 1, op, ": x must be [B, 1, K] (one decode token per sequence), got ",
+                    x.sizes());
+  const int64_t B = x.size(0);
+  TORCH_CHECK_VALUE(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && k_cache.size(0) == B, op,
+                    ": k_cache and v_cache must both be [B=", B, ", Hk, capacity, D]; got ", k_cache.sizes(), " and ",
+                    v_cache.sizes());
+  for (const at::Tensor* t : {&k_cache, &v_cache}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), op, ": cache dtype ", t->scalar_type(), " differs from x dtype ",
+                     x.scalar_type());
+    TORCH_CHECK_VALUE(t->device() == x.device() && t->stride(3) == 1, op,
+                      ": the caches must be on x's device with a contiguous last dim");
+  }
+  const int64_t hk = k_cache.size(1), d = k_cache.size(3);
+  TORCH_CHECK_VALUE(d % 16 == 0, op, ": head_dim must be a multiple of 16, got ", d);
+  TORCH_CHECK_VALUE(num_q_heads >= 1 && n == (num_q_heads + 2 * hk) * d, op, ": weight has N=", n, " rows but ",
+                    num_q_heads, " q heads and ", hk, " kv heads of ", d, " dims need ", (num_q_heads + 2 * hk) * d);
+  TORCH_CHECK_TYPE(cache_len.scalar_type() == at::kLong || cache_len.scalar_type() == at::kInt, op,
+                   ": cache_len must be int64 or int32, got ", cache_len.scalar_type());
+  TORCH_CHECK_TYPE(ticket.scalar_type() == at::kInt, op, ": ticket must be int32, got ", ticket.scalar_type());
+  TORCH_CHECK_VALUE(cache_len.numel() == 1 && ticket.numel() == 1 && cache_len.device() == x.device() &&
+                        ticket.device() == x.device(),
+                    op, ": cache_len and ticket must be one-element tensors on x's device");
+  TORCH_CHECK_VALUE(cos.has_value() == sin.has_value(), op, ": pass both cos and sin, or neither (no RoPE)");
+  TORCH_CHECK_VALUE(gemv_takes(x.scalar_type(), B, weight), op,
+                    ": this weight and batch do not take the decode GEMV (fuses_prologue is false); "
+                    "use fused_linear + rope_append_kv");
+  check_prologue(op, x, norm_weight, norm_eps, std::nullopt, n);
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+
+  RopeArgs ra;
+  if (cos.has_value()) {
+    const at::Tensor &c = *cos, &s = *sin;
+    TORCH_CHECK_VALUE(c.dim() == 3 && c.sizes() == s.sizes() && (c.size(0) == 1 || c.size(0) == B) && c.size(1) == 1,
+                      op, ": cos and sin must be [B=", B, " or 1, 1, R]; got ", c.sizes(), " and ", s.sizes());
+    TORCH_CHECK_TYPE(c.scalar_type() == x.scalar_type() && s.scalar_type() == x.scalar_type(), op,
+                     ": cos/sin dtype must be x's (", x.scalar_type(), "), got ", c.scalar_type());
+    TORCH_CHECK_VALUE(c.device() == x.device() && s.device() == x.device(), op, ": cos/sin must be on x's device");
+    const int64_t R = c.size(2);
+    TORCH_CHECK_VALUE(R >= 2 && R % 2 == 0 && R <= d, op, ": rotary dim R=", R, " must be even, >= 2 and <= head_dim ",
+                      d);
+    TORCH_CHECK_VALUE(rope_layout >= 0 && rope_layout <= 2, op, ": rope_layout must be 0, 1 or 2, got ", rope_layout);
+    ra.cos = c.data_ptr();
+    ra.sin = s.data_ptr();
+    ra.cos_b = c.size(0) == 1 ? 0 : c.stride(0);
+    ra.sin_b = s.size(0) == 1 ? 0 : s.stride(0);
+    ra.cos_r = c.stride(2);
+    ra.sin_r = s.stride(2);
+    ra.F = static_cast<int>(R / 2);
+    ra.layout = static_cast<int>(rope_layout);
+  }
+  ra.hq = static_cast<int>(num_q_heads);
+  ra.hk = static_cast<int>(hk);
+  ra.d = static_cast<int>(d);
+  ra.k_cache = k_cache.data_ptr();
+  ra.v_cache = v_cache.data_ptr();
+  ra.kc_b = k_cache.stride(0), ra.kc_h = k_cache.stride(1), ra.kc_n = k_cache.stride(2);
+  ra.vc_b = v_cache.stride(0), ra.vc_h = v_cache.stride(1), ra.vc_n = v_cache.stride(2);
+  ra.capacity = k_cache.size(2);
+  ra.cache_len = cache_len.data_ptr();
+  ra.len64 = cache_len.scalar_type() == at::kLong;
+  ra.ticket = reinterpret_cast<unsigned*>(ticket.data_ptr<int32_t>());
+
+  at::Tensor x2 = rows_2d(x).contiguous();
+  at::Tensor nw;
+  Extras ex;
+  ex.rope = &ra;
+  if (norm_weight.has_value()) {
+    if (x2.numel() * x2.element_size() > kMaxNormSmemBytes) {
+      x2 = reference_rms_norm(x2, *norm_weight, norm_eps);  // more rows than the prologue stages
+    } else {
+      nw = norm_weight->contiguous();
+      ex.norm_weight = &nw;
+      ex.eps = norm_eps;
+    }
+  }
+  if (!aligned16(x2)) x2 = x2.clone(at::MemoryFormat::Contiguous);
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->contiguous();
+  at::Tensor y2 = at::empty({B, n}, x.options());
+  if (x.scalar_type() == at::kBFloat16) {
+    B <= 8 ? launch_qkv_rope_mt<at::BFloat16, 1>(x2, weight, b, y2, ex) : launch_qkv_rope_mt<at::BFloat16, 2>(x2, weight, b, y2, ex);
+  } else {
+    B <= 8 ? launch_qkv_rope_mt<at::Half, 1>(x2, weight, b, y2, ex) : launch_qkv_rope_mt<at::Half, 2>(x2, weight, b, y2, ex);
+  }
+  return y2.view({B, 1, n});
+}
+
 // Whether fused_linear / gated_mlp on `weight` at `rows` rows run a norm prologue or residual
 // epilogue inside the GEMV (true) or as ATen ops around cuBLAS (false).
 bool fuses_prologue_cuda(const at::Tensor& weight, int64_t rows) { return gemv_takes(weight.scalar_type(), rows, weight); }
@@ -857,4 +1083,5 @@ TORCH_LIBRARY_IMPL(autoglm, CUDA, m) {
   m.impl("fused_linear", &autoglm::linear::fused_linear_cuda);
   m.impl("gated_mlp", &autoglm::linear::gated_mlp_cuda);
   m.impl("fuses_prologue", &autoglm::linear::fuses_prologue_cuda);
+  m.impl("qkv_rope_append", &autoglm::linear::qkv_rope_append_cuda);
 }
