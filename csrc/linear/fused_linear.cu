@@ -103,11 +103,8 @@ struct Num<__half> {
 // rotates: layout 0 (rotate_half) dims (f, f + F) with cos[f], cos[f + F]; layout 1 (GLM-4) dims
 // (2f, 2f + 1), both with cos[f]; layout 2 (GLM-4.1V, pair-duplicated cos) dims (2f, 2f + 1) with
 // cos[2f], cos[2f + 1]. Other pairs (dims past 2F, v heads) are (2f, 2f + 1), unrotated. k and v
-// rows also go to the caches [B, hk, C, d] at slot *cache_len (< C), x row m being batch entry m.
-// Thread 0 of each block reads the slot (an acquire load) and then takes a ticket; the block that
-// takes the last one advances *cache_len by one at its end (every block has read it by then) and
-// resets the ticket. Both happen at the block's start, so the atomic's round trip and the cos/sin
-// loads (of each thread's first epilogue item) overlap the weight stream instead of its tail.
+// rows also go to the caches [B, hk, C, d] at slot *cache_len (< C), x row m being batch entry m;
+// the block that takes the last ticket advances *cache_len by one after every block has read it.
 struct RopeArgs {
   const void* cos = nullptr;  // [B or 1, 1, 2F] of T (null: no rotation, the append alone)
   const void* sin = nullptr;
@@ -129,40 +126,7 @@ struct RopeArgs {
     lo = rot && layout == 0 ? f : 2 * f;
     hi = rot && layout == 0 ? f + F : 2 * f + 1;
   }
-
-  // {c1, s1, c2, s2} of x row m's rotation of the pair at within-head dim lo (rotating pairs only).
-  template <typename T>
-  __device__ __forceinline__ void tables(int m, int lo, float (&cs)[4]) const {
-    const int f = layout == 0 ? lo : lo >> 1;
-    const int col1 = layout == 2 ? 2 * f : f;
-    const int col2 = layout == 0 ? f + F : (layout == 1 ? f : 2 * f + 1);
-    const T* c = static_cast<const T*>(cos) + m * cos_b;
-    const T* s = static_cast<const T*>(sin) + m * sin_b;
-    cs[0] = Num<T>::to_float(c[col1 * cos_r]);
-    cs[1] = Num<T>::to_float(s[col1 * sin_r]);
-    cs[2] = Num<T>::to_float(c[col2 * cos_r]);
-    cs[3] = Num<T>::to_float(s[col2 * sin_r]);
-  }
-
-  // The rope epilogue's item i (of MT * 64): x row m and pair p of the block's tile.
-  __device__ __forceinline__ static void item(int i, int tile, int& m, int& p) {
-    const int l = i & 31, jj = i >> 5;
-    m = (jj >> 1) * 8 + 2 * (l & 3) + (jj & 1);
-    p = tile * 8 + (l >> 2);
-  }
 };
-
-__device__ __forceinline__ int64_t load_acquire(const void* p, bool is64) {
-  int64_t v = 0;
-  if (is64) {
-    asm volatile("ld.acquire.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  } else {
-    int32_t v32 = 0;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v32) : "l"(p) : "memory");
-    v = v32;
-  }
-  return v;
-}
 
 // 16-byte weight load: read once, so bypass L1 and do not keep it there. volatile: the call
 // sits under a bounds predicate and must not be hoisted (speculated) out of it.
@@ -277,7 +241,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   static_assert(!ROPE || ACT == Act::kNone, "the RoPE epilogue follows a plain projection");
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
   __shared__ float rstd_s[NORM ? kMaxGemvRows : 1];
-  __shared__ int64_t slot_s;  // ROPE: the cache slot of this step (thread 0 reads it)
   extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]; NORM: then xs [M][K]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -382,21 +345,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   }
   pdl_wait();
   pdl_launch_dependents();
-  // ROPE (see RopeArgs): the slot and the ticket (its result is first needed at the block's end),
-  // and this thread's first epilogue item's cos/sin, all in flight during the main loop.
-  unsigned ticket = 0;
-  float cs0[4] = {1.0f, 0.0f, 1.0f, 0.0f};
+  // ROPE: the cache slot of this step, read by every thread before its block takes a ticket.
+  int64_t slot = 0;
   if constexpr (ROPE) {
-    if (threadIdx.x == 0) {
-      const int64_t s0 = load_acquire(ra.cache_len, ra.len64);  // the ticket below is ordered after it
-      slot_s = s0;
-      ticket = atomicAdd(ra.ticket, 1u);
-    }
-    int m0, p0, head, lo, hi;
-    bool rot;
-    RopeArgs::item(threadIdx.x, blockIdx.x, m0, p0);
-    ra.pair(p0, head, lo, hi, rot);
-    if (threadIdx.x < MT * 64 && m0 < M && rot) ra.tables<T>(m0, lo, cs0);
+    slot = ra.len64 ? *static_cast<const volatile int64_t*>(ra.cache_len)
+                    : static_cast<int64_t>(*static_cast<const volatile int32_t*>(ra.cache_len));
   }
 
   if constexpr (NORM) {
@@ -544,8 +497,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     if constexpr (ROPE) {
       // x1 is fragment row lg (j = 0, 1), x2 row lg + 8 (j = 2, 3) of the same column (x row m).
       const int mt = jj >> 1, j = jj & 1;
-      int m, p;
-      RopeArgs::item(i, blockIdx.x, m, p);
+      const int m = mt * 8 + 2 * lt + j, p = blockIdx.x * 8 + lg;
       if (m < M && 2 * p < N) {
         int head, lo, hi;
         bool rot;
@@ -565,16 +517,20 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         x1 = Num<T>::to_float(Num<T>::from_float(x1));
         x2 = Num<T>::to_float(Num<T>::from_float(x2));
         if (rot) {
-          float cs[4] = {cs0[0], cs0[1], cs0[2], cs0[3]};
-          if (i != static_cast<int>(threadIdx.x)) ra.tables<T>(m, lo, cs);  // not preloaded
-          const float y1 = x1 * cs[0] - x2 * cs[1], y2 = x2 * cs[2] + x1 * cs[3];
+          const int f = ra.layout == 0 ? lo : lo >> 1;
+          const int col1 = ra.layout == 2 ? 2 * f : f;
+          const int col2 = ra.layout == 0 ? f + ra.F : (ra.layout == 1 ? f : 2 * f + 1);
+          const T* cs = static_cast<const T*>(ra.cos) + m * ra.cos_b;
+          const T* sn = static_cast<const T*>(ra.sin) + m * ra.sin_b;
+          const float c1 = Num<T>::to_float(cs[col1 * ra.cos_r]), c2 = Num<T>::to_float(cs[col2 * ra.cos_r]);
+          const float s1 = Num<T>::to_float(sn[col1 * ra.sin_r]), s2 = Num<T>::to_float(sn[col2 * ra.sin_r]);
+          const float y1 = x1 * c1 - x2 * s1, y2 = x2 * c2 + x1 * s2;
           x1 = y1;
           x2 = y2;
         }
         const T o1 = Num<T>::from_float(x1), o2 = Num<T>::from_float(x2);
         y[static_cast<int64_t>(m) * N + n_lo] = o1;
         y[static_cast<int64_t>(m) * N + n_hi] = o2;
-        const int64_t slot = slot_s;
         if (head >= ra.hq && slot < ra.capacity) {
           const bool is_v = head >= ra.hq + ra.hk;
           const int h = head - ra.hq - (is_v ? ra.hk : 0);
@@ -614,13 +570,19 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     }
   }
   if constexpr (ROPE) {
-    // The last ticket: every block has read the slot; advance the cache length, reset the ticket.
-    if (threadIdx.x == 0 && ticket == gridDim.x - 1) {
-      *ra.ticket = 0u;
-      if (ra.len64) {
-        *static_cast<int64_t*>(ra.cache_len) = slot_s + 1;
-      } else {
-        *static_cast<int32_t*>(ra.cache_len) = static_cast<int32_t>(slot_s + 1);
+    // Every thread of the block has read the slot (and stored its outputs): take a ticket; the
+    // last block advances the cache length and resets the ticket for the next launch.
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      if (atomicAdd(ra.ticket, 1u) == gridDim.x - 1) {
+        *ra.ticket = 0u;
+        if (ra.len64) {
+          *static_cast<volatile int64_t*>(ra.cache_len) = slot + 1;
+        } else {
+          *static_cast<volatile int32_t*>(ra.cache_len) = static_cast<int32_t>(slot + 1);
+        }
+        __threadfence();
       }
     }
   }
