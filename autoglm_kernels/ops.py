@@ -863,6 +863,75 @@ KERNELS["qkv_rope_append_ (CUDA: the decode qkv GEMV with RoPE + cache append)"]
 
 
 # ---------------------------------------------------------------------------------------------
+# an output projection + residual + the RMSNorm after it (csrc/linear/): one launch at decode
+# ---------------------------------------------------------------------------------------------
+if NATIVE_OK:
+
+    @torch.library.register_fake("autoglm::linear_add_rms_norm")
+    def _linear_add_rms_norm_fake(x, weight, bias, residual, norm_weight, norm_eps, ticket):
+        shape = (*x.shape[:-1], weight.shape[0])
+        return x.new_empty(shape), x.new_empty(shape)
+
+
+# AUTOGLM_LINEAR_NORM=0: the patched decode step runs o_proj + residual and the post-attention
+# norm as two kernels again (an A/B knob for benchmarks).
+_LINEAR_NORM_ON = os.environ.get("AUTOGLM_LINEAR_NORM", "1") != "0"
+_TICKETS: dict = {}  # device -> the int32 ticket linear_add_rms_norm uses when the caller passes none
+
+
+def linear_norm_fused(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor) -> bool:
+    """Whether linear_add_rms_norm computes the norm inside the projection's kernel for these
+    arguments (the decode GEMV takes the weight; norm weight of x's dtype), so that calling it
+    saves a launch over fused_linear(residual=...) followed by rms_norm."""
+    return (_LINEAR_NORM_ON and norm_weight.dtype == x.dtype and weight.shape[0] % 8 == 0
+            and _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0]
+            and fuses_prologue(weight, x.numel() // max(x.shape[-1], 1)))
+
+
+def linear_add_rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], residual: torch.Tensor,
+    norm_weight: torch.Tensor, norm_eps: float = 1e-6, *, ticket: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h, RMSNorm(h)) with h = x @ weight^T + bias + residual: a pre-norm decoder layer's o_proj,
+    residual add and post-attention norm.
+
+    x [..., K]; weight [N, K]; residual [..., N]; norm_weight [N]; one dtype. The norm is
+    transformers' RMSNorm (fp32 statistics, rounded as LlamaRMSNorm rounds). On CUDA with <= 16
+    rows and a weight the decode GEMV takes (linear_norm_fused) it is one kernel: the last block
+    of the GEMV to finish normalizes h. ticket: an int32 [1] on x's device that is zero between
+    calls (the kernel leaves it so); default one per device, so calls on one device must not
+    overlap on different streams (pass a ticket each for that). No host sync: graph-capturable.
+    """
+    _check_linear(x, weight, bias, "none")
+    if residual is None:
+        raise ValueError("linear_add_rms_norm: residual is required (the tensor the projection's output is added to)")
+    _check_prologue("linear_add_rms_norm", x, None, norm_eps, residual, (*x.shape[:-1], weight.shape[0]))
+    check_tensor("norm_weight", norm_weight, dtypes=FLOAT_DTYPES, dim=1)
+    if norm_weight.shape[0] != weight.shape[0]:
+        raise ValueError(f"linear_add_rms_norm: norm_weight must be [N] = [{weight.shape[0]}] (the projection's "
+                         f"output features), got {tuple(norm_weight.shape)}")
+    if not (isinstance(norm_eps, (int, float)) and norm_eps > 0):
+        raise ValueError(f"linear_add_rms_norm: norm_eps must be a number > 0, got {norm_eps!r}")
+    check_same("device", x=x, norm_weight=norm_weight)
+    check_same("dtype", x=x, norm_weight=norm_weight)
+    if not _FUSED_LINEAR_NATIVE.get(x.device.type, (False, ""))[0]:
+        h = fused_linear(x, weight, bias, residual=residual)
+        return h, _rmsnorm.rms_norm_reference(h, norm_weight, norm_eps)
+    if ticket is None:
+        ticket = _TICKETS.get(x.device)
+        if ticket is None:
+            ticket = _TICKETS[x.device] = torch.zeros(1, dtype=torch.int32, device=x.device)
+    else:
+        check_tensor("ticket", ticket, dtypes=(torch.int32,))
+    return torch.ops.autoglm.linear_add_rms_norm.default(x.contiguous(), weight, bias, residual, norm_weight,
+                                                         float(norm_eps), ticket)
+
+
+KERNELS["linear_add_rms_norm (CUDA: the decode GEMV with the residual and the next RMSNorm)"] = \
+    _FUSED_LINEAR_NATIVE["cuda"]
+
+
+# ---------------------------------------------------------------------------------------------
 # memory pool (csrc/pool/): availability only; the allocator's Python face is memory.py
 # ---------------------------------------------------------------------------------------------
 KERNELS["memory_pool"] = (

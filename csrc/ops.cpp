@@ -52,4 +52,11 @@ TORCH_LIBRARY(autoglm, m) {
   m.def("qkv_rope_append(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, float norm_eps, Tensor? cos, "
         "Tensor? sin, int rope_layout, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor(c!) cache_len, "
         "Tensor(d!) ticket, int num_q_heads) -> Tensor");
+  // An output projection with the residual add and the RMSNorm that follows it (a pre-norm decode
+  // step's o_proj and post-attention norm): h = x @ weight^T + bias + residual, out = RMSNorm(h;
+  // norm_weight [N], norm_eps) with transformers' rounding. On CUDA one launch where the decode
+  // GEMV takes the weight (the last block to finish normalizes; ticket: an int32 that is zero
+  // between calls). Returns (h, out).
+  m.def("linear_add_rms_norm(Tensor x, Tensor weight, Tensor? bias, Tensor residual, Tensor norm_weight, "
+        "float norm_eps, Tensor(a!) ticket) -> (Tensor, Tensor)");
 }

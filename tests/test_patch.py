@@ -18,7 +18,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from autoglm_kernels import PatchReport, patch_model, unpatch_model
+from autoglm_kernels import PatchReport, ops, patch_model, unpatch_model
 from autoglm_kernels.models import reference_config
 from autoglm_kernels.patch import ARCHS, state_of
 from autoglm_kernels.patch import layers as L
@@ -592,9 +592,10 @@ def test_offloading_hooks_stay_stock_with_a_reason():
 
 
 
-def test_decode_steps_fold_norms_into_the_projections():
+def test_decode_steps_fold_norms_into_the_projections(monkeypatch):
     """Pre-norm RMSNorm layers (Llama, Qwen) run a decode step's input norm and residual adds
-    inside their projections (LayerCtx.fold; on CPU the reference op stands in for the GEMV); GLM-4's
+    inside their projections and the post-attention norm with o_proj (ops.linear_add_rms_norm, once
+    per layer) (LayerCtx.fold; on CPU the reference op stands in for the GEMV); GLM-4's
     sandwich norms and OPT's LayerNorm keep the add+norm kernels. The folded step gives the
     unfolded step's logits, and generate gives the stock tokens (test_patched_generate_matches_stock)."""
     for arch, folds in (("llama", True), ("qwen3", True), ("glm4", False), ("opt", False)):
@@ -611,7 +612,10 @@ def test_decode_steps_fold_norms_into_the_projections():
         step = dict(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=out.past_key_values,
                     attention_mask=torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1))
         cache = copy.deepcopy(out.past_key_values)
+        calls, real = [], ops.linear_add_rms_norm
+        monkeypatch.setattr(ops, "linear_add_rms_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
         folded = model(**step).logits
+        assert len(calls) == len(state_of(model).layers)
         for layer in state_of(model).layers:
             layer._autoglm.fold = False
         step["past_key_values"] = cache

@@ -52,6 +52,7 @@ class Runtime:
         self._start = None  # the same, before the layer's update: see prefill_start
         self._full = None  # (mask, whether it is all ones): see full_mask
         self._counters: dict = {}  # device -> zeroed int32 workspace of decode_attention's in-kernel merge
+        self._tickets: dict = {}  # device -> zeroed int32 [1] of linear_add_rms_norm (see ticket)
         self._retired: list = []  # outgrown workspaces (see counters)
 
     def stash(self, residual: torch.Tensor, normed: torch.Tensor) -> None:
@@ -110,6 +111,15 @@ class Runtime:
                 self._retired.append(buf)
             buf = self._counters[q.device] = torch.zeros(max(need, 1024), dtype=torch.int32, device=q.device)
         return buf
+
+    def ticket(self, device: torch.device) -> torch.Tensor:
+        """linear_add_rms_norm's ticket on `device`: one per model and device for every layer and
+        step (each call leaves it zero; the layers run one after another), made at the first decode
+        step, before the engine's capture."""
+        t = self._tickets.get(device)
+        if t is None:
+            t = self._tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
+        return t
 
     def lens(self, n: int, device: torch.device) -> torch.Tensor:
         """`n` as an int32 device tensor [1], built once per decode step (reused by every layer)."""
@@ -506,13 +516,17 @@ def _project_and_cache(self, ctx: AttnCtx, hidden_states: torch.Tensor, w: torch
 
 
 def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
-                      cache=None, past_key_values=None, autoglm_fold_norm: Optional[nn.Module] = None, **kwargs):
+                      cache=None, past_key_values=None, autoglm_fold_norm: Optional[nn.Module] = None,
+                      autoglm_post_norm: Optional[nn.Module] = None, **kwargs):
     """Fused attention: one qkv matmul, (q/k norm), in-place RoPE, cache update, attention, o_proj.
 
     hidden_states [B, S, hidden] -> ([B, S, hidden], None). The cache gets k/v as [B, Hk, S, D],
     as the stock forward gives them. autoglm_fold_norm (the layer's input norm; decode steps, see
     decoder_layer_forward): hidden_states is the residual stream, normed inside the qkv GEMV, and
     the output is hidden_states + attention (the residual added inside the o_proj GEMV).
+    autoglm_post_norm (with autoglm_fold_norm; the layer's post-attention RMSNorm): where one kernel
+    can compute it after o_proj (ops.linear_norm_fused), its output is stashed in ctx.runtime for
+    the decoder layer to take.
     """
     ctx: AttnCtx = self._autoglm
     no_training(self)
@@ -535,7 +549,14 @@ def attention_forward(self, hidden_states: torch.Tensor, position_embeddings=Non
     out = attend(q, k, v, attention_mask, ctx.scale, runtime=ctx.runtime, cache=cache, layer_idx=self.layer_idx,
                  valid_len=valid)
     residual = None if autoglm_fold_norm is None else hidden_states
-    return _out_linear(out.reshape(B, S, hq * d), getattr(self, ctx.o_proj), ctx.tp, residual=residual), None
+    o_proj, out = getattr(self, ctx.o_proj), out.reshape(B, S, hq * d)
+    if (residual is not None and autoglm_post_norm is not None and ctx.tp is None
+            and ops.linear_norm_fused(out, o_proj.weight, autoglm_post_norm.weight)):
+        h, normed = ops.linear_add_rms_norm(out, o_proj.weight, o_proj.bias, residual, autoglm_post_norm.weight,
+                                            _eps(autoglm_post_norm), ticket=ctx.runtime.ticket(out.device))
+        ctx.runtime.stash(h, normed)
+        return h, None
+    return _out_linear(out, o_proj, ctx.tp, residual=residual), None
 
 
 def attention_interface(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -619,12 +640,16 @@ def decoder_layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs) ->
         kwargs.update(zip(ctx.arg_names, args))
     if ctx.fold and hidden_states.numel() <= ops.LINEAR_GEMV_MAX_ROWS * hidden_states.shape[-1]:
         # A decode step: the input norm runs inside the qkv GEMV and each residual add inside the
-        # GEMV before it (o_proj, down); the post-attention norm stays a kernel (in the gate_up
-        # GEMV's prologue it cost more than the kernel: scripts/fold_cost.py, ..._1246_...). One
-        # norm kernel per layer instead of two add+norm kernels, with the unfolded path's rounding.
-        h = getattr(self, spec.attn)(hidden_states=hidden_states,
-                                     autoglm_fold_norm=getattr(self, spec.input_norm), **kwargs)[0]
-        x = norm("rms", True, getattr(self, spec.post_attn_norm), h)
+        # GEMV before it (o_proj, down); the post-attention norm runs in the o_proj GEMV's last
+        # block (ops.linear_add_rms_norm) where it can, else as a kernel (in the gate_up GEMV's
+        # prologue it cost more than the kernel: scripts/fold_cost.py, ..._1246_...). No norm
+        # kernel per layer instead of two add+norm kernels, with the unfolded path's rounding.
+        post = getattr(self, spec.post_attn_norm)
+        h = getattr(self, spec.attn)(hidden_states=hidden_states, autoglm_fold_norm=getattr(self, spec.input_norm),
+                                     autoglm_post_norm=post, **kwargs)[0]
+        x = ctx.runtime.take(h)
+        if x is None:
+            x = norm("rms", True, post, h)
         return getattr(self, spec.mlp_module)(x, autoglm_residual=h)
     kind, fused = spec.norm, ctx.fuse_norms
     residual = hidden_states

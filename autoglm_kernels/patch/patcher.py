@@ -500,8 +500,9 @@ def _apply(p: _Plan, state: PatchState) -> None:
         n = len(p.layers)
         fold = _fold_norms(p)
         if fold:
-            p.report.notes.append("decode steps: the input RMSNorm runs inside the qkv GEMV and the residual adds "
-                                  "inside the o_proj and down GEMVs")
+            p.report.notes.append("decode steps: the input RMSNorm runs inside the qkv GEMV, the residual adds "
+                                  "inside the o_proj and down GEMVs, the post-attention RMSNorm in the o_proj "
+                                  "GEMV's last block")
         for i, layer in enumerate(p.layers):
             if not p.norms:
                 nxt = None

@@ -17,7 +17,9 @@
 //
 // autoglm::gated_mlp (the whole gated MLP, down(silu(gate) * up)) runs the same kernels, and
 // both ops take an optional RMSNorm before the projection (the GEMV's prologue) and a residual
-// added after it (its epilogue), for the decoder layer's decode step.
+// added after it (its epilogue), for the decoder layer's decode step. Two more epilogues:
+// autoglm::qkv_rope_append (RoPE + static-cache append after the qkv projection) and
+// autoglm::linear_add_rms_norm (the next RMSNorm after o_proj + residual, by the last block).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -128,6 +130,24 @@ struct RopeArgs {
   }
 };
 
+// The RMSNorm after an output projection (autoglm::linear_add_rms_norm; gemv_kernel's kEpiNorm
+// instantiations): y = x @ w^T + bias + res as usual, then the block that takes the last ticket
+// (every other block has stored its part of y and fenced) reads y back from L2 and writes
+// out = rnd(rnd(y * rstd) * w) per row, rstd = rsqrt(mean(y^2) + eps), and resets the ticket.
+// One launch instead of the projection + a norm kernel, and the next projection's weight
+// prefetch (PDL) overlaps this one's tail instead of the norm kernel.
+struct PostNormArgs {
+  void* out = nullptr;          // [M, N] of T
+  const void* weight = nullptr;  // [N] of T, 16-byte aligned
+  float eps = 0.0f;
+  unsigned* ticket = nullptr;  // zero between launches
+};
+
+// What gemv_kernel's epilogue does besides the plain store.
+constexpr int kEpiPlain = 0;  // act(+ bias)(+ residual) -> y
+constexpr int kEpiRope = 1;   // RopeArgs
+constexpr int kEpiNorm = 2;   // PostNormArgs
+
 // 16-byte weight load: read once, so bypass L1 and do not keep it there. volatile: the call
 // sits under a bounds predicate and must not be hoisted (speculated) out of it.
 __device__ __forceinline__ void load_weight(uint32_t (&r)[4], const void* p) {
@@ -232,12 +252,14 @@ __device__ __forceinline__ float activate(float v) {
 // weight stream stay in flight (NB = 0: one batch of loads into registers at a time, 4 KB, with
 // the first batch prefetched into L2 before the wait). Each lane reads back only the 16 bytes it
 // copied, so the ring needs no barrier.
-template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM, bool ROPE = false>
+template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM, int EPI = kEpiPlain>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes, const T* __restrict__ norm_w,
-                float eps, const T* __restrict__ res, RopeArgs ra) {
+                float eps, const T* __restrict__ res, RopeArgs ra, PostNormArgs pn) {
   constexpr bool kGated = ACT == Act::kGatedSilu;
+  constexpr bool ROPE = EPI == kEpiRope, POSTNORM = EPI == kEpiNorm;
+  static_assert(!POSTNORM || (ACT == Act::kNone && !NORM), "the norm epilogue follows a plain projection");
   static_assert(!ROPE || ACT == Act::kNone, "the RoPE epilogue follows a plain projection");
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
   __shared__ float rstd_s[NORM ? kMaxGemvRows : 1];
@@ -586,6 +608,61 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       }
     }
   }
+  if constexpr (POSTNORM) {
+    // Every thread has stored its outputs; thread 0 publishes them (fence) and takes a ticket.
+    __shared__ bool last_s;
+    __shared__ float rstd_o[kMaxGemvRows];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      last_s = atomicAdd(pn.ticket, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();  // the other blocks' y, read below from L2 (ld.cg)
+    const int chunks = N / 8;  // N % 8 == 0 (host check)
+    for (int m = 0; m < M; ++m) {
+      float ss = 0.0f;
+      for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        const uint4 v = __ldcg(reinterpret_cast<const uint4*>(y + static_cast<int64_t>(m) * N) + c);
+        const T* e = reinterpret_cast<const T*>(&v);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float f = Num<T>::to_float(e[i]);
+          ss += f * f;
+        }
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) partial[warp][m] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+      float ss = 0.0f;
+      for (int w2 = 0; w2 < nwarps; ++w2) ss += partial[w2][threadIdx.x];
+      rstd_o[threadIdx.x] = rsqrtf(ss / static_cast<float>(N) + pn.eps);
+    }
+    __syncthreads();
+    T* out = static_cast<T*>(pn.out);
+    const T* nw = static_cast<const T*>(pn.weight);
+    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) {
+      const int m = i / chunks, c = i - m * chunks;
+      const uint4 hv = __ldcg(reinterpret_cast<const uint4*>(y + static_cast<int64_t>(m) * N) + c);
+      const uint4 wv = __ldg(reinterpret_cast<const uint4*>(nw) + c);
+      const T* he = reinterpret_cast<const T*>(&hv);
+      const T* we = reinterpret_cast<const T*>(&wv);
+      const float rstd = rstd_o[m];
+      uint4 ov;
+      T* oe = reinterpret_cast<T*>(&ov);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float n = Num<T>::to_float(Num<T>::from_float(Num<T>::to_float(he[e]) * rstd));
+        oe[e] = Num<T>::from_float(n * Num<T>::to_float(we[e]));
+      }
+      reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * N)[c] = ov;
+    }
+    if (threadIdx.x == 0) *pn.ticket = 0u;  // the next launch starts after this grid completes
+  }
 }
 
 // out[r, c] = silu(y[r, c]) * y[r, h + c] for y: [rows, 2h], out: [rows, h]; 8 elements per
@@ -674,14 +751,14 @@ int allow_ring(Kernel kernel, int nb, bool norm) {
 // model's norm prologue asks with the same M * K every step; a host-side query, safe during graph
 // capture). One 64-bit word per entry, so concurrent callers never pair a size with another's count.
 // 0: a block of that size does not fit (more shared memory than `smem_limit`, allow_ring's).
-template <typename T, int MT, Act ACT, int NB, bool NORM, bool ROPE>
+template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI>
 int resident_blocks(int warps, int extra_smem, int smem_limit) {
   static std::atomic<int64_t> cache[kMaxWarps + 1] = {};
   const int64_t hit = cache[warps].load(std::memory_order_relaxed);
   if (hit != 0 && (hit >> 32) == int64_t(extra_smem) + 1) return static_cast<int>(hit & 0xffffffff);
   int n = 0;
   if (ring_bytes(NB, warps) + extra_smem <= smem_limit)
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, ROPE>,
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
                                                                  32 * warps, ring_bytes(NB, warps) + extra_smem));
   cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
   return n;
@@ -746,16 +823,17 @@ struct Extras {
   double eps = 0.0;
   const at::Tensor* residual = nullptr;
   const RopeArgs* rope = nullptr;  // the qkv projection's RoPE + cache-append epilogue (qkv_rope_append)
+  const PostNormArgs* post_norm = nullptr;  // the RMSNorm after it (linear_add_rms_norm)
 };
 
 // x: [M, K], w: [N, K], y: [M, n_out].
-template <typename scalar_t, int MT, Act ACT, int NB, bool NORM, bool ROPE>
+template <typename scalar_t, int MT, Act ACT, int NB, bool NORM, int EPI>
 void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   using T = typename CudaType<scalar_t>::type;
   static const int smem_limit = [] {  // before the occupancy query, which counts the ring
-    return std::min(allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM, ROPE>, NB, NORM),
-                    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM, ROPE>, NB, NORM));
+    return std::min(allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>, NB, NORM),
+                    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI>, NB, NORM));
   }();
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(w.size(1)), N = static_cast<int>(w.size(0));
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
@@ -769,7 +847,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   int warps = 1;
   while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, ROPE>(2 * warps, norm_smem, smem_limit)) * sms)
+         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(2 * warps, norm_smem, smem_limit)) * sms)
     warps *= 2;
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
@@ -782,18 +860,19 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
   const RopeArgs ra = ex.rope != nullptr ? *ex.rope : RopeArgs{};
-  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, NORM, ROPE> : gemv_kernel<T, MT, ACT, false, NB, NORM, ROPE>,
+  const PostNormArgs pn = ex.post_norm != nullptr ? *ex.post_norm : PostNormArgs{};
+  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, NORM, EPI> : gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
              grid, block, ring_bytes(NB, warps) + norm_smem, stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out),
-             steps_per_warp, prefetch_bytes, ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual), ra);
+             steps_per_warp, prefetch_bytes, ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual), ra, pn);
 }
 
-template <typename scalar_t, int MT, Act ACT, bool NORM, bool ROPE = false>
+template <typename scalar_t, int MT, Act ACT, bool NORM, int EPI = kEpiPlain>
 void launch_gemv_in(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   switch (gemv_stages(MT)) {
-    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, NORM, ROPE>(x, w, bias, y, n_out, ex);
-    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, NORM, ROPE>(x, w, bias, y, n_out, ex);
-    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, NORM, ROPE>(x, w, bias, y, n_out, ex);
+    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, NORM, EPI>(x, w, bias, y, n_out, ex);
+    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, NORM, EPI>(x, w, bias, y, n_out, ex);
+    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, NORM, EPI>(x, w, bias, y, n_out, ex);
   }
 }
 
@@ -967,8 +1046,8 @@ at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const 
 template <typename scalar_t, int MT>
 void launch_qkv_rope_mt(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                         const Extras& ex) {
-  if (ex.norm_weight != nullptr) return launch_gemv_in<scalar_t, MT, Act::kNone, true, true>(x, w, bias, y, w.size(0), ex);
-  launch_gemv_in<scalar_t, MT, Act::kNone, false, true>(x, w, bias, y, w.size(0), ex);
+  if (ex.norm_weight != nullptr) return launch_gemv_in<scalar_t, MT, Act::kNone, true, kEpiRope>(x, w, bias, y, w.size(0), ex);
+  launch_gemv_in<scalar_t, MT, Act::kNone, false, kEpiRope>(x, w, bias, y, w.size(0), ex);
 }
 
 // autoglm::qkv_rope_append on CUDA: the decode qkv GEMV (with its optional RMSNorm prologue) and
@@ -1071,6 +1150,51 @@ at::Tensor qkv_rope_append_cuda(const at::Tensor& x, const at::Tensor& weight, c
   return y2.view({B, 1, n});
 }
 
+// autoglm::linear_add_rms_norm on CUDA: h = x @ weight^T + bias + residual and out = RMSNorm(h)
+// in one GEMV launch (PostNormArgs) where the GEMV takes the weight (N % 8 == 0); otherwise
+// linear_2d and the RMSNorm as ATen ops, with the same rounding. Returns (h, out), [..., N] each.
+std::tuple<at::Tensor, at::Tensor> linear_add_rms_norm_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                            const std::optional<at::Tensor>& bias,
+                                                            const at::Tensor& residual, const at::Tensor& norm_weight,
+                                                            double norm_eps, const at::Tensor& ticket) {
+  constexpr const char* op = "linear_add_rms_norm";
+  const int64_t n = check_args(x, weight, bias, Act::kNone);
+  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
+  check_post_norm(op, x, norm_weight, norm_eps, n);
+  TORCH_CHECK_TYPE(ticket.scalar_type() == at::kInt, op, ": ticket must be int32, got ", ticket.scalar_type());
+  TORCH_CHECK_VALUE(ticket.numel() == 1 && ticket.device() == x.device(), op,
+                    ": ticket must be a one-element tensor on x's device");
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  const Prologue pro(op, x, std::nullopt, norm_eps, residual, n);
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->contiguous();
+  const at::Tensor x2 = rows_2d(x), nw = norm_weight.contiguous();
+  const int64_t M = x2.size(0);
+  const auto shape = out_shape(x, n);
+  if (!gemv_takes(x.scalar_type(), M, weight) || n % 8 != 0 || !aligned16(nw)) {
+    const at::Tensor h = linear_2d(x2, weight, b, Act::kNone, n, pro.ex);
+    return {h.reshape(shape), reference_rms_norm(h, nw, norm_eps).reshape(shape)};
+  }
+  at::Tensor xc = x2.contiguous();
+  if (!aligned16(xc)) xc = xc.clone(at::MemoryFormat::Contiguous);
+  at::Tensor h = at::empty({M, n}, x.options()), out = at::empty({M, n}, x.options());
+  PostNormArgs pn;
+  pn.out = out.data_ptr();
+  pn.weight = nw.data_ptr();
+  pn.eps = static_cast<float>(norm_eps);
+  pn.ticket = reinterpret_cast<unsigned*>(ticket.data_ptr<int32_t>());
+  Extras ex = pro.ex;
+  ex.post_norm = &pn;
+  if (x.scalar_type() == at::kBFloat16) {
+    M <= 8 ? launch_gemv_in<at::BFloat16, 1, Act::kNone, false, kEpiNorm>(xc, weight, b, h, n, ex)
+           : launch_gemv_in<at::BFloat16, 2, Act::kNone, false, kEpiNorm>(xc, weight, b, h, n, ex);
+  } else {
+    M <= 8 ? launch_gemv_in<at::Half, 1, Act::kNone, false, kEpiNorm>(xc, weight, b, h, n, ex)
+           : launch_gemv_in<at::Half, 2, Act::kNone, false, kEpiNorm>(xc, weight, b, h, n, ex);
+  }
+  return {h.view(shape), out.view(shape)};
+}
+
 // Whether fused_linear / gated_mlp on `weight` at `rows` rows run a norm prologue or residual
 // epilogue inside the GEMV (true) or as ATen ops around cuBLAS (false).
 bool fuses_prologue_cuda(const at::Tensor& weight, int64_t rows) { return gemv_takes(weight.scalar_type(), rows, weight); }
@@ -1084,4 +1208,5 @@ TORCH_LIBRARY_IMPL(autoglm, CUDA, m) {
   m.impl("gated_mlp", &autoglm::linear::gated_mlp_cuda);
   m.impl("fuses_prologue", &autoglm::linear::fuses_prologue_cuda);
   m.impl("qkv_rope_append", &autoglm::linear::qkv_rope_append_cuda);
+  m.impl("linear_add_rms_norm", &autoglm::linear::linear_add_rms_norm_cuda);
 }

@@ -9,6 +9,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace autoglm {
@@ -99,6 +100,19 @@ inline void check_prologue(const char* op, const at::Tensor& x, const std::optio
     TORCH_CHECK_VALUE(r.sizes().vec() == want, op, ": residual must have the output's shape ", at::IntArrayRef(want),
                       ", got ", r.sizes());
   }
+}
+
+// The RMSNorm after a projection to n features (linear_add_rms_norm): norm_weight [n] of x's dtype
+// and device, eps > 0.
+inline void check_post_norm(const char* op, const at::Tensor& x, const at::Tensor& norm_weight, double eps,
+                            int64_t n) {
+  TORCH_CHECK_TYPE(norm_weight.scalar_type() == x.scalar_type(), op, ": norm_weight dtype ", norm_weight.scalar_type(),
+                   " differs from x dtype ", x.scalar_type());
+  TORCH_CHECK_VALUE(norm_weight.device() == x.device(), op, ": norm_weight on ", norm_weight.device(), " but x on ",
+                    x.device());
+  TORCH_CHECK_VALUE(norm_weight.dim() == 1 && norm_weight.size(0) == n, op, ": norm_weight must be [N] = [", n,
+                    "] (the projection's output features), got ", norm_weight.sizes());
+  TORCH_CHECK_VALUE(eps > 0.0, op, ": norm_eps must be > 0, got ", eps);
 }
 
 // transformers' RMSNorm (Llama, Qwen, GLM) of 2-D x2 [M, K] in ATen ops: rnd(rnd(x * rstd) * w),

@@ -39,6 +39,17 @@ at::Tensor gated_mlp_cpu(const at::Tensor& x, const at::Tensor& gate_up, const s
   return plus_residual(reference_2d(h, down, down_bias, Act::kNone, compute), residual).reshape(out_shape(x, n_out));
 }
 
+// (h, RMSNorm(h)) with h = x @ weight^T + bias + residual: the reference of the CUDA op's one launch.
+std::tuple<at::Tensor, at::Tensor> linear_add_rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                           const std::optional<at::Tensor>& bias,
+                                                           const at::Tensor& residual, const at::Tensor& norm_weight,
+                                                           double norm_eps, const at::Tensor& ticket) {
+  const int64_t n = check_args(x, weight, bias, Act::kNone);
+  check_post_norm("linear_add_rms_norm", x, norm_weight, norm_eps, n);
+  const at::Tensor h = fused_linear_cpu(x, weight, bias, "none", std::nullopt, norm_eps, residual);
+  return {h, reference_rms_norm(rows_2d(h), norm_weight, norm_eps).reshape(h.sizes())};
+}
+
 // On CPU every fused_linear / gated_mlp call is one reference op, prologue and residual included.
 bool fuses_prologue_cpu(const at::Tensor& weight, int64_t rows) { return true; }
 
@@ -49,4 +60,5 @@ TORCH_LIBRARY_IMPL(autoglm, CPU, m) {
   m.impl("fused_linear", &autoglm::linear::fused_linear_cpu);
   m.impl("gated_mlp", &autoglm::linear::gated_mlp_cpu);
   m.impl("fuses_prologue", &autoglm::linear::fuses_prologue_cpu);
+  m.impl("linear_add_rms_norm", &autoglm::linear::linear_add_rms_norm_cpu);
 }
