@@ -209,6 +209,62 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
 
 __device__ __forceinline__ float silu_f(float v) { return v / (1.0f + __expf(-v)); }
 
+// transformers' RMSNorm in a block (the GEMV's prologue and the linear_add_rms_norm epilogue).
+// rstd[m] = rsqrt(mean(row_m^2) + eps) in fp32 for M rows of length L (L % 8 == 0): each thread
+// sums 16-byte chunks, two loads in flight; warps reduce by shuffles, then through
+// scratch[warp * stride + m]. load(m, k): elements [k, k + 8) of row m. Ends with a barrier.
+template <typename T, typename Load>
+__device__ __forceinline__ void block_rstd(int M, int L, float eps, Load load, float* scratch, int stride,
+                                           float* rstd) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int step = 8 * static_cast<int>(blockDim.x);
+  for (int m = 0; m < M; ++m) {
+    float ss = 0.0f;
+    for (int k0 = 8 * static_cast<int>(threadIdx.x); k0 < L; k0 += 2 * step) {
+      uint4 v[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int k = k0 + u * step;
+        v[u] = k < L ? load(m, k) : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const T* e = reinterpret_cast<const T*>(&v[u]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float f = Num<T>::to_float(e[i]);
+          ss += f * f;
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (lane == 0) scratch[warp * stride + m] = ss;
+  }
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < M) {
+    float ss = 0.0f;
+    for (int w2 = 0; w2 < nwarps; ++w2) ss += scratch[w2 * stride + threadIdx.x];
+    rstd[threadIdx.x] = rsqrtf(ss / static_cast<float>(L) + eps);
+  }
+  __syncthreads();
+}
+
+// rnd(rnd(v * rstd) * w) of 8 elements: the stock RMSNorm's two roundings.
+template <typename T>
+__device__ __forceinline__ uint4 rms_scale8(uint4 v, uint4 w, float rstd) {
+  const T* ve = reinterpret_cast<const T*>(&v);
+  const T* we = reinterpret_cast<const T*>(&w);
+  uint4 o;
+  T* oe = reinterpret_cast<T*>(&o);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float n = Num<T>::to_float(Num<T>::from_float(Num<T>::to_float(ve[e]) * rstd));
+    oe[e] = Num<T>::from_float(n * Num<T>::to_float(we[e]));
+  }
+  return o;
+}
+
 // v + res[o] rounded to T (v already rounded: transformers' `residual + out`), or v (res null).
 template <typename T>
 __device__ __forceinline__ T add_residual(T v, const T* __restrict__ res, int64_t o) {
@@ -378,53 +434,14 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     // 1/rms of each row (two 16-byte loads in flight per thread; partial[][] is free until the
     // split-K reduction), then the normed rows into shared memory; x_row then points there.
     T* xs = reinterpret_cast<T*>(ring_smem + nwarps * (NB * kUnroll * 64));
-    const int stride = 8 * static_cast<int>(blockDim.x);
-    for (int m = 0; m < M; ++m) {
-      const T* xr = x + static_cast<int64_t>(m) * K;
-      float ss = 0.0f;
-      for (int k0 = 8 * static_cast<int>(threadIdx.x); k0 < K; k0 += 2 * stride) {
-        uint4 v[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int k = k0 + u * stride;
-          v[u] = k < K ? __ldg(reinterpret_cast<const uint4*>(xr + k)) : make_uint4(0u, 0u, 0u, 0u);
-        }
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const T* e = reinterpret_cast<const T*>(&v[u]);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            const float f = Num<T>::to_float(e[i]);
-            ss += f * f;
-          }
-        }
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) partial[warp][m] = ss;
-    }
-    __syncthreads();
-    if (threadIdx.x < M) {
-      float ss = 0.0f;
-      for (int w2 = 0; w2 < nwarps; ++w2) ss += partial[w2][threadIdx.x];
-      rstd_s[threadIdx.x] = rsqrtf(ss / static_cast<float>(K) + eps);
-    }
-    __syncthreads();
+    auto x_chunk = [&](int m, int k) {
+      return __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(m) * K + k));
+    };
+    block_rstd<T>(M, K, eps, x_chunk, &partial[0][0], MT * 4 * 32, rstd_s);
     for (int i = threadIdx.x; i < M * (K / 8); i += blockDim.x) {
       const int m = i / (K / 8), k = (i - m * (K / 8)) * 8;
-      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(m) * K + k));
       const uint4 wv = __ldg(reinterpret_cast<const uint4*>(norm_w + k));
-      const T* xe = reinterpret_cast<const T*>(&xv);
-      const T* we = reinterpret_cast<const T*>(&wv);
-      const float rstd = rstd_s[m];
-      uint4 ov;
-      T* oe = reinterpret_cast<T*>(&ov);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float n = Num<T>::to_float(Num<T>::from_float(Num<T>::to_float(xe[e]) * rstd));
-        oe[e] = Num<T>::from_float(n * Num<T>::to_float(we[e]));
-      }
-      *reinterpret_cast<uint4*>(xs + static_cast<int64_t>(m) * K + k) = ov;
+      *reinterpret_cast<uint4*>(xs + static_cast<int64_t>(m) * K + k) = rms_scale8<T>(x_chunk(m, k), wv, rstd_s[m]);
     }
     __syncthreads();
 #pragma unroll
@@ -620,46 +637,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     __syncthreads();
     if (!last_s) return;
     __threadfence();  // the other blocks' y, read below from L2 (ld.cg)
-    const int chunks = N / 8;  // N % 8 == 0 (host check)
-    for (int m = 0; m < M; ++m) {
-      float ss = 0.0f;
-      for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-        const uint4 v = __ldcg(reinterpret_cast<const uint4*>(y + static_cast<int64_t>(m) * N) + c);
-        const T* e = reinterpret_cast<const T*>(&v);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float f = Num<T>::to_float(e[i]);
-          ss += f * f;
-        }
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) partial[warp][m] = ss;
-    }
-    __syncthreads();
-    if (threadIdx.x < M) {
-      float ss = 0.0f;
-      for (int w2 = 0; w2 < nwarps; ++w2) ss += partial[w2][threadIdx.x];
-      rstd_o[threadIdx.x] = rsqrtf(ss / static_cast<float>(N) + pn.eps);
-    }
-    __syncthreads();
+    auto y_chunk = [&](int m, int k) {
+      return __ldcg(reinterpret_cast<const uint4*>(y + static_cast<int64_t>(m) * N + k));
+    };
+    block_rstd<T>(M, N, pn.eps, y_chunk, &partial[0][0], MT * 4 * 32, rstd_o);  // N % 8 == 0 (host check)
     T* out = static_cast<T*>(pn.out);
-    const T* nw = static_cast<const T*>(pn.weight);
-    for (int i = threadIdx.x; i < M * chunks; i += blockDim.x) {
-      const int m = i / chunks, c = i - m * chunks;
-      const uint4 hv = __ldcg(reinterpret_cast<const uint4*>(y + static_cast<int64_t>(m) * N) + c);
-      const uint4 wv = __ldg(reinterpret_cast<const uint4*>(nw) + c);
-      const T* he = reinterpret_cast<const T*>(&hv);
-      const T* we = reinterpret_cast<const T*>(&wv);
-      const float rstd = rstd_o[m];
-      uint4 ov;
-      T* oe = reinterpret_cast<T*>(&ov);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float n = Num<T>::to_float(Num<T>::from_float(Num<T>::to_float(he[e]) * rstd));
-        oe[e] = Num<T>::from_float(n * Num<T>::to_float(we[e]));
-      }
-      reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * N)[c] = ov;
+    for (int i = threadIdx.x; i < M * (N / 8); i += blockDim.x) {
+      const int m = i / (N / 8), k = (i - m * (N / 8)) * 8;
+      const uint4 wv = __ldg(reinterpret_cast<const uint4*>(static_cast<const T*>(pn.weight) + k));
+      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(m) * N + k) = rms_scale8<T>(y_chunk(m, k), wv, rstd_o[m]);
     }
     if (threadIdx.x == 0) *pn.ticket = 0u;  // the next launch starts after this grid completes
   }
