@@ -20,12 +20,17 @@ DTYPES = CPU_DTYPES if DEV == "cpu" else [torch.bfloat16, torch.float16]
 pytestmark = [pytest.mark.gpu] if DEV == "cuda" else []
 
 
+def stock_norm(h, nw, eps):
+    """transformers' LlamaRMSNorm module with weight nw, applied to h (in h's dtype)."""
+    norm = LlamaRMSNorm(h.shape[-1], eps=eps).to(device=h.device, dtype=h.dtype)
+    norm.weight.data.copy_(nw)
+    return norm(h)
+
+
 def stock(x, w, b, r, nw, eps, dtype):
     """transformers' o_proj + residual + post-attention norm in `dtype`: (h, normed)."""
     h = r.to(dtype) + torch.nn.functional.linear(x.to(dtype), w.to(dtype), None if b is None else b.to(dtype))
-    norm = LlamaRMSNorm(h.shape[-1], eps=eps).to(device=h.device, dtype=dtype)
-    norm.weight.data.copy_(nw)
-    return h, norm(h)
+    return h, stock_norm(h, nw, eps)
 
 
 def make(M, N, K, bias, dtype, seed=0):
@@ -58,13 +63,7 @@ def test_matches_transformers(M, N, K, bias, dtype):
     assert_stock_close(out, out_st, out_ref, slack=3.0)
     # out is the stock norm of the h it returns, up to the fp32 sum order of the statistics
     eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(out, _stock_norm(h, nw, 1e-5), rtol=2 * eps, atol=2 * eps)
-
-
-def _stock_norm(h, nw, eps):
-    norm = LlamaRMSNorm(h.shape[-1], eps=eps).to(device=h.device, dtype=h.dtype)
-    norm.weight.data.copy_(nw)
-    return norm(h)
+    torch.testing.assert_close(out, stock_norm(h, nw, 1e-5), rtol=2 * eps, atol=2 * eps)
 
 
 def test_default_ticket_and_repeated_calls():
