@@ -277,28 +277,6 @@ def fuses_prologue(weight: torch.Tensor, rows: int = 1) -> bool:
     return bool(torch.ops.autoglm.fuses_prologue.default(weight, int(rows)))
 
 
-# AUTOGLM_INPLACE_RESIDUAL=0 turns gated_mlp_add_'s in-place cuBLAS add off: an A/B knob for benchmarks.
-_INPLACE_RESIDUAL_ON = os.environ.get("AUTOGLM_INPLACE_RESIDUAL", "1") != "0"
-
-
-def gated_mlp_add_(x: torch.Tensor, gate_up: torch.Tensor, gate_up_bias: Optional[torch.Tensor], down: torch.Tensor,
-                   residual: torch.Tensor) -> torch.Tensor:
-    """residual + gated_mlp(x, gate_up, gate_up_bias, down), consuming `residual`: the result may
-    be `residual` itself, updated in place, so pass only a tensor nothing else reads afterwards
-    (a decode step's own intermediate). Where cuBLAS runs the down projection (a weight the GEMV
-    does not take, e.g. Llama-3.1-8B's 117 MB down_proj) the add is cuBLAS's beta = 1 into
-    `residual`: no separate add kernel, and the fp32 sum rounded once instead of the projection
-    and the sum each. Elsewhere gated_mlp with the add in the down GEMV's epilogue (a new tensor)."""
-    rows = x.numel() // max(1, x.shape[-1])
-    if (_INPLACE_RESIDUAL_ON and x.is_cuda and not torch.is_grad_enabled() and residual.is_contiguous()
-            and residual.dtype == x.dtype and residual.shape == (*x.shape[:-1], down.shape[0])
-            and down.shape[1] * 2 == gate_up.shape[0] and not fuses_prologue(down, rows)):
-        h = fused_linear(x, gate_up, gate_up_bias, "gated_silu")
-        residual.view(-1, down.shape[0]).addmm_(h.reshape(-1, down.shape[1]), down.t())
-        return residual
-    return gated_mlp(x, gate_up, gate_up_bias, down, None, residual=residual)
-
-
 # ---------------------------------------------------------------------------------------------
 # attention: split-KV decode and flash prefill (triton/decode_attention.py, triton/prefill_attention.py)
 # ---------------------------------------------------------------------------------------------

@@ -280,13 +280,10 @@ def _out_linear(x: torch.Tensor, lin: nn.Linear, tp: Optional[TensorParallel], g
                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """An output projection (o_proj, down_proj). With gate_up = (weight, bias), x is the MLP's
     input and the whole gated MLP runs as one op (ops.gated_mlp). residual (decode steps, never
-    tensor-parallel): added to the output inside the op; the MLP's (the decoder layer's own
-    intermediate h) is consumed, possibly updated in place (ops.gated_mlp_add_). Tensor-parallel: this rank's input
+    tensor-parallel): added to the output inside the op. Tensor-parallel: this rank's input
     columns give a partial sum, all-reduced, then the replicated bias once (what transformers'
     rowwise does)."""
     w, b = local(lin.weight), (lin.bias if tp is None else None)
-    if gate_up is not None and residual is not None and b is None and tp is None:
-        return ops.gated_mlp_add_(x, *gate_up, w, residual)  # the MLP's residual is the layer's own h
     if gate_up is not None:
         y = ops.gated_mlp(x, *gate_up, w, b, residual=residual)
     elif residual is not None:
@@ -612,8 +609,7 @@ def register_attention() -> None:
 def mlp_forward(self, x: torch.Tensor, autoglm_residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Gated MLP: down_proj(silu(gate) * up) as one op (ops.gated_mlp: two kernels at decode). GLM's
     gate_up_proj as it is; Llama's gate_proj/up_proj stacked once at patch time (ctx.gate_up).
-    autoglm_residual (decode steps, see decoder_layer_forward): the layer's own intermediate h,
-    added to the output inside the down projection's kernel and consumed (see ops.gated_mlp_add_)."""
+    autoglm_residual (decode steps, see decoder_layer_forward): added inside the down GEMV."""
     no_training(self)
     ctx: MlpCtx = self._autoglm
     w, b = ctx.gate_up.get() if ctx.gate_up is not None else (self.gate_up_proj.weight, self.gate_up_proj.bias)
