@@ -610,6 +610,27 @@ def _append_kv_fake(k, v, k_cache, v_cache, cache_len):
     return None
 
 
+@torch.library.register_fake("autoglm::rope_tables")
+def _rope_tables_fake(inv_freq, position_ids, scaling, dtype):
+    shape = (*position_ids.shape, 2 * inv_freq.shape[0])
+    return position_ids.new_empty(shape, dtype=dtype), position_ids.new_empty(shape, dtype=dtype)
+
+
+def rope_tables(inv_freq: torch.Tensor, position_ids: torch.Tensor, scaling: float,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [B, S, 2F] of a standard rotary embedding module (transformers' Llama, Qwen and
+    GLM-4 `*RotaryEmbedding`: cat(f, f).cos() * scaling with f = position * inv_freq in fp32,
+    cast to dtype) in one launch. inv_freq [F] float; position_ids [B, S] integer, on its device.
+    The module's own values: its fp32 products are exact and cos/sin are libdevice's, as in
+    torch's kernels. No host sync: graph-capturable."""
+    check_tensor("inv_freq", inv_freq, dtypes=FLOAT_DTYPES, dim=1)
+    check_tensor("position_ids", position_ids, dtypes=(torch.int64, torch.int32), dim=2)
+    check_same("device", inv_freq=inv_freq, position_ids=position_ids)
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise TypeError(f"rope_tables: dtype must be one of {', '.join(map(str, FLOAT_DTYPES))}, got {dtype!r}")
+    return _run(_rope.rope_tables, inv_freq, position_ids, float(scaling), dtype)
+
+
 def _check_rope(q, k, cos, sin, interleaved, mrope_section) -> Optional[list[int]]:
     """Validate apply_rope_/rope_append_kv_ arguments; returns mrope_section as a list (or None)."""
     check_tensor("q", q, dtypes=FLOAT_DTYPES, dim=4)

@@ -353,6 +353,7 @@ def test_idempotent_and_per_instance():
     assert a.config is not b.config and a.config._attn_implementation == "autoglm"
     assert b.config._attn_implementation != "autoglm"
     assert "forward" in a.model.layers[0].__dict__ and "forward" not in b.model.layers[0].__dict__
+    assert report.num_patched("rotary_emb") == 1 and "forward" in a.model.rotary_emb.__dict__
     assert torch.equal(_logits(b, ids), ref_b)
     c = transformers.LlamaForCausalLM(cfg).eval()  # created after patching: stock
     assert "forward" not in c.model.layers[0].self_attn.__dict__ and c.config._attn_implementation != "autoglm"
@@ -377,6 +378,7 @@ def test_report_and_options():
     assert report.num_patched("attention") == 0 and report.num_stock("attention") == 2
     assert report.num_patched("mlp") == 2 and report.num_patched("lm_head") == 1
     assert report.num_patched("decoder_layer") == 0 and "forward" not in model.model.layers[0].__dict__
+    assert report.num_patched("rotary_emb") == 0 and "attention not fused" in report.reasons("rotary_emb")
     ids, mask = _prompt()
     out = _generate(model, ids, mask, n=8)
     unpatch_model(model)

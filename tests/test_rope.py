@@ -570,3 +570,70 @@ def test_gpu_append_kv_opcheck_and_graph():
     assert torch.equal(kc[:, :, 5:8], k.transpose(1, 2).expand(B, Hk, 3, D))
     assert torch.equal(vc[:, :, 5:8], v.transpose(1, 2).expand(B, Hk, 3, D))
     assert kc[:, :, 8:].abs().sum() == 0 and kc[:, :, :5].abs().sum() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# rope_tables: the rotary embedding module's (cos, sin) in one launch
+# ---------------------------------------------------------------------------------------------
+def _rotary_modules(device):
+    """Standard rotary modules: Llama (default and llama3 scaling), GLM-4 (partial, head_dim 128)."""
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    return [
+        LlamaRotaryEmbedding(LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=64,
+                                         rope_parameters=rope_params())).to(device),
+        LlamaRotaryEmbedding(LlamaConfig(hidden_size=1024, num_attention_heads=8, head_dim=128,
+                                         max_position_embeddings=131072, rope_parameters=llama3)).to(device),
+        Glm4RotaryEmbedding(Glm4Config(hidden_size=512, num_attention_heads=4, head_dim=128,
+                                       rope_parameters=rope_params(0.5))).to(device),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rope_tables_equal_the_module(dtype):
+    """Bit for bit what the module's forward returns, at positions up to 131071 (on CPU: the
+    reference path, which the kernel replaces on CUDA only)."""
+    torch.manual_seed(0)
+    x = torch.empty(1, device=DEV, dtype=dtype)
+    pos = torch.cat([positions(2, 5), torch.randint(0, 131072, (2, 3), device=DEV),
+                     torch.tensor([[0, 1, 131071], [8191, 8192, 65537]], device=DEV)], dim=1)
+    for mod in _rotary_modules(DEV):
+        cos_ref, sin_ref = mod(x, pos)
+        cos, sin = ops.rope_tables(mod.inv_freq, pos, mod.attention_scaling, dtype)
+        assert cos.shape == cos_ref.shape and cos.dtype == dtype
+        torch.testing.assert_close(cos, cos_ref, rtol=0, atol=0)
+        torch.testing.assert_close(sin, sin_ref, rtol=0, atol=0)
+        cos32, _ = ops.rope_tables(mod.inv_freq, pos.int(), mod.attention_scaling, dtype)
+        torch.testing.assert_close(cos32, cos_ref, rtol=0, atol=0)
+
+
+def test_rope_tables_errors_and_opcheck():
+    inv, pos = torch.rand(8), torch.arange(6).view(2, 3)
+    with pytest.raises(TypeError, match="position_ids"):
+        ops.rope_tables(inv, pos.float(), 1.0, torch.float32)
+    with pytest.raises(ValueError, match="inv_freq"):
+        ops.rope_tables(inv.view(2, 4), pos, 1.0, torch.float32)
+    with pytest.raises(ValueError, match="position_ids"):
+        ops.rope_tables(inv, pos.view(6), 1.0, torch.float32)
+    with pytest.raises(TypeError, match="dtype"):
+        ops.rope_tables(inv, pos, 1.0, torch.int32)
+    torch.library.opcheck(torch.ops.autoglm.rope_tables, (inv, pos, 1.0, torch.float32), test_utils=CPU_OPCHECK)
+
+
+@pytest.mark.gpu
+def test_gpu_rope_tables_opcheck_and_capture():
+    """Full opcheck; captured in a CUDA graph, a replay follows new positions written in place."""
+    inv = LlamaRotaryEmbedding(LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=64,
+                                           rope_parameters=rope_params())).to("cuda").inv_freq
+    pos = torch.tensor([[3]], device="cuda")
+    torch.library.opcheck(torch.ops.autoglm.rope_tables, (inv, pos, 1.0, torch.bfloat16))
+    ops.rope_tables(inv, pos, 1.0, torch.bfloat16)  # compile outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        cos, sin = ops.rope_tables(inv, pos, 1.0, torch.bfloat16)
+    for p in (17, 4095):
+        pos.fill_(p)
+        g.replay()
+        ref = ops.rope_tables(inv, torch.tensor([[p]], device="cuda"), 1.0, torch.bfloat16)
+        assert torch.equal(cos, ref[0]) and torch.equal(sin, ref[1])

@@ -22,6 +22,7 @@ class ArchSpec:
     layers: str = "model.layers"
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
+    rotary: str | None = "model.rotary_emb"  # the model's rotary embedding module (cos/sin), if standard
     text_config: str = ""
     norm: str = "rms"  # "rms" (RMSNorm) | "layer" (LayerNorm with bias)
     sandwich: bool = False  # GLM-4: extra norms after attention and after the MLP, before each residual add
@@ -65,11 +66,11 @@ ARCHS: dict[str, ArchSpec] = {
     "glm4": _GLM4,
     # GLM-4.1V (AutoGLM-Phone): only the text decoder is patched; the vision tower stays stock.
     "glm4v": ArchSpec(layers="model.language_model.layers", final_norm="model.language_model.norm",
-                      text_config="text_config", rope="mrope", mlp="gate_up_proj", sandwich=True,
+                      text_config="text_config", rope="mrope", rotary=None, mlp="gate_up_proj", sandwich=True,
                       positions_from_mask=True, decode_unused=("mm_token_type_ids",)),
     "opt": ArchSpec(layers="model.decoder.layers", final_norm="model.decoder.final_layer_norm", norm="layer",
                     input_norm="self_attn_layer_norm", post_attn_norm="final_layer_norm", o_proj="out_proj",
-                    rope=None, mlp="fc1+fc2", mlp_module="", activation="activation_function",
+                    rope=None, rotary=None, mlp="fc1+fc2", mlp_module="", activation="activation_function",
                     positions_from_mask=True),
 }
 

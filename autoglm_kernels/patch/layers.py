@@ -686,6 +686,38 @@ def final_norm_forward(self, x: torch.Tensor) -> torch.Tensor:
     return out if out is not None else norm(self._autoglm.kind, True, self, x)
 
 
+# Rotary embedding modules whose forward is transformers' standard one (cat(f, f).cos() * scaling
+# with f = position * inv_freq): ops.rope_tables computes exactly that.
+STANDARD_ROTARY = ("LlamaRotaryEmbedding", "MistralRotaryEmbedding", "Qwen2RotaryEmbedding", "Qwen3RotaryEmbedding",
+                   "GlmRotaryEmbedding", "Glm4RotaryEmbedding")
+
+
+def rotary_reason(module: Optional[nn.Module]) -> Optional[str]:
+    """Why `module` (the model's rotary embedding) keeps its stock forward, or None."""
+    if module is None:
+        return "no rotary embedding module where the arch table says"
+    if type(module).__name__ not in STANDARD_ROTARY:
+        return f"{type(module).__name__} is not a standard rotary embedding"
+    rope_type = str(getattr(module, "rope_type", "default"))
+    if "dynamic" in rope_type or rope_type == "longrope":
+        return f"rope_type {rope_type!r} recomputes its frequencies per forward"
+    inv = getattr(module, "inv_freq", None)
+    if not torch.is_tensor(inv) or inv.dim() != 1 or not isinstance(getattr(module, "attention_scaling", None), (int, float)):
+        return "no 1-D inv_freq and float attention_scaling"
+    return None
+
+
+def rotary_forward(self, x: torch.Tensor, position_ids: torch.Tensor):
+    """The model's (cos, sin) in one kernel (ops.rope_tables) in a captured step, where the stock
+    module runs six to eight small kernels; the stock forward in an eager (host-bound) forward,
+    where its aten ops cost less host time than a Triton launch, and for other position layouts."""
+    inv = self.inv_freq
+    if (host_bound(x) or not torch.is_tensor(position_ids) or position_ids.dim() != 2 or not x.is_cuda
+            or inv.device != position_ids.device or x.dtype not in ops.FLOAT_DTYPES):
+        return type(self).forward(self, x, position_ids)
+    return ops.rope_tables(inv, position_ids, self.attention_scaling, x.dtype)
+
+
 def lm_head_forward(self, x: torch.Tensor) -> torch.Tensor:
     """lm_head through fused_linear: [..., hidden] -> [..., vocab]. Tensor-parallel (ctx = the TP
     group): this rank's vocab rows, then the shards all-gathered (transformers' colwise_gather_output)."""

@@ -137,9 +137,10 @@ class _Plan:
         self.layers = _get(model, spec.layers)
         self.final_norm = _get(model, spec.final_norm)
         self.lm_head = _get(model, spec.lm_head)
+        self.rotary = _get(model, spec.rotary) if spec.rotary else None
         self.text_config = _get(model.config, spec.text_config) if spec.text_config else model.config
         self.attention = self.rope = self.qk_norm = self.mlp = self.norms = self.layer_forward = False
-        self.final = self.head = False
+        self.final = self.head = self.rotary_ok = False
         self.activation = "none"
         self.unsupported: Optional[str] = None  # why the whole model stays stock (device, dtype, sharding)
         self.tp: Optional[sharding.TensorParallel] = None  # the TP group of a tensor-parallel model
@@ -345,11 +346,22 @@ def _plan_model(p: _Plan, *, attention: bool, mlp: bool, norm: bool, rope: bool)
                 report.add_patched("rope", n)
             else:
                 _stock(report, "rope", rope_why, n)
+        if spec.rotary:
+            rotary_why = (L.rotary_reason(p.rotary) if p.rope else "RoPE not fused") or _missing_ops("rope_tables")
+            if rotary_why is None and os.environ.get("AUTOGLM_ROTARY_TABLES", "1") == "0":
+                rotary_why = f"{OFF} (AUTOGLM_ROTARY_TABLES=0)"
+            p.rotary_ok = rotary_why is None
+            if p.rotary_ok:
+                report.add_patched("rotary_emb")
+            else:
+                _stock(report, "rotary_emb", rotary_why, 1)
         p.qk_norm = bool(spec.qk_norm) and p.norms
     else:
         _stock(report, "attention", attn_why, n)
         if spec.rope:
             _stock(report, "rope", "attention not fused", n)
+        if spec.rotary:
+            _stock(report, "rotary_emb", "attention not fused", 1)
     if p.mlp:
         report.add_patched("mlp", n)
     else:
@@ -484,6 +496,8 @@ def _apply(p: _Plan, state: PatchState) -> None:
                 qk_norm=tuple(getattr(attn, n) for n in spec.qk_norm) if spec.qk_norm else None,
                 fuse_qk_norm=p.qk_norm, o_proj=spec.o_proj)
             state.bind(attn, L.attention_forward, ctx)
+        if p.rotary_ok:
+            state.bind(p.rotary, L.rotary_forward)
     if p.mlp and spec.mlp_module:
         for layer in p.layers:
             mlp = getattr(layer, spec.mlp_module)

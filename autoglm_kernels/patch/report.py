@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 # Row order of the printed table.
-KINDS = ("decoder_layer", "attention", "rope", "mlp", "final_norm", "lm_head", "memory_pool")
+KINDS = ("decoder_layer", "attention", "rope", "rotary_emb", "mlp", "final_norm", "lm_head", "memory_pool")
 
 
 @dataclass

@@ -30,6 +30,14 @@ torch op `autoglm::append_kv(k, v, k_cache!, v_cache!, cache_len!) -> ()`
   the same append for a model without RoPE (OPT): rope_append_kv's kernel with no rotary dims
   and no q heads, one launch instead of the stock update's five.
 
+torch op `autoglm::rope_tables(inv_freq, position_ids, scaling, dtype) -> (cos, sin)`
+  what a standard rotary embedding module returns (transformers' Llama/Qwen/GLM-4
+  `*RotaryEmbedding.forward`: c = cos(position * inv_freq) * attention_scaling in fp32, cat(c, c),
+  cast to dtype), [B, S, 2F] each from position_ids [B, S] and inv_freq [F], in one launch
+  instead of the module's six to eight small kernels per forward. The fp32 product is exact as the
+  module's is, and cos/sin are libdevice's cosf/sinf, the functions torch's own kernels call.
+  CUDA only (the interpreter has no libdevice): elsewhere the stock computation.
+
 Grid: (B*S tokens, head blocks of q, then of k, then (append) of v). Each program loads its
 token's cos/sin once and handles BLOCK_H heads. Positions and the cache slot come only from
 device tensors: graph-capturable.
@@ -43,6 +51,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from . import cdiv, launch, next_power_of_2, pdl_prologue, triton_op
 
@@ -294,3 +303,42 @@ def append_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: 
         return
     no_rotary = k[:, :, 0, :0]  # cos/sin of R = 0 [B, S, 0]: the kernel only copies (never read)
     _launch(k[:, :, :0], k, no_rotary, no_rotary, False, None, append=(v, k_cache, v_cache, cache_len))  # advances cache_len
+
+
+@triton.jit
+def _tables_kernel(INV, POS, COS, SIN, F, scaling, BLOCK_F: tl.constexpr, PDL: tl.constexpr = False):
+    """Program t (one token): COS[t] = cat(c, c), SIN[t] = cat(s, s) with c = cos(POS[t] * INV) *
+    scaling, s likewise, in fp32 and rounded once to the output dtype (see the module doc)."""
+    pdl_prologue(PDL)
+    t = tl.program_id(0).to(tl.int64)
+    f = tl.arange(0, BLOCK_F)
+    ok = f < F
+    freq = tl.load(POS + t).to(tl.float32) * tl.load(INV + f, mask=ok, other=0.0).to(tl.float32)
+    c = (libdevice.cos(freq) * scaling).to(COS.dtype.element_ty)
+    s = (libdevice.sin(freq) * scaling).to(SIN.dtype.element_ty)
+    row = t * 2 * F
+    tl.store(COS + row + f, c, mask=ok)
+    tl.store(COS + row + F + f, c, mask=ok)
+    tl.store(SIN + row + f, s, mask=ok)
+    tl.store(SIN + row + F + f, s, mask=ok)
+
+
+def rope_tables_reference(inv_freq, position_ids, scaling: float, dtype: torch.dtype):
+    """Plain-torch rope_tables: the stock module's computation."""
+    freqs = position_ids[..., None].float() * inv_freq.float()
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+
+
+@triton_op("autoglm::rope_tables", mutates_args=())
+def rope_tables(inv_freq: torch.Tensor, position_ids: torch.Tensor, scaling: float,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    F = inv_freq.shape[0]
+    if not position_ids.is_cuda or position_ids.numel() == 0:  # the interpreter has no libdevice cos/sin
+        return rope_tables_reference(inv_freq, position_ids, scaling, dtype)
+    pos = position_ids.contiguous()
+    cos = torch.empty((*pos.shape, 2 * F), device=pos.device, dtype=dtype)
+    sin = torch.empty_like(cos)
+    launch(_tables_kernel, (pos.numel(),), inv_freq, pos, cos, sin, F, float(scaling),
+           BLOCK_F=next_power_of_2(F), num_warps=1 if F <= 64 else 2)
+    return cos, sin
