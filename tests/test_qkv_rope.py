@@ -62,8 +62,7 @@ CASES = [  # (model, B, Hq, Hk, D, K, bias, norm)
     ("llama", 1, 4, 2, 64, 256, False, True), ("llama", 3, 8, 8, 128, 136, False, False),
     ("glm4", 1, 4, 1, 128, 128, True, True), ("glm4", 16, 2, 2, 64, 64, True, False),
     ("glm4v", 2, 4, 2, 128, 96, True, True), ("opt", 9, 4, 4, 64, 128, True, False),
-    # full-size qkv: 8B (384 tiles of 8 rotation pairs on an H100) and 1B (192 tiles: 4-pair
-    # blocks instead, as in every smaller case above; see rope_tile_pairs in fused_linear.cu)
+    # full-size qkv: Llama-3.1-8B (384 blocks of 8 rotation pairs) and Llama-3.2-1B (192)
     ("llama", 1, 32, 8, 128, 4096, False, True), ("llama", 2, 32, 8, 64, 2048, False, True),
 ]
 

@@ -118,7 +118,6 @@ struct RopeArgs {
   void* cache_len = nullptr;  // int64 (len64) or int32, one element
   bool len64 = true;
   unsigned* ticket = nullptr;  // zero between launches
-  int tile_pairs = 8;          // pairs per block: 8 (16 MMA rows), or 4 (rows g < 4 and g + 8; see rope_tile_pairs)
 
   // The head, the within-head dims (lo, hi) and whether pair p (of the whole output) rotates.
   __device__ __forceinline__ void pair(int p, int& head, int& lo, int& hi, bool& rot) const {
@@ -334,11 +333,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     row_lo = ok_lo ? n : 0;
     row_hi = ok_hi ? n + n_out : 0;
   } else if constexpr (ROPE) {
-    const int p = blockIdx.x * ra.tile_pairs + g;
+    const int p = blockIdx.x * 8 + g;
     int head, lo, hi;
     bool rot;
     ra.pair(p, head, lo, hi, rot);
-    ok_lo = ok_hi = g < ra.tile_pairs && 2 * p < N;
+    ok_lo = ok_hi = 2 * p < N;
     row_lo = ok_lo ? head * ra.d + lo : 0;
     row_hi = ok_hi ? head * ra.d + hi : 0;
   } else {
@@ -400,11 +399,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       ok_r = n < n_out;
       row = n + (r >= 8 ? n_out : 0);
     } else if constexpr (ROPE) {
-      const int p = blockIdx.x * ra.tile_pairs + (r & 7);
+      const int p = blockIdx.x * 8 + (r & 7);
       int head, lo, hi;
       bool rot;
       ra.pair(p, head, lo, hi, rot);
-      ok_r = (r & 7) < ra.tile_pairs && 2 * p < N;
+      ok_r = 2 * p < N;
       row = head * ra.d + (r >= 8 ? hi : lo);
     } else {
       row = blockIdx.x * 16 + r;
@@ -537,8 +536,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     if constexpr (ROPE) {
       // x1 is fragment row lg (j = 0, 1), x2 row lg + 8 (j = 2, 3) of the same column (x row m).
       const int mt = jj >> 1, j = jj & 1;
-      const int m = mt * 8 + 2 * lt + j, p = blockIdx.x * ra.tile_pairs + lg;
-      if (lg < ra.tile_pairs && m < M && 2 * p < N) {
+      const int m = mt * 8 + 2 * lt + j, p = blockIdx.x * 8 + lg;
+      if (m < M && 2 * p < N) {
         int head, lo, hi;
         bool rot;
         ra.pair(p, head, lo, hi, rot);
@@ -710,24 +709,6 @@ int sm_count() {
   return cache[dev];
 }
 
-// Rotation pairs per block of the RoPE epilogue's GEMV: 8 (a full 16-row MMA tile), or 4 (half
-// of the tile's rows left empty) where that spreads the blocks more evenly over the SMs: the
-// share of SM time a grid of T equal blocks can use is T / (S * ceil(T / S)). Llama-3.2-1B's qkv
-// (192 tiles of 8 pairs on 132 SMs: 60 SMs run two blocks, 72 one) and GLM-4's (288) can use 73%,
-// with 4 pairs 97% and 87%; the 8B's 384 tiles are 97% either way, so they keep 8.
-// AUTOGLM_GEMV_ROPE_PAIRS (4 or 8) forces one (a tuning knob; read once per process).
-int rope_tile_pairs(int64_t pairs) {
-  static const int forced = [] {
-    const int v = static_cast<int>(env_knob("AUTOGLM_GEMV_ROPE_PAIRS", 0, 0, 8));
-    TORCH_CHECK_VALUE(v == 0 || v == 4 || v == 8, "AUTOGLM_GEMV_ROPE_PAIRS must be 4 or 8, got ", v);
-    return v;
-  }();
-  if (forced != 0) return forced;
-  const int64_t sms = sm_count();
-  auto used = [sms](int64_t tiles) { return double(tiles) / double(sms * ((tiles + sms - 1) / sms)); };
-  return used((pairs + 3) / 4) >= used((pairs + 7) / 8) + 0.1 ? 4 : 8;
-}
-
 // Dynamic shared memory of a block of `warps` warps: the weight ring of the staged kernel.
 constexpr int ring_bytes(int nb, int warps) { return nb * kUnroll * 64 * 16 * warps; }
 
@@ -841,9 +822,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
                     allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI>, NB, NORM));
   }();
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(w.size(1)), N = static_cast<int>(w.size(0));
-  const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8
-                        : EPI == kEpiRope      ? (N / 2 + ex.rope->tile_pairs - 1) / ex.rope->tile_pairs
-                                               : (N + 15) / 16;
+  const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
   // Split K over more warps while the grid is small (aim for ~16 warps per SM), keeping at
   // least two unrolled batches per warp, and only while all tiles stay resident at once: a
@@ -1131,7 +1110,6 @@ at::Tensor qkv_rope_append_cuda(const at::Tensor& x, const at::Tensor& weight, c
   ra.cache_len = cache_len.data_ptr();
   ra.len64 = cache_len.scalar_type() == at::kLong;
   ra.ticket = reinterpret_cast<unsigned*>(ticket.data_ptr<int32_t>());
-  ra.tile_pairs = rope_tile_pairs(n / 2);
 
   at::Tensor x2 = rows_2d(x).contiguous();
   at::Tensor nw;
