@@ -1029,11 +1029,28 @@ at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const 
   return linear_2d(h, down, bd, Act::kNone, n_out, out_ex).reshape(out_shape(x, n_out));
 }
 
-template <typename scalar_t, int MT>
-void launch_qkv_rope_mt(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
-                        const Extras& ex) {
-  if (ex.norm_weight != nullptr) return launch_gemv_in<scalar_t, MT, Act::kNone, true, kEpiRope>(x, w, bias, y, w.size(0), ex);
-  launch_gemv_in<scalar_t, MT, Act::kNone, false, kEpiRope>(x, w, bias, y, w.size(0), ex);
+template <typename scalar_t, int MT, int EPI>
+void launch_epi_mt(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                   const Extras& ex) {
+  if constexpr (EPI == kEpiRope) {
+    if (ex.norm_weight != nullptr) return launch_gemv_in<scalar_t, MT, Act::kNone, true, EPI>(x, w, bias, y, w.size(0), ex);
+  }
+  TORCH_CHECK(ex.norm_weight == nullptr, "fused_linear: no GEMV norm prologue before this epilogue");
+  launch_gemv_in<scalar_t, MT, Act::kNone, false, EPI>(x, w, bias, y, w.size(0), ex);
+}
+
+// y [M, N] = the plain projection of x [M, K] (contiguous, 16-byte aligned, M <= 16) against
+// w [N, K] with epilogue EPI (kEpiRope: qkv_rope_append, kEpiNorm: linear_add_rms_norm) and the
+// norm prologue / residual of `ex`: the dtype x rows dispatch of both ops (launch_gemv's twin).
+template <int EPI>
+void launch_gemv_epi(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
+                     const Extras& ex) {
+  const bool one_tile = x.size(0) <= 8;
+  if (x.scalar_type() == at::kBFloat16) {
+    one_tile ? launch_epi_mt<at::BFloat16, 1, EPI>(x, w, bias, y, ex) : launch_epi_mt<at::BFloat16, 2, EPI>(x, w, bias, y, ex);
+  } else {
+    one_tile ? launch_epi_mt<at::Half, 1, EPI>(x, w, bias, y, ex) : launch_epi_mt<at::Half, 2, EPI>(x, w, bias, y, ex);
+  }
 }
 
 // autoglm::qkv_rope_append on CUDA: the decode qkv GEMV (with its optional RMSNorm prologue) and
@@ -1128,11 +1145,7 @@ at::Tensor qkv_rope_append_cuda(const at::Tensor& x, const at::Tensor& weight, c
   std::optional<at::Tensor> b;
   if (bias.has_value()) b = bias->contiguous();
   at::Tensor y2 = at::empty({B, n}, x.options());
-  if (x.scalar_type() == at::kBFloat16) {
-    B <= 8 ? launch_qkv_rope_mt<at::BFloat16, 1>(x2, weight, b, y2, ex) : launch_qkv_rope_mt<at::BFloat16, 2>(x2, weight, b, y2, ex);
-  } else {
-    B <= 8 ? launch_qkv_rope_mt<at::Half, 1>(x2, weight, b, y2, ex) : launch_qkv_rope_mt<at::Half, 2>(x2, weight, b, y2, ex);
-  }
+  launch_gemv_epi<kEpiRope>(x2, weight, b, y2, ex);
   return y2.view({B, 1, n});
 }
 
@@ -1171,13 +1184,7 @@ std::tuple<at::Tensor, at::Tensor> linear_add_rms_norm_cuda(const at::Tensor& x,
   pn.ticket = reinterpret_cast<unsigned*>(ticket.data_ptr<int32_t>());
   Extras ex = pro.ex;
   ex.post_norm = &pn;
-  if (x.scalar_type() == at::kBFloat16) {
-    M <= 8 ? launch_gemv_in<at::BFloat16, 1, Act::kNone, false, kEpiNorm>(xc, weight, b, h, n, ex)
-           : launch_gemv_in<at::BFloat16, 2, Act::kNone, false, kEpiNorm>(xc, weight, b, h, n, ex);
-  } else {
-    M <= 8 ? launch_gemv_in<at::Half, 1, Act::kNone, false, kEpiNorm>(xc, weight, b, h, n, ex)
-           : launch_gemv_in<at::Half, 2, Act::kNone, false, kEpiNorm>(xc, weight, b, h, n, ex);
-  }
+  launch_gemv_epi<kEpiNorm>(xc, weight, b, h, ex);
   return {h.view(shape), out.view(shape)};
 }
 
