@@ -72,3 +72,43 @@ def test_rope(benchmark, bandwidth, name, phase, impl):
         timer = GraphTimer(fn, sets)
         record(benchmark, timer, impl=impl, bandwidth=bandwidth, bytes_moved=bytes_moved, model=name, phase=phase,
                tokens=B * S, rotary_dim=R)
+
+
+TABLE_MODELS = ("llama3.1-8b", "glm4-9b")
+TABLE_CASES = [(m, p, impl) for m in TABLE_MODELS for p in PHASES for impl in ("stock", "fused")]
+
+
+@pytest.mark.parametrize("name,phase,impl", TABLE_CASES, ids=[f"{m}-{p}-{i}" for m, p, i in TABLE_CASES])
+def test_rope_tables(benchmark, bandwidth, name, phase, impl):
+    """The model's rotary embedding (cos, sin) per forward: the stock module (six to eight small
+    kernels) vs ops.rope_tables (one launch); bytes = cos and sin written."""
+    from common import GraphTimer, copies_for, record
+
+    from autoglm_kernels import ops
+    from autoglm_kernels.models import reference_config
+
+    dt = torch.bfloat16
+    B, S = PHASES[phase]
+    cfg = reference_config(name)
+    if name == "llama3.1-8b":
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding as Rotary
+    else:
+        from transformers.models.glm4.modeling_glm4 import Glm4RotaryEmbedding as Rotary
+    mod = Rotary(cfg).to("cuda")
+    x = torch.empty(1, device="cuda", dtype=dt)
+    R = 2 * mod.inv_freq.shape[0]
+    bytes_moved = 2 * B * S * R * 2
+    benchmark.group = f"rope tables {name} {phase} B={B} S={S}"
+    sets = [(torch.arange(1000 + i, 1000 + i + S, device="cuda").view(1, S).expand(B, S).contiguous(),)
+            for i in range(copies_for(bytes_moved))]
+    if impl == "stock":
+        def fn(pos):
+            return mod(x, pos)
+    else:
+        def fn(pos):
+            return ops.rope_tables(mod.inv_freq, pos, mod.attention_scaling, dt)
+
+    with torch.no_grad():
+        timer = GraphTimer(fn, sets)
+        record(benchmark, timer, impl=impl, bandwidth=bandwidth, bytes_moved=bytes_moved, model=name, phase=phase,
+               tokens=B * S, rotary_dim=R)
