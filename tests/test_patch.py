@@ -623,3 +623,23 @@ def test_decode_steps_fold_norms_into_the_projections(monkeypatch):
         step["past_key_values"] = cache
         unfolded = model(**step).logits
     torch.testing.assert_close(folded, unfolded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "glm4", "qwen3", "mistral", "glm", "glm4v", "opt"])
+def test_rotary_embedding_patched_only_where_standard(arch):
+    """rotary_emb (ops.rope_tables in captured steps) is patched for the standard modules, left stock
+    with a reason for frequencies recomputed per forward (dynamic RoPE), absent without one."""
+    model = _model(arch)
+    report = patch_model(model, cuda_graphs=False)
+    if arch in ("glm4v", "opt"):  # M-RoPE (position streams) / no RoPE: no row
+        assert report.num_patched("rotary_emb") == 0 and report.num_stock("rotary_emb") == 0
+    else:
+        assert report.num_patched("rotary_emb") == 1 and "forward" in model.model.rotary_emb.__dict__
+    unpatch_model(model)
+    if arch == "llama":
+        model.model.rotary_emb.rope_type = "dynamic"
+        report = patch_model(model, cuda_graphs=False)
+        assert report.num_patched("rotary_emb") == 0
+        assert any("recomputes its frequencies" in r for r in report.reasons("rotary_emb"))
+        assert "forward" not in model.model.rotary_emb.__dict__
+        unpatch_model(model)
