@@ -5,7 +5,7 @@
 # tarball of them to $OUT. Options (environment):
 #   PYTHON=python3  BENCH_FILTER=<pytest -k expr>  SANITIZE=1 (compute-sanitizer memcheck on
 #   the fused-linear GPU tests)  SKIP_BUILD=1  SKIP_TESTS=1  SKIP_BENCH=1  EXTRA="cmd" (run after,
-#   with $RESULTS_DIR naming the results folder)  TESTS_GPU=<index> (tests in the background on
+#   with $RESULTS_DIR naming the results folder; EXTRA_TIMEOUT=<s> cuts it)  TESTS_GPU=<index> (tests in the background on
 #   that GPU, beside the rest)  TEST_TIMEOUT=<s per file>
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,7 +99,8 @@ if [ -z "${SKIP_BENCH:-}" ]; then
   [ -f bench/report.py ] && $PY bench/report.py "$res" 2>&1 | tail -120
 fi
 
-[ -n "${EXTRA:-}" ] && RESULTS_DIR="$res" bash -c "$EXTRA" 2>&1 | tee "$res/extra.log"
+# EXTRA_TIMEOUT=<s>: EXTRA is cut there, so the tarball below is still written within a call's limit.
+[ -n "${EXTRA:-}" ] && RESULTS_DIR="$res" timeout "${EXTRA_TIMEOUT:-86400}" bash -c "$EXTRA" 2>&1 | tee "$res/extra.log"
 
 if [ -n "$tests_pid" ]; then
   wait "$tests_pid" || status=1
