@@ -627,54 +627,6 @@ def test_gpu_three_batch_ring_with_the_norm_prologue():
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
 
 
-_PREFETCH_SCRIPT = """
-import torch
-from autoglm_kernels import ops
-torch.manual_seed(0)
-def captured(fn, *args):
-    fn(*args)  # warm up outside the graph
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn(*args)
-    graph.replay()
-    torch.cuda.synchronize()
-    return out
-for M, K, inner, N in ((1, 64, 40, 46), (5, 2048, 8192, 2048), (16, 4104, 1000, 3)):
-    mk = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16) * s[-1] ** -0.5
-    x, gu, wd, res = mk(M, K), mk(2 * inner, K), mk(N, inner), mk(M, N)
-    nw = (1 + 0.2 * torch.randn(K, device="cuda")).to(torch.bfloat16)
-    for fn, args in ((ops.fused_linear, (x, gu)), (ops.fused_linear, (x, gu, None, "gated_silu")),
-                     (lambda *a: ops.gated_mlp(*a, norm_weight=nw, residual=res), (x, gu, None, wd, None))):
-        assert torch.equal(captured(fn, *args), fn(*args)), (M, K, inner, N)
-print("ok")
-"""
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("mib,row_bytes", [("1", "4096"), ("8", "128"), ("0", "512")])
-def test_gpu_cublas_prefetch_in_capture(mib, row_bytes):
-    """Inside a CUDA-graph capture the cuBLAS path first launches the L2 prefetch of the weight's
-    head (PDL; it waits for the previous kernel before it exits): replays give exactly the eager
-    output, whatever the prefetch budget (bigger than the weight, rows longer than the weight's,
-    off). AUTOGLM_GEMV_MAX_WEIGHT_MIB=0 sends every weight to cuBLAS; the knobs are read once per
-    process, so each setting runs in a subprocess."""
-    env = dict(os.environ, AUTOGLM_GEMV_MAX_WEIGHT_MIB="0", AUTOGLM_PREFETCH_MIB=mib, AUTOGLM_PREFETCH_ROW_BYTES=row_bytes)
-    run = subprocess.run([sys.executable, "-c", _PREFETCH_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
-
-
-@pytest.mark.gpu
-def test_gpu_prefetch_knob_out_of_range_is_a_clear_error():
-    """A prefetch knob outside its range raises an error naming the variable and its range."""
-    env = dict(os.environ, AUTOGLM_GEMV_MAX_WEIGHT_MIB="0", AUTOGLM_PREFETCH_MIB="-1")
-    script = ("import torch\nfrom autoglm_kernels import ops\n"
-              "x = torch.randn(1, 64, device='cuda', dtype=torch.bfloat16)\n"
-              "ops.fused_linear(x, torch.randn(32, 64, device='cuda', dtype=torch.bfloat16))\n")
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0 and "AUTOGLM_PREFETCH_MIB must be an integer in 0..1024" in run.stderr, run.stderr[-2000:]
-
-
 @pytest.mark.gpu
 def test_gpu_prologue_residual_rounding_and_capture():
     """The residual add rounds as `residual + out` does (bit-equal to the plain GEMV + add), and

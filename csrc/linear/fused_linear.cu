@@ -23,7 +23,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
@@ -73,21 +72,6 @@ int64_t max_gemv_weight_bytes() {
 int64_t gemv_prefetch_bytes() {
   static const int64_t bytes = env_knob("AUTOGLM_GEMV_PREFETCH_BYTES", 256, 0, int64_t(1) << 30);
   return bytes;
-}
-// The head of a cuBLAS weight pulled into L2 ahead of a captured decode GEMM (prefetch_head):
-// AUTOGLM_PREFETCH_MIB bytes in all (0: off), AUTOGLM_PREFETCH_ROW_BYTES of each row from its
-// start, weights with K above AUTOGLM_PREFETCH_MAX_K left alone (tuning knobs; read once).
-int64_t prefetch_budget_bytes() {
-  static const int64_t bytes = env_knob("AUTOGLM_PREFETCH_MIB", 8, 0, 1024) << 20;
-  return bytes;
-}
-int64_t prefetch_row_bytes() {
-  static const int64_t bytes = env_knob("AUTOGLM_PREFETCH_ROW_BYTES", 512, 128, int64_t(1) << 20);
-  return bytes;
-}
-int64_t prefetch_max_k() {
-  static const int64_t k = env_knob("AUTOGLM_PREFETCH_MAX_K", INT32_MAX, 0, INT32_MAX);
-  return k;
 }
 // Split-K warps per SM the launch aims at (see launch_gemv_nb). AUTOGLM_GEMV_WARPS_PER_SM
 // overrides it (a tuning knob for benchmarks; read once per process).
@@ -669,20 +653,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 
 // out[r, c] = silu(y[r, c]) * y[r, h + c] for y: [rows, 2h], out: [rows, h]; 8 elements per
 // thread with 16-byte accesses when VEC (h % 8 == 0), else one.
-// L2 prefetch of the first `head_bytes` of each of `rows` weight rows (row_stride bytes apart),
-// one 128-byte line per thread and step. Launched with PDL behind a kernel of ours, it starts
-// while that kernel runs, so HBM keeps streaming across its tail and the launch of the cuBLAS
-// GEMM that reads these bytes first. It waits for the previous kernel before it exits: the GEMM
-// behind it (launched without PDL) then also starts after that kernel, as stream order says.
-__global__ void prefetch_head_kernel(const char* __restrict__ w, int64_t rows, int64_t row_stride, int64_t head_bytes) {
-  const int64_t lines = (head_bytes + 127) / 128;
-  const int64_t total = rows * lines;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
-    prefetch_l2(w + (i / lines) * row_stride + (i % lines) * 128);
-  pdl_wait();
-  pdl_launch_dependents();
-}
-
 template <typename T, bool VEC>
 __global__ void silu_mul_kernel(const T* __restrict__ y, T* __restrict__ out, int64_t rows, int64_t h) {
   pdl_wait();  // launched with PDL where it is on: the down projection's GEMV may launch behind it
@@ -948,26 +918,6 @@ at::Tensor silu_mul(const at::Tensor& y) {
   return out;
 }
 
-// Before a cuBLAS GEMM at decode (M <= 16) inside a CUDA-graph capture: prefetch_head_kernel over
-// the first rows of `weight` [N, K], prefetch_row_bytes() of each, prefetch_budget_bytes() in all.
-// Capture only: there the launch costs no host time, and the graph replays it every step.
-void prefetch_head(const at::Tensor& weight, int64_t M) {
-  const int64_t budget = prefetch_budget_bytes();
-  if (budget == 0 || M > kMaxGemvRows || weight.dim() != 2 || weight.stride(1) != 1 || weight.size(1) > prefetch_max_k() ||
-      c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None)
-    return;
-  const int64_t row_stride = weight.stride(0) * weight.element_size();
-  const int64_t head = std::min(prefetch_row_bytes(), weight.size(1) * weight.element_size());
-  if (head <= 0) return;
-  const int64_t rows = std::min(weight.size(0), budget / head);
-  if (rows <= 0) return;
-  const int threads = 256;
-  const int64_t lines = rows * ((head + 127) / 128);
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((lines + threads - 1) / threads, sm_count()));
-  launch_pdl(prefetch_head_kernel, dim3(blocks), dim3(threads), 0, c10::cuda::getCurrentCUDAStream(),
-             static_cast<const char*>(weight.data_ptr()), rows, row_stride, head);
-}
-
 // The best stock path for x2 [M, K] (any M): cuBLAS(Lt) GEMM with what epilogue it can fuse.
 at::Tensor gemm_path(const at::Tensor& x2, const at::Tensor& weight, const std::optional<at::Tensor>& bias, Act act) {
   const bool reduced = x2.scalar_type() == at::kHalf || x2.scalar_type() == at::kBFloat16;
@@ -1006,7 +956,6 @@ at::Tensor linear_2d(const at::Tensor& x2, const at::Tensor& weight, const std::
     return linear_2d(reference_rms_norm(x2, *ex.norm_weight, ex.eps), weight, b, act, n_out, plain);
   }
   if (!gemv) {
-    prefetch_head(weight, M);
     at::Tensor y = gemm_path(x2, weight, b, act);
     return ex.residual != nullptr ? y.add_(*ex.residual) : y;
   }
