@@ -627,6 +627,32 @@ def test_gpu_three_batch_ring_with_the_norm_prologue():
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
 
 
+_KNOB_SCRIPT = """
+import torch
+from autoglm_kernels import ops
+x = torch.randn(1, 64, device="cuda", dtype=torch.bfloat16)
+try:
+    ops.fused_linear(x, torch.randn(32, 64, device="cuda", dtype=torch.bfloat16))
+except ValueError as e:
+    print("ValueError:", e)
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,value,message", [
+    ("AUTOGLM_GEMV_STAGES", "1", "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1"),
+    ("AUTOGLM_GEMV_MAX_WEIGHT_MIB", "-1", "AUTOGLM_GEMV_MAX_WEIGHT_MIB must be an integer in 0..1073741824, got '-1'"),
+    ("AUTOGLM_GEMV_WARPS_PER_SM", "many", "AUTOGLM_GEMV_WARPS_PER_SM must be an integer in 1..64, got 'many'"),
+])
+def test_gpu_tuning_knob_out_of_range_is_a_clear_error(name, value, message):
+    """A GEMV tuning knob (read once per process, so in a subprocess) outside its range raises a
+    ValueError naming the variable and what it accepts, in the first call that reads it."""
+    env = dict(os.environ, **{name: value})
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _KNOB_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and f"ValueError: {message}" in run.stdout, (run.returncode, run.stdout, run.stderr[-3000:])
+
+
 @pytest.mark.gpu
 def test_gpu_prologue_residual_rounding_and_capture():
     """The residual add rounds as `residual + out` does (bit-equal to the plain GEMV + add), and
