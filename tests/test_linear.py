@@ -627,15 +627,25 @@ def test_gpu_three_batch_ring_with_the_norm_prologue():
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
 
 
-_KNOB_SCRIPT = """
-import torch
+_ERROR_SCRIPT = """
+import sys, torch
 from autoglm_kernels import ops
 x = torch.randn(1, 64, device="cuda", dtype=torch.bfloat16)
-try:
-    ops.fused_linear(x, torch.randn(32, 64, device="cuda", dtype=torch.bfloat16))
-except ValueError as e:
-    print("ValueError:", e)
+w = torch.randn(int(sys.argv[1]), 64, device="cuda", dtype=torch.bfloat16)
+for _ in range(2):  # a knob is read once per process; every call that uses it raises
+    try:
+        torch.ops.autoglm.fused_linear.default(x, w, None, sys.argv[2])  # the native op, no Python checks first
+    except ValueError as e:
+        print("ValueError:", e)
 """
+
+
+def _expect_value_error(env: dict, args: tuple, message: str) -> None:
+    """Runs _ERROR_SCRIPT in a fresh process (faulthandler on): both calls must raise `message`."""
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _ERROR_SCRIPT, *args], env=dict(os.environ, **env),
+                         capture_output=True, text=True, timeout=300)
+    if run.returncode != 0 or run.stdout.count(f"ValueError: {message}") != 2:
+        pytest.fail(f"exit code {run.returncode}\nstdout:\n{run.stdout}\nstderr:\n{run.stderr[-4000:]}")
 
 
 @pytest.mark.gpu
@@ -643,14 +653,18 @@ except ValueError as e:
     ("AUTOGLM_GEMV_STAGES", "1", "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1"),
     ("AUTOGLM_GEMV_MAX_WEIGHT_MIB", "-1", "AUTOGLM_GEMV_MAX_WEIGHT_MIB must be an integer in 0..1073741824, got '-1'"),
     ("AUTOGLM_GEMV_WARPS_PER_SM", "many", "AUTOGLM_GEMV_WARPS_PER_SM must be an integer in 1..64, got 'many'"),
+    ("AUTOGLM_GEMV_PREFETCH_BYTES", "4k", "AUTOGLM_GEMV_PREFETCH_BYTES must be an integer in 0..1073741824, got '4k'"),
 ])
 def test_gpu_tuning_knob_out_of_range_is_a_clear_error(name, value, message):
-    """A GEMV tuning knob (read once per process, so in a subprocess) outside its range raises a
-    ValueError naming the variable and what it accepts, in the first call that reads it."""
-    env = dict(os.environ, **{name: value})
-    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _KNOB_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0 and f"ValueError: {message}" in run.stdout, (run.returncode, run.stdout, run.stderr[-3000:])
+    """A GEMV tuning knob outside its range raises a ValueError naming the variable and what it
+    accepts, in every call that reads it (the first one used to die with SIGSEGV instead)."""
+    _expect_value_error({name: value}, ("32", "none"), message)
+
+
+@pytest.mark.gpu
+def test_gpu_native_op_error_with_a_formatted_message():
+    """An argument error raised by the CUDA op itself (formatted message) reaches Python."""
+    _expect_value_error({}, ("33", "gated_silu"), "fused_linear: gated_silu needs an even N (gate and up halves), got N=33")
 
 
 @pytest.mark.gpu

@@ -42,16 +42,27 @@ namespace linear {
 namespace {
 
 constexpr int kMaxGemvRows = 16;  // M above this goes to the GEMM path
-// An integer tuning knob from the environment (read once per call site: callers cache it), in
-// [lo, hi]; `fallback` when unset; a clear error otherwise.
-int64_t env_knob(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+// An integer tuning knob from the environment, read once per process (callers keep it in a
+// function-local static): its value (`fallback` when unset), or for anything but an integer in
+// [lo, hi] the error every call that uses it raises (knob_value). Reading never throws, so no
+// exception leaves a static initializer (on the H100 machine's build, a c10 error thrown from
+// there killed the process with SIGSEGV instead of reaching Python: bench/results/..._0448_...).
+struct Knob {
+  int64_t value;
+  std::string error;  // empty: valid
+};
+Knob read_knob(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
   const char* env = std::getenv(name);
-  if (env == nullptr || *env == '\0') return fallback;
+  if (env == nullptr || *env == '\0') return {fallback, {}};
   char* end = nullptr;
   const long long v = std::strtoll(env, &end, 10);
-  TORCH_CHECK_VALUE(end != env && *end == '\0' && v >= lo && v <= hi, name, " must be an integer in ", lo, "..", hi,
-                    ", got '", env, "'");
-  return static_cast<int64_t>(v);
+  if (end != env && *end == '\0' && v >= lo && v <= hi) return {static_cast<int64_t>(v), {}};
+  return {fallback, std::string(name) + " must be an integer in " + std::to_string(lo) + ".." + std::to_string(hi) +
+                        ", got '" + env + "'"};
+}
+int64_t knob_value(const Knob& knob) {
+  TORCH_CHECK_VALUE(knob.error.empty(), knob.error);
+  return knob.value;
 }
 
 // Weights larger than this go to cuBLAS (+ the fused epilogue) even at M <= 16: measured on H100,
@@ -63,21 +74,21 @@ int64_t env_knob(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
 // (step 1.159 vs 1.242 ms, bench/results/..._1144_...).
 // AUTOGLM_GEMV_MAX_WEIGHT_MIB overrides it (a tuning knob for benchmarks; read once per process).
 int64_t max_gemv_weight_bytes() {
-  static const int64_t bytes = env_knob("AUTOGLM_GEMV_MAX_WEIGHT_MIB", 64, 0, int64_t(1) << 30) << 20;
-  return bytes;
+  static const Knob mib = read_knob("AUTOGLM_GEMV_MAX_WEIGHT_MIB", 64, 0, int64_t(1) << 30);
+  return knob_value(mib) << 20;
 }
 // Bytes of each weight row a warp pulls into L2 before it waits for the previous kernel (see
 // gemv_kernel; register kernel only): one unrolled batch (kUnroll steps: 256 bytes). Deeper
 // prefetch measured slower (L2 thrash). AUTOGLM_GEMV_PREFETCH_BYTES overrides it (read once).
 int64_t gemv_prefetch_bytes() {
-  static const int64_t bytes = env_knob("AUTOGLM_GEMV_PREFETCH_BYTES", 256, 0, int64_t(1) << 30);
-  return bytes;
+  static const Knob bytes = read_knob("AUTOGLM_GEMV_PREFETCH_BYTES", 256, 0, int64_t(1) << 30);
+  return knob_value(bytes);
 }
 // Split-K warps per SM the launch aims at (see launch_gemv_nb). AUTOGLM_GEMV_WARPS_PER_SM
 // overrides it (a tuning knob for benchmarks; read once per process).
 int gemv_warps_per_sm() {
-  static const int warps = static_cast<int>(env_knob("AUTOGLM_GEMV_WARPS_PER_SM", 16, 1, 64));
-  return warps;
+  static const Knob warps = read_knob("AUTOGLM_GEMV_WARPS_PER_SM", 16, 1, 64);
+  return static_cast<int>(knob_value(warps));
 }
 constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
 constexpr int kUnroll = 4;        // steps whose loads are in flight together (4 KB of weight per warp)
@@ -757,11 +768,12 @@ int resident_blocks(int warps, int extra_smem, int smem_limit) {
 // of ring, one per SM), so M > 8 keeps the register kernel. AUTOGLM_GEMV_STAGES (0, 2 or 3)
 // overrides both (a tuning knob; read once per process).
 int gemv_stages(int mt) {
-  static const int env_nb = [] {
-    const int v = static_cast<int>(env_knob("AUTOGLM_GEMV_STAGES", -1, 0, 3));
-    TORCH_CHECK_VALUE(v != 1, "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1");
-    return v;
+  static const Knob stages = [] {
+    Knob k = read_knob("AUTOGLM_GEMV_STAGES", -1, 0, 3);
+    if (k.error.empty() && k.value == 1) k.error = "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1";
+    return k;
   }();
+  const int env_nb = static_cast<int>(knob_value(stages));
   return env_nb >= 0 ? env_nb : (mt == 1 ? 2 : 0);
 }
 
