@@ -631,20 +631,21 @@ _ERROR_SCRIPT = """
 import sys, torch
 from autoglm_kernels import ops
 x = torch.randn(1, 64, device="cuda", dtype=torch.bfloat16)
-w = torch.randn(int(sys.argv[1]), 64, device="cuda", dtype=torch.bfloat16)
+w = torch.randn(int(sys.argv[1]), 64, device="cuda", dtype=getattr(torch, sys.argv[3]))
 for _ in range(2):  # a knob is read once per process; every call that uses it raises
     try:
         torch.ops.autoglm.fused_linear.default(x, w, None, sys.argv[2])  # the native op, no Python checks first
-    except ValueError as e:
-        print("ValueError:", e)
+    except (ValueError, TypeError) as e:
+        print(f"{type(e).__name__}: {e}")
 """
 
 
-def _expect_value_error(env: dict, args: tuple, message: str) -> None:
-    """Runs _ERROR_SCRIPT in a fresh process (faulthandler on): both calls must raise `message`."""
+def _expect_error(env: dict, args: tuple, message: str) -> None:
+    """Runs _ERROR_SCRIPT (N, activation, weight dtype) in a fresh process with faulthandler on:
+    both calls must raise `message` ("ValueError: ..." / "TypeError: ...")."""
     run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _ERROR_SCRIPT, *args], env=dict(os.environ, **env),
                          capture_output=True, text=True, timeout=300)
-    if run.returncode != 0 or run.stdout.count(f"ValueError: {message}") != 2:
+    if run.returncode != 0 or run.stdout.count(message) != 2:
         pytest.fail(f"exit code {run.returncode}\nstdout:\n{run.stdout}\nstderr:\n{run.stderr[-4000:]}")
 
 
@@ -658,13 +659,18 @@ def _expect_value_error(env: dict, args: tuple, message: str) -> None:
 def test_gpu_tuning_knob_out_of_range_is_a_clear_error(name, value, message):
     """A GEMV tuning knob outside its range raises a ValueError naming the variable and what it
     accepts, in every call that reads it (the first one used to die with SIGSEGV instead)."""
-    _expect_value_error({name: value}, ("32", "none"), message)
+    _expect_error({name: value}, ("32", "none", "bfloat16"), f"ValueError: {message}")
 
 
 @pytest.mark.gpu
-def test_gpu_native_op_error_with_a_formatted_message():
-    """An argument error raised by the CUDA op itself (formatted message) reaches Python."""
-    _expect_value_error({}, ("33", "gated_silu"), "fused_linear: gated_silu needs an even N (gate and up halves), got N=33")
+@pytest.mark.parametrize("args,message", [
+    (("33", "gated_silu", "bfloat16"), "ValueError: fused_linear: gated_silu needs an even N (gate and up halves), got N=33"),
+    (("32", "none", "float16"), "TypeError: fused_linear: weight dtype Half differs from x dtype BFloat16"),
+])
+def test_gpu_native_op_error_with_a_formatted_message(args, message):
+    """An argument error raised by the CUDA op itself, its message formatted from numbers and
+    dtypes, reaches Python (c10's own formatting crashed the process there: csrc/check.h)."""
+    _expect_error({}, args, message)
 
 
 @pytest.mark.gpu

@@ -44,9 +44,8 @@ namespace {
 constexpr int kMaxGemvRows = 16;  // M above this goes to the GEMM path
 // An integer tuning knob from the environment, read once per process (callers keep it in a
 // function-local static): its value (`fallback` when unset), or for anything but an integer in
-// [lo, hi] the error every call that uses it raises (knob_value). Reading never throws, so no
-// exception leaves a static initializer (on the H100 machine's build, a c10 error thrown from
-// there killed the process with SIGSEGV instead of reaching Python: bench/results/..._0448_...).
+// [lo, hi] the error every call that uses it raises (knob_value), not only the first. The
+// message is one std::string (see check.h for why).
 struct Knob {
   int64_t value;
   std::string error;  // empty: valid
@@ -61,7 +60,7 @@ Knob read_knob(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
                         ", got '" + env + "'"};
 }
 int64_t knob_value(const Knob& knob) {
-  TORCH_CHECK_VALUE(knob.error.empty(), knob.error);
+  AG_CHECK_VALUE(knob.error.empty(), knob.error);
   return knob.value;
 }
 
@@ -882,7 +881,7 @@ void launch_gemv_act(const at::Tensor& x, const at::Tensor& w, const std::option
   if constexpr (ACT == Act::kNone || ACT == Act::kGatedSilu) {
     if (ex.norm_weight != nullptr) return launch_gemv_in<scalar_t, MT, ACT, true>(x, w, bias, y, n_out, ex);
   }
-  TORCH_CHECK(ex.norm_weight == nullptr, "fused_linear: no GEMV norm prologue for this activation");
+  AG_CHECK(ex.norm_weight == nullptr, "fused_linear: no GEMV norm prologue for this activation");
   launch_gemv_in<scalar_t, MT, ACT, false>(x, w, bias, y, n_out, ex);
 }
 
@@ -1008,7 +1007,7 @@ at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight, cons
                              double norm_eps, const std::optional<at::Tensor>& residual) {
   const Act act = parse_activation(activation);
   const int64_t n_out = check_args(x, weight, bias, act);
-  TORCH_CHECK_VALUE(x.is_cuda(), "fused_linear: x must be a CUDA tensor here, got ", x.device());
+  AG_CHECK_VALUE(x.is_cuda(), "fused_linear: x must be a CUDA tensor here, got ", x.device());
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const Prologue pro("fused_linear", x, norm_weight, norm_eps, residual, n_out);
   std::optional<at::Tensor> b;
@@ -1026,7 +1025,7 @@ at::Tensor gated_mlp_cuda(const at::Tensor& x, const at::Tensor& gate_up, const 
                           const std::optional<at::Tensor>& norm_weight, double norm_eps,
                           const std::optional<at::Tensor>& residual) {
   const int64_t n_out = check_mlp_args(x, gate_up, gate_up_bias, down, down_bias);
-  TORCH_CHECK_VALUE(x.is_cuda(), "gated_mlp: x must be a CUDA tensor here, got ", x.device());
+  AG_CHECK_VALUE(x.is_cuda(), "gated_mlp: x must be a CUDA tensor here, got ", x.device());
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const Prologue pro("gated_mlp", x, norm_weight, norm_eps, residual, n_out);
   std::optional<at::Tensor> bg, bd;
@@ -1047,7 +1046,7 @@ void launch_epi_mt(const at::Tensor& x, const at::Tensor& w, const std::optional
   if constexpr (EPI == kEpiRope) {
     if (ex.norm_weight != nullptr) return launch_gemv_in<scalar_t, MT, Act::kNone, true, EPI>(x, w, bias, y, w.size(0), ex);
   }
-  TORCH_CHECK(ex.norm_weight == nullptr, "fused_linear: no GEMV norm prologue before this epilogue");
+  AG_CHECK(ex.norm_weight == nullptr, "fused_linear: no GEMV norm prologue before this epilogue");
   launch_gemv_in<scalar_t, MT, Act::kNone, false, EPI>(x, w, bias, y, w.size(0), ex);
 }
 
@@ -1077,31 +1076,31 @@ at::Tensor qkv_rope_append_cuda(const at::Tensor& x, const at::Tensor& weight, c
                                 const at::Tensor& cache_len, const at::Tensor& ticket, int64_t num_q_heads) {
   constexpr const char* op = "qkv_rope_append";
   const int64_t n = check_args(x, weight, bias, Act::kNone);
-  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
-  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(1) == 1, op, ": x must be [B, 1, K] (one decode token per sequence), got ",
+  AG_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
+  AG_CHECK_VALUE(x.dim() == 3 && x.size(1) == 1, op, ": x must be [B, 1, K] (one decode token per sequence), got ",
                     x.sizes());
   const int64_t B = x.size(0);
-  TORCH_CHECK_VALUE(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && k_cache.size(0) == B, op,
+  AG_CHECK_VALUE(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && k_cache.size(0) == B, op,
                     ": k_cache and v_cache must both be [B=", B, ", Hk, capacity, D]; got ", k_cache.sizes(), " and ",
                     v_cache.sizes());
   for (const at::Tensor* t : {&k_cache, &v_cache}) {
-    TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), op, ": cache dtype ", t->scalar_type(), " differs from x dtype ",
+    AG_CHECK_TYPE(t->scalar_type() == x.scalar_type(), op, ": cache dtype ", t->scalar_type(), " differs from x dtype ",
                      x.scalar_type());
-    TORCH_CHECK_VALUE(t->device() == x.device() && t->stride(3) == 1, op,
+    AG_CHECK_VALUE(t->device() == x.device() && t->stride(3) == 1, op,
                       ": the caches must be on x's device with a contiguous last dim");
   }
   const int64_t hk = k_cache.size(1), d = k_cache.size(3);
-  TORCH_CHECK_VALUE(d % 16 == 0, op, ": head_dim must be a multiple of 16, got ", d);
-  TORCH_CHECK_VALUE(num_q_heads >= 1 && n == (num_q_heads + 2 * hk) * d, op, ": weight has N=", n, " rows but ",
+  AG_CHECK_VALUE(d % 16 == 0, op, ": head_dim must be a multiple of 16, got ", d);
+  AG_CHECK_VALUE(num_q_heads >= 1 && n == (num_q_heads + 2 * hk) * d, op, ": weight has N=", n, " rows but ",
                     num_q_heads, " q heads and ", hk, " kv heads of ", d, " dims need ", (num_q_heads + 2 * hk) * d);
-  TORCH_CHECK_TYPE(cache_len.scalar_type() == at::kLong || cache_len.scalar_type() == at::kInt, op,
+  AG_CHECK_TYPE(cache_len.scalar_type() == at::kLong || cache_len.scalar_type() == at::kInt, op,
                    ": cache_len must be int64 or int32, got ", cache_len.scalar_type());
-  TORCH_CHECK_TYPE(ticket.scalar_type() == at::kInt, op, ": ticket must be int32, got ", ticket.scalar_type());
-  TORCH_CHECK_VALUE(cache_len.numel() == 1 && ticket.numel() == 1 && cache_len.device() == x.device() &&
+  AG_CHECK_TYPE(ticket.scalar_type() == at::kInt, op, ": ticket must be int32, got ", ticket.scalar_type());
+  AG_CHECK_VALUE(cache_len.numel() == 1 && ticket.numel() == 1 && cache_len.device() == x.device() &&
                         ticket.device() == x.device(),
                     op, ": cache_len and ticket must be one-element tensors on x's device");
-  TORCH_CHECK_VALUE(cos.has_value() == sin.has_value(), op, ": pass both cos and sin, or neither (no RoPE)");
-  TORCH_CHECK_VALUE(gemv_takes(x.scalar_type(), B, weight), op,
+  AG_CHECK_VALUE(cos.has_value() == sin.has_value(), op, ": pass both cos and sin, or neither (no RoPE)");
+  AG_CHECK_VALUE(gemv_takes(x.scalar_type(), B, weight), op,
                     ": this weight and batch do not take the decode GEMV (fuses_prologue is false); "
                     "use fused_linear + rope_append_kv");
   check_prologue(op, x, norm_weight, norm_eps, std::nullopt, n);
@@ -1110,15 +1109,15 @@ at::Tensor qkv_rope_append_cuda(const at::Tensor& x, const at::Tensor& weight, c
   RopeArgs ra;
   if (cos.has_value()) {
     const at::Tensor &c = *cos, &s = *sin;
-    TORCH_CHECK_VALUE(c.dim() == 3 && c.sizes() == s.sizes() && (c.size(0) == 1 || c.size(0) == B) && c.size(1) == 1,
+    AG_CHECK_VALUE(c.dim() == 3 && c.sizes() == s.sizes() && (c.size(0) == 1 || c.size(0) == B) && c.size(1) == 1,
                       op, ": cos and sin must be [B=", B, " or 1, 1, R]; got ", c.sizes(), " and ", s.sizes());
-    TORCH_CHECK_TYPE(c.scalar_type() == x.scalar_type() && s.scalar_type() == x.scalar_type(), op,
+    AG_CHECK_TYPE(c.scalar_type() == x.scalar_type() && s.scalar_type() == x.scalar_type(), op,
                      ": cos/sin dtype must be x's (", x.scalar_type(), "), got ", c.scalar_type());
-    TORCH_CHECK_VALUE(c.device() == x.device() && s.device() == x.device(), op, ": cos/sin must be on x's device");
+    AG_CHECK_VALUE(c.device() == x.device() && s.device() == x.device(), op, ": cos/sin must be on x's device");
     const int64_t R = c.size(2);
-    TORCH_CHECK_VALUE(R >= 2 && R % 2 == 0 && R <= d, op, ": rotary dim R=", R, " must be even, >= 2 and <= head_dim ",
+    AG_CHECK_VALUE(R >= 2 && R % 2 == 0 && R <= d, op, ": rotary dim R=", R, " must be even, >= 2 and <= head_dim ",
                       d);
-    TORCH_CHECK_VALUE(rope_layout >= 0 && rope_layout <= 2, op, ": rope_layout must be 0, 1 or 2, got ", rope_layout);
+    AG_CHECK_VALUE(rope_layout >= 0 && rope_layout <= 2, op, ": rope_layout must be 0, 1 or 2, got ", rope_layout);
     ra.cos = c.data_ptr();
     ra.sin = s.data_ptr();
     ra.cos_b = c.size(0) == 1 ? 0 : c.stride(0);
@@ -1170,10 +1169,10 @@ std::tuple<at::Tensor, at::Tensor> linear_add_rms_norm_cuda(const at::Tensor& x,
                                                             double norm_eps, const at::Tensor& ticket) {
   constexpr const char* op = "linear_add_rms_norm";
   const int64_t n = check_args(x, weight, bias, Act::kNone);
-  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
+  AG_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
   check_post_norm(op, x, norm_weight, norm_eps, n);
-  TORCH_CHECK_TYPE(ticket.scalar_type() == at::kInt, op, ": ticket must be int32, got ", ticket.scalar_type());
-  TORCH_CHECK_VALUE(ticket.numel() == 1 && ticket.device() == x.device(), op,
+  AG_CHECK_TYPE(ticket.scalar_type() == at::kInt, op, ": ticket must be int32, got ", ticket.scalar_type());
+  AG_CHECK_VALUE(ticket.numel() == 1 && ticket.device() == x.device(), op,
                     ": ticket must be a one-element tensor on x's device");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const Prologue pro(op, x, std::nullopt, norm_eps, residual, n);
