@@ -8,6 +8,7 @@ modest so the file also runs under `compute-sanitizer --tool memcheck` (-k "not 
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -169,12 +170,18 @@ def test_bad_input_errors(case, exc, match):
 
 @needs_native
 @pytest.mark.parametrize(
-    "case,exc",
-    [("dtype", TypeError), ("k", ValueError), ("odd_gated", ValueError), ("act", ValueError), ("w3d", ValueError),
-     ("bias", ValueError), ("noncontig_w", ValueError)],
+    "case,exc,message",
+    [("dtype", TypeError, "fused_linear: weight dtype Double differs from x dtype Float"),
+     ("k", ValueError, "fused_linear: the input has K=15 but weight is [9, 16]"),
+     ("odd_gated", ValueError, "fused_linear: gated_silu needs an even N (gate and up halves), got N=9"),
+     ("act", ValueError, "fused_linear: unknown activation 'tanh'; expected one of: none, relu, gelu, silu, gated_silu"),
+     ("w3d", ValueError, "fused_linear: weight must be 2-D [N, K], got 3 dims"),
+     ("bias", ValueError, "fused_linear: weight's bias must be [9], got [10]"),
+     ("noncontig_w", ValueError, "fused_linear: weight must be contiguous")],
 )
-def test_native_op_checks_its_arguments(case, exc):
-    """Calling torch.ops.autoglm.fused_linear directly (no wrapper) still fails cleanly."""
+def test_native_op_checks_its_arguments(case, exc, message):
+    """Calling torch.ops.autoglm.fused_linear directly (no wrapper) still fails cleanly, with the
+    whole message (built by csrc/check.h: numbers, dtypes and sizes as c10 prints them)."""
     x, w, b = make(2, 16, 9, torch.float32, "cpu")
     act = "none"
     if case == "dtype":
@@ -191,7 +198,7 @@ def test_native_op_checks_its_arguments(case, exc):
         b = torch.randn(10)
     elif case == "noncontig_w":
         w = torch.randn(16, 9).t()
-    with pytest.raises(exc):
+    with pytest.raises(exc, match=re.escape(message)):
         torch.ops.autoglm.fused_linear.default(x, w, b, act)
 
 
@@ -553,17 +560,21 @@ def test_prologue_bad_input_errors(case, exc, match):
 
 
 @needs_native
-@pytest.mark.parametrize("case", ["norm_size", "eps", "res_shape"])
-def test_native_prologue_checks_its_arguments(case):
+@pytest.mark.parametrize("case,message", [
+    ("norm_size", "fused_linear: norm_weight must be [K] = [16], got [15]"),
+    ("eps", "fused_linear: norm_eps must be > 0, got -1.5e-06"),
+    ("res_shape", "fused_linear: residual must have the output's shape [2, 9], got [9]"),
+])
+def test_native_prologue_checks_its_arguments(case, message):
     x, w, b = make(2, 16, 9, torch.float32, "cpu")
     nw, res, eps = torch.ones(16), torch.zeros(2, 9), 1e-6
     if case == "norm_size":
         nw = torch.ones(15)
     elif case == "eps":
-        eps = -1.0
+        eps = -1.5e-6
     elif case == "res_shape":
         res = torch.zeros(9)
-    with pytest.raises(ValueError, match="fused_linear: (norm_weight|norm_eps|residual)"):
+    with pytest.raises(ValueError, match=re.escape(message)):
         torch.ops.autoglm.fused_linear.default(x, w, b, "none", nw, eps, res)
 
 
