@@ -9,12 +9,30 @@ S=1) and prefill (B=1, S=4096). cos/sin come from the model's own rotary embeddi
 bytes = the rotary dims of q and k read and written plus cos/sin read, for both impls.
 """
 
+import importlib
+
 import pytest
 import torch
 
 MODELS = ("llama3.1-8b", "glm4-9b", "autoglm-phone-9b")
 PHASES = {"decode": (1, 1), "prefill": (1, 4096)}
 CASES = [(m, p, impl) for m in MODELS for p in PHASES for impl in ("stock", "fused")]
+
+
+# name -> (the model file, its rotary embedding class, GLM's interleaved rotation): the one place
+# both benchmarks take the stock module and apply_rotary_pos_emb from.
+ROTARY = {
+    "llama3.1-8b": ("transformers.models.llama.modeling_llama", "LlamaRotaryEmbedding", False),
+    "glm4-9b": ("transformers.models.glm4.modeling_glm4", "Glm4RotaryEmbedding", True),
+    "autoglm-phone-9b": ("transformers.models.glm4v.modeling_glm4v", "Glm4vTextRotaryEmbedding", True),
+}
+
+
+def _rotary(name, cfg):
+    """(the model's rotary embedding module on CUDA, its file's apply_rotary_pos_emb, interleaved)."""
+    path, cls, interleaved = ROTARY[name]
+    module = importlib.import_module(path)
+    return getattr(module, cls)(cfg).to("cuda"), module.apply_rotary_pos_emb, interleaved
 
 
 def _setup(name, B, S, dt):
@@ -26,17 +44,12 @@ def _setup(name, B, S, dt):
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // Hq
     x = torch.empty(1, device="cuda", dtype=dt)
     pos = torch.arange(1000, 1000 + S, device="cuda").view(1, S).expand(B, S)
-    if name == "llama3.1-8b":
-        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
-        cos, sin = LlamaRotaryEmbedding(cfg).to("cuda")(x, pos)
-        return Hq, Hk, D, cos, sin, apply_rotary_pos_emb, False, None
-    if name == "glm4-9b":
-        from transformers.models.glm4.modeling_glm4 import Glm4RotaryEmbedding, apply_rotary_pos_emb
-        cos, sin = Glm4RotaryEmbedding(cfg).to("cuda")(x, pos)
-        return Hq, Hk, D, cos, sin, apply_rotary_pos_emb, True, None
-    from transformers.models.glm4v.modeling_glm4v import Glm4vTextRotaryEmbedding, apply_rotary_pos_emb
-    cos, sin = Glm4vTextRotaryEmbedding(cfg).to("cuda")(x, pos.unsqueeze(0).expand(3, B, S))
-    return Hq, Hk, D, cos, sin, apply_rotary_pos_emb, True, list(cfg.rope_parameters["mrope_section"])
+    rotary, apply, interleaved = _rotary(name, cfg)
+    mrope = (cfg.rope_parameters or {}).get("mrope_section")
+    if mrope is not None:  # M-RoPE: one position row per section kind (text: all three equal)
+        pos = pos.unsqueeze(0).expand(3, B, S)
+    cos, sin = rotary(x, pos)
+    return Hq, Hk, D, cos, sin, apply, interleaved, None if mrope is None else list(mrope)
 
 
 @pytest.mark.parametrize("name,phase,impl", CASES, ids=[f"{m}-{p}-{i}" for m, p, i in CASES])
@@ -89,12 +102,7 @@ def test_rope_tables(benchmark, bandwidth, name, phase, impl):
 
     dt = torch.bfloat16
     B, S = PHASES[phase]
-    cfg = reference_config(name)
-    if name == "llama3.1-8b":
-        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding as Rotary
-    else:
-        from transformers.models.glm4.modeling_glm4 import Glm4RotaryEmbedding as Rotary
-    mod = Rotary(cfg).to("cuda")
+    mod, _, _ = _rotary(name, reference_config(name))
     x = torch.empty(1, device="cuda", dtype=dt)
     R = 2 * mod.inv_freq.shape[0]
     bytes_moved = 2 * B * S * R * 2
