@@ -1078,31 +1078,31 @@ at::Tensor qkv_rope_append_cuda(const at::Tensor& x, const at::Tensor& weight, c
   const int64_t n = check_args(x, weight, bias, Act::kNone);
   AG_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor here, got ", x.device());
   AG_CHECK_VALUE(x.dim() == 3 && x.size(1) == 1, op, ": x must be [B, 1, K] (one decode token per sequence), got ",
-                    x.sizes());
+                 x.sizes());
   const int64_t B = x.size(0);
   AG_CHECK_VALUE(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && k_cache.size(0) == B, op,
-                    ": k_cache and v_cache must both be [B=", B, ", Hk, capacity, D]; got ", k_cache.sizes(), " and ",
-                    v_cache.sizes());
+                 ": k_cache and v_cache must both be [B=", B, ", Hk, capacity, D]; got ", k_cache.sizes(), " and ",
+                 v_cache.sizes());
   for (const at::Tensor* t : {&k_cache, &v_cache}) {
     AG_CHECK_TYPE(t->scalar_type() == x.scalar_type(), op, ": cache dtype ", t->scalar_type(), " differs from x dtype ",
-                     x.scalar_type());
+                  x.scalar_type());
     AG_CHECK_VALUE(t->device() == x.device() && t->stride(3) == 1, op,
-                      ": the caches must be on x's device with a contiguous last dim");
+                   ": the caches must be on x's device with a contiguous last dim");
   }
   const int64_t hk = k_cache.size(1), d = k_cache.size(3);
   AG_CHECK_VALUE(d % 16 == 0, op, ": head_dim must be a multiple of 16, got ", d);
   AG_CHECK_VALUE(num_q_heads >= 1 && n == (num_q_heads + 2 * hk) * d, op, ": weight has N=", n, " rows but ",
-                    num_q_heads, " q heads and ", hk, " kv heads of ", d, " dims need ", (num_q_heads + 2 * hk) * d);
+                 num_q_heads, " q heads and ", hk, " kv heads of ", d, " dims need ", (num_q_heads + 2 * hk) * d);
   AG_CHECK_TYPE(cache_len.scalar_type() == at::kLong || cache_len.scalar_type() == at::kInt, op,
-                   ": cache_len must be int64 or int32, got ", cache_len.scalar_type());
+                ": cache_len must be int64 or int32, got ", cache_len.scalar_type());
   AG_CHECK_TYPE(ticket.scalar_type() == at::kInt, op, ": ticket must be int32, got ", ticket.scalar_type());
   AG_CHECK_VALUE(cache_len.numel() == 1 && ticket.numel() == 1 && cache_len.device() == x.device() &&
-                        ticket.device() == x.device(),
-                    op, ": cache_len and ticket must be one-element tensors on x's device");
+                     ticket.device() == x.device(),
+                 op, ": cache_len and ticket must be one-element tensors on x's device");
   AG_CHECK_VALUE(cos.has_value() == sin.has_value(), op, ": pass both cos and sin, or neither (no RoPE)");
   AG_CHECK_VALUE(gemv_takes(x.scalar_type(), B, weight), op,
-                    ": this weight and batch do not take the decode GEMV (fuses_prologue is false); "
-                    "use fused_linear + rope_append_kv");
+                 ": this weight and batch do not take the decode GEMV (fuses_prologue is false); "
+                 "use fused_linear + rope_append_kv");
   check_prologue(op, x, norm_weight, norm_eps, std::nullopt, n);
   const c10::cuda::OptionalCUDAGuard guard(x.device());
 
@@ -1110,13 +1110,13 @@ at::Tensor qkv_rope_append_cuda(const at::Tensor& x, const at::Tensor& weight, c
   if (cos.has_value()) {
     const at::Tensor &c = *cos, &s = *sin;
     AG_CHECK_VALUE(c.dim() == 3 && c.sizes() == s.sizes() && (c.size(0) == 1 || c.size(0) == B) && c.size(1) == 1,
-                      op, ": cos and sin must be [B=", B, " or 1, 1, R]; got ", c.sizes(), " and ", s.sizes());
+                   op, ": cos and sin must be [B=", B, " or 1, 1, R]; got ", c.sizes(), " and ", s.sizes());
     AG_CHECK_TYPE(c.scalar_type() == x.scalar_type() && s.scalar_type() == x.scalar_type(), op,
-                     ": cos/sin dtype must be x's (", x.scalar_type(), "), got ", c.scalar_type());
+                  ": cos/sin dtype must be x's (", x.scalar_type(), "), got ", c.scalar_type());
     AG_CHECK_VALUE(c.device() == x.device() && s.device() == x.device(), op, ": cos/sin must be on x's device");
     const int64_t R = c.size(2);
     AG_CHECK_VALUE(R >= 2 && R % 2 == 0 && R <= d, op, ": rotary dim R=", R, " must be even, >= 2 and <= head_dim ",
-                      d);
+                   d);
     AG_CHECK_VALUE(rope_layout >= 0 && rope_layout <= 2, op, ": rope_layout must be 0, 1 or 2, got ", rope_layout);
     ra.cos = c.data_ptr();
     ra.sin = s.data_ptr();
@@ -1173,7 +1173,7 @@ std::tuple<at::Tensor, at::Tensor> linear_add_rms_norm_cuda(const at::Tensor& x,
   check_post_norm(op, x, norm_weight, norm_eps, n);
   AG_CHECK_TYPE(ticket.scalar_type() == at::kInt, op, ": ticket must be int32, got ", ticket.scalar_type());
   AG_CHECK_VALUE(ticket.numel() == 1 && ticket.device() == x.device(), op,
-                    ": ticket must be a one-element tensor on x's device");
+                 ": ticket must be a one-element tensor on x's device");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const Prologue pro(op, x, std::nullopt, norm_eps, residual, n);
   std::optional<at::Tensor> b;

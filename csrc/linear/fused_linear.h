@@ -26,7 +26,7 @@ inline Act parse_activation(c10::string_view name) {
   if (name == "silu") return Act::kSilu;
   if (name == "gated_silu") return Act::kGatedSilu;
   AG_CHECK_VALUE(false, "fused_linear: unknown activation '", std::string(name),
-                    "'; expected one of: none, relu, gelu, silu, gated_silu");
+                 "'; expected one of: none, relu, gelu, silu, gated_silu");
   return Act::kNone;
 }
 
@@ -35,17 +35,17 @@ inline Act parse_activation(c10::string_view name) {
 inline int64_t check_weight(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             int64_t K, const char* op = "fused_linear", const char* name = "weight") {
   AG_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), op, ": ", name, " dtype ", weight.scalar_type(),
-                   " differs from x dtype ", x.scalar_type());
+                " differs from x dtype ", x.scalar_type());
   AG_CHECK_VALUE(weight.dim() == 2, op, ": ", name, " must be 2-D [N, K], got ", weight.dim(), " dims");
   AG_CHECK_VALUE(weight.is_contiguous(), op, ": ", name, " must be contiguous");
   AG_CHECK_VALUE(x.device() == weight.device(), op, ": x on ", x.device(), " but ", name, " on ", weight.device());
   const int64_t N = weight.size(0);
   AG_CHECK_VALUE(weight.size(1) == K, op, ": the input has K=", K, " but ", name, " is [", N, ", ", weight.size(1),
-                    "]");
+                 "]");
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
     AG_CHECK_TYPE(b.scalar_type() == x.scalar_type(), op, ": ", name, "'s bias dtype ", b.scalar_type(),
-                     " differs from x dtype ", x.scalar_type());
+                  " differs from x dtype ", x.scalar_type());
     AG_CHECK_VALUE(b.device() == x.device(), op, ": ", name, "'s bias on ", b.device(), " but x on ", x.device());
     AG_CHECK_VALUE(b.dim() == 1 && b.size(0) == N, op, ": ", name, "'s bias must be [", N, "], got ", b.sizes());
   }
@@ -56,7 +56,7 @@ inline int64_t check_weight(const at::Tensor& x, const at::Tensor& weight, const
 inline int64_t check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           Act act) {
   AG_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "fused_linear: x must be floating point, got ",
-                   x.scalar_type());
+                x.scalar_type());
   AG_CHECK_VALUE(x.dim() >= 1, "fused_linear: x must have at least 1 dim");
   const int64_t N = check_weight(x, weight, bias, x.size(-1));
   if (act == Act::kGatedSilu) {
@@ -73,8 +73,8 @@ inline int64_t check_mlp_args(const at::Tensor& x, const at::Tensor& gate_up,
                               const std::optional<at::Tensor>& down_bias) {
   const int64_t inner = check_args(x, gate_up, gate_up_bias, Act::kGatedSilu);
   AG_CHECK_VALUE(down.dim() == 2 && down.size(1) == inner, "gated_mlp: gate_up gives ", inner,
-                    " features (half of its N=", gate_up.size(0), ") but the down weight is ", down.sizes(),
-                    "; expected [N, ", inner, "]");
+                 " features (half of its N=", gate_up.size(0), ") but the down weight is ", down.sizes(),
+                 "; expected [N, ", inner, "]");
   return check_weight(x, down, down_bias, inner, "gated_mlp", "down");
 }
 
@@ -86,21 +86,21 @@ inline void check_prologue(const char* op, const at::Tensor& x, const std::optio
   if (norm_weight.has_value()) {
     const at::Tensor& w = *norm_weight;
     AG_CHECK_TYPE(w.scalar_type() == x.scalar_type(), op, ": norm_weight dtype ", w.scalar_type(),
-                     " differs from x dtype ", x.scalar_type());
+                  " differs from x dtype ", x.scalar_type());
     AG_CHECK_VALUE(w.device() == x.device(), op, ": norm_weight on ", w.device(), " but x on ", x.device());
     AG_CHECK_VALUE(w.dim() == 1 && w.size(0) == x.size(-1), op, ": norm_weight must be [K] = [", x.size(-1),
-                      "], got ", w.sizes());
+                   "], got ", w.sizes());
     AG_CHECK_VALUE(eps > 0.0, op, ": norm_eps must be > 0, got ", eps);
   }
   if (residual.has_value()) {
     const at::Tensor& r = *residual;
     AG_CHECK_TYPE(r.scalar_type() == x.scalar_type(), op, ": residual dtype ", r.scalar_type(),
-                     " differs from x dtype ", x.scalar_type());
+                  " differs from x dtype ", x.scalar_type());
     AG_CHECK_VALUE(r.device() == x.device(), op, ": residual on ", r.device(), " but x on ", x.device());
     std::vector<int64_t> want(x.sizes().begin(), x.sizes().end());
     want.back() = n_out;
     AG_CHECK_VALUE(r.sizes().vec() == want, op, ": residual must have the output's shape ", at::IntArrayRef(want),
-                      ", got ", r.sizes());
+                   ", got ", r.sizes());
   }
 }
 
@@ -109,11 +109,11 @@ inline void check_prologue(const char* op, const at::Tensor& x, const std::optio
 inline void check_post_norm(const char* op, const at::Tensor& x, const at::Tensor& norm_weight, double eps,
                             int64_t n) {
   AG_CHECK_TYPE(norm_weight.scalar_type() == x.scalar_type(), op, ": norm_weight dtype ", norm_weight.scalar_type(),
-                   " differs from x dtype ", x.scalar_type());
+                " differs from x dtype ", x.scalar_type());
   AG_CHECK_VALUE(norm_weight.device() == x.device(), op, ": norm_weight on ", norm_weight.device(), " but x on ",
-                    x.device());
+                 x.device());
   AG_CHECK_VALUE(norm_weight.dim() == 1 && norm_weight.size(0) == n, op, ": norm_weight must be [N] = [", n,
-                    "] (the projection's output features), got ", norm_weight.sizes());
+                 "] (the projection's output features), got ", norm_weight.sizes());
   AG_CHECK_VALUE(eps > 0.0, op, ": norm_eps must be > 0, got ", eps);
 }
 
