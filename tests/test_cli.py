@@ -340,3 +340,19 @@ def test_accuracy_script_smoke(tmp_path):
     for r in results:
         assert r["fp32_loop_matches_generate"] and r["rule_2x_stock_met"]
         assert 0 <= r["greedy_agreement_patched_vs_stock_bf16"] <= 1 and r["stock_bf16_max_err"] > 0
+
+
+def test_graph_tokens_script_smoke(tmp_path):
+    """bench/graph_tokens.py (#8's greedy-token check of the graph decode, a GPU run) on tiny CPU
+    models: no engine there, so the three runs share one path and must agree token for token."""
+    out = tmp_path / "tokens.json"
+    run = subprocess.run([sys.executable, "bench/graph_tokens.py", "--tiny", "--models", "llama3.2-1b,opt-1.3b",
+                          "--new-tokens", "5", "--prompt-len", "12", "--json", str(out)], capture_output=True, text=True,
+                         timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["llama3.2-1b", "opt-1.3b"]
+    for r in rows:
+        assert r["new_tokens"] == 5 and r["engine"] is None
+        assert r["graph_repeat_first_difference"] is None and r["eager_graph_kernels_first_difference"] is None
+        assert r["eager_first_difference"] is None and r["graph_top2_gap_there"] is None
