@@ -3,7 +3,7 @@ correctness target), on the full-size reference models with random weights.
 
     python bench/graph_tokens.py --models llama3.2-1b,opt-1.3b,llama3.1-8b,glm4-9b,autoglm-phone-9b --json out.json
 
-Per model, one random prompt, greedy, `--new-tokens` tokens (EOS ignored), bf16:
+Per model, one random prompt, greedy, exactly `--new-tokens` tokens (min_new_tokens holds EOS off), bf16:
   graph:         patch_model(model) (fused kernels + the engine's captured decode), run twice
   eager, graph kernels: patch_model(model, cuda_graphs=False) over a static cache, run inside
                  engine.graph_step(), so each op picks the kernel the captured step runs
@@ -24,12 +24,12 @@ import torch
 
 from autoglm_kernels import engine, patch_model, unpatch_model
 from autoglm_kernels.cli.bench import environment, prompt_ids, script_models
+from autoglm_kernels.cli.demo import first_divergence
 
 
 def first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
-    """Index of the first new token where the two [1, n] outputs differ (None: identical)."""
-    diff = (a != b).flatten().nonzero()
-    return int(diff[0]) if diff.numel() else None
+    """Index of the first new token where the two outputs differ (None: identical)."""
+    return first_divergence(a.tolist(), b.tolist())
 
 
 def generate(model, ids, new_tokens: int, **kwargs):
