@@ -4,7 +4,8 @@ correctness target), on the full-size reference models with random weights.
     python bench/graph_tokens.py --models llama3.2-1b,opt-1.3b,llama3.1-8b,glm4-9b,autoglm-phone-9b --json out.json
 
 Per model, one random prompt, greedy, exactly `--new-tokens` tokens (min_new_tokens holds EOS off), bf16:
-  graph:         patch_model(model) (fused kernels + the engine's captured decode), run twice
+  graph:         patch_model(model) (fused kernels + the engine's captured decode), run twice: the
+                 first call prefills eagerly, the repeat through the prefill graph its shape earned
   eager, graph kernels: patch_model(model, cuda_graphs=False) over a static cache, run inside
                  engine.graph_step(), so each op picks the kernel the captured step runs
   eager:         the same without graph_step(): eager forwards pick the kernels with the least

@@ -166,16 +166,19 @@ def test_cuda_graph_decode_matches_eager(name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["llama3.2-1b", "glm4-9b", "opt-1.3b"])
 def test_patched_cuda_graph_decode_matches_eager_patched(name):
-    """patch_model's default on CUDA (fused layers + graph decode): the eager patched tokens, from
-    one captured graph (the warm-up ran the captured kernels: a capture that failed on a kernel
-    seen first inside it would fall back to eager decoding and show here as 0 captures)."""
+    """patch_model's default on CUDA (fused layers + graph decode): exactly the tokens of the eager
+    patched model running the same kernels (graph_step), from one captured graph, in the first
+    call (prompt prefilled eagerly) and the repeat (prefill graph) alike (the warm-up ran the
+    captured kernels: a capture that failed on a kernel seen first inside it would fall back to
+    eager decoding and show here as 0 captures). bench/graph_tokens.py runs this at full size."""
     from autoglm_kernels import patch_model, unpatch_model
 
     model = _model(name, device="cuda", dtype=torch.bfloat16)
     ids = torch.randint(1, 500, (2, 13), device="cuda")
     report = patch_model(model, cuda_graphs=False)
-    ref = model.generate(input_ids=ids, max_new_tokens=32, do_sample=False, cache_implementation="static",
-                         disable_compile=True)
+    with engine.graph_step():
+        ref = model.generate(input_ids=ids, max_new_tokens=32, do_sample=False, cache_implementation="static",
+                             disable_compile=True)
     unpatch_model(model)
     report = patch_model(model)
     assert "cuda_graphs" in str(report)
@@ -528,6 +531,34 @@ def test_graph_step_is_marked_so_forwards_pick_the_captured_kernels():
 
     with graph_step():
         assert in_graph_step() and not L.host_bound(CudaLike())
+
+
+def test_engine_eager_forwards_run_the_graph_kernels():
+    """The engine's eager forwards (a prompt shape's first prefill, the fallbacks) run inside
+    graph_step() too: a first generate prefills with the kernels its repeats' prefill graph runs,
+    so both give the same tokens (host_bound would otherwise pick aten/SDPA in the eager one)."""
+    from autoglm_kernels.engine.graphs import in_graph_step
+
+    model = _model()
+    ids = torch.randint(1, 500, (1, 6))
+    eng = engine.install(model, capture=False)
+    marks = []
+    eager = eng._eager_forward
+
+    def spy(*args, **kwargs):
+        marks.append(in_graph_step())
+        return eager(*args, **kwargs)
+
+    eng._eager_forward = spy
+    try:
+        model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)  # first prefill: eager
+        assert marks == [True]
+        model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, num_beams=2)  # fallback: every step eager
+        assert len(marks) == 4 and all(marks), marks
+        assert eng.stats()["fallbacks"] == ["beam search"]
+        assert not in_graph_step()
+    finally:
+        engine.uninstall(model)
 
 
 def test_replay_hands_out_a_logits_copy_unless_the_caller_copies():
