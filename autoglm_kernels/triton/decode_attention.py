@@ -80,6 +80,14 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+# Under programmatic dependent launch each split program pulls its first PREFETCH_TILES tiles of
+# K and V into L2 before it waits for the previous kernel (the qkv projection that appends this
+# step's K/V), so HBM streams across that kernel's tail, as the GEMV's weight prefetch does. The
+# split layout comes from kv_len read before the wait (the previous step's, or this one's): a
+# hint only, since a prefetch changes no data; the tiles are read after the wait as before.
+# AUTOGLM_DECODE_PREFETCH_TILES=0 turns it off (a tuning knob, read at import).
+PREFETCH_TILES = env_int("AUTOGLM_DECODE_PREFETCH_TILES", 2, range(0, 9))
+
 # Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
 # (AUTOGLM_DECODE_TILE_BYTES / _WARPS / _STAGES override them; tuning knobs read at import).
 TILE_BYTES = env_int("AUTOGLM_DECODE_TILE_BYTES", 16384, (4096, 8192, 16384, 32768))
@@ -121,6 +129,34 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     return max(1, min(want, cap))
 
 
+@triton.jit
+def _split_range(kv_len, split, MAX_SPLITS, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr, MERGE: tl.constexpr,
+                 WALK: tl.constexpr):
+    """(lo, hi, n_used): keys [lo, hi) of split `split` and the splits in use for this kv_len
+    (blocks of BLOCK_N keys divided evenly over at most MAX_SPLITS; with MERGE, up to WALK tiles
+    walked by one split). The reduce kernel derives the same n_used."""
+    n_blocks = (kv_len + BLOCK_N - 1) // BLOCK_N
+    bps = tl.maximum((n_blocks + MAX_SPLITS - 1) // MAX_SPLITS, MIN_BLOCKS)
+    if MERGE:
+        bps = tl.where(n_blocks <= WALK, tl.maximum(n_blocks, 1), bps)
+    n_used = (n_blocks + bps - 1) // bps
+    lo = split * bps * BLOCK_N
+    hi = tl.minimum(lo + bps * BLOCK_N, kv_len)
+    return lo, hi, n_used
+
+
+@triton.jit
+def _prefetch_rows_l2(base, lo, hi, stride_n, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
+    """prefetch.global.L2 of every 128-byte line of rows [lo, min(hi, lo + ROWS)) (HEAD_DIM
+    elements of 2 bytes each, rows `stride_n` elements apart); lanes past the range repeat row lo."""
+    LINES: tl.constexpr = (HEAD_DIM * 2 + 127) // 128
+    n = lo + tl.arange(0, ROWS)
+    n = tl.where(n < hi, n, lo)
+    ptrs = base + n[:, None] * stride_n + (tl.arange(0, LINES) * 64)[None, :]
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs.to(tl.int64)],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
 # Lengths/capacities change as a cache grows: no per-value specialization (avoids recompiles).
 @triton.jit(do_not_specialize=["sm_b", "mask_len", "C", "MAX_SPLITS"])
 def _split_kernel(
@@ -132,31 +168,33 @@ def _split_kernel(
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr, MERGE: tl.constexpr,
-    WALK: tl.constexpr, PDL: tl.constexpr = False,
+    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, PDL: tl.constexpr = False,
 ):
     """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial,
     and with MERGE the split that finishes last merges them all into OUT (COUNTERS: one zeroed
     int32 ticket counter per (batch x KV head, row block), left zeroed)."""
-    pdl_prologue(PDL)
     split = tl.program_id(0)
     bh = tl.program_id(1)  # b * Hk + hk
     rb = tl.program_id(2)  # block of query rows
     b = bh // Hk
     hk = bh % Hk
+    k_base = K + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h
+    v_base = V + b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h
+    if PDL and PREFETCH > 0:  # before the wait: see PREFETCH_TILES (rb 0 only: one copy per KV head)
+        if rb == 0:
+            hint = tl.minimum(tl.maximum(tl.load(KV_LENS + b * s_lens).to(tl.int32), 0), C)
+            p_lo, p_hi, p_used = _split_range(hint, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, MERGE, WALK)
+            if split < p_used:
+                _prefetch_rows_l2(k_base, p_lo, p_hi, sk_n, HEAD_DIM, PREFETCH * BLOCK_N)
+                _prefetch_rows_l2(v_base, p_lo, p_hi, sv_n, HEAD_DIM, PREFETCH * BLOCK_N)
+    pdl_prologue(PDL)
 
     kv_len = tl.load(KV_LENS + b * s_lens).to(tl.int32)
     kv_len = tl.minimum(tl.maximum(kv_len, 0), C)
-    # Split layout from kv_len (the reduce kernel derives the same): n_blocks tiles, bps per split.
-    n_blocks = (kv_len + BLOCK_N - 1) // BLOCK_N
-    bps = tl.maximum((n_blocks + MAX_SPLITS - 1) // MAX_SPLITS, MIN_BLOCKS)
-    if MERGE:  # a few tiles: one split walks them (see WALK_MAX_TILES)
-        bps = tl.where(n_blocks <= WALK, tl.maximum(n_blocks, 1), bps)
-    n_used = (n_blocks + bps - 1) // bps
+    lo, hi, n_used = _split_range(kv_len, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, MERGE, WALK)
     if not ONE_PASS:
         if split >= n_used:
             return
-    lo = split * bps * BLOCK_N
-    hi = tl.minimum(lo + bps * BLOCK_N, kv_len)
 
     # Row r of this program is query token i = r // G of head hk*G + r % G.
     r = rb * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -168,8 +206,6 @@ def _split_kernel(
     q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
     limit = kv_len - Sq + i + 1  # keys j < limit are causally visible to row r
 
-    k_base = K + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h
-    v_base = V + b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h
     m_i = tl.full([BLOCK_M], _NEG, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -244,9 +280,7 @@ def _reduce_kernel(
     b = row // SqHq
     kv_len = tl.load(KV_LENS + b * s_lens).to(tl.int32)
     kv_len = tl.minimum(tl.maximum(kv_len, 0), C)
-    n_blocks = (kv_len + BLOCK_N - 1) // BLOCK_N
-    bps = tl.maximum((n_blocks + MAX_SPLITS - 1) // MAX_SPLITS, MIN_BLOCKS)
-    n_used = (n_blocks + bps - 1) // bps
+    _, _, n_used = _split_range(kv_len, 0, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, False, 0)
 
     m_run = tl.full([BLOCK_S], _NEG, tl.float32)
     for s0 in range(0, n_used, BLOCK_S):
@@ -351,7 +385,7 @@ def decode_attention(
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass, MERGE=merge,
-        WALK=WALK_MAX_TILES,
+        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES,
         num_warps=SPLIT_WARPS, num_stages=SPLIT_STAGES,
     )
     if one_pass or merge:
