@@ -86,10 +86,10 @@ def _sm_count(device_index: int) -> int:
 # split layout comes from kv_len read before the wait (the previous step's, or this one's): a
 # hint only, since a prefetch changes no data; the tiles are read after the wait as before.
 # Off by default (AUTOGLM_DECODE_PREFETCH_TILES=2 turns it on; a tuning knob, read at import).
-# Measured on the H100 with 2 tiles (bench/results/..._0624_... and ..._0632_...): captured step
-# GPU time -0.3% (Llama-3.1-8B) and -0.9 to -1.3% (GLM-4-9B), but Llama-3.2-1B decoded at 799.8
-# tok/s against 809-815 without it in earlier runs: the hint's load delays the wait where the
-# previous kernel has already finished. Isolated calls: unchanged to 8k tokens, 2-3% slower at 32k.
+# Measured on the H100 with 2 tiles: captured step GPU time -0.3% (Llama-3.1-8B) and -0.9 to
+# -1.3% (GLM-4-9B) (bench/results/..._0624_...), Llama-3.2-1B generate 813.9 vs 811.8 tok/s
+# (..._0642_...); isolated calls unchanged to 8k tokens and 2-3% slower at 32k. Too little to
+# change the default that every GPU test and token check ran with.
 PREFETCH_TILES = env_int("AUTOGLM_DECODE_PREFETCH_TILES", 0, range(0, 9))
 
 # Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
