@@ -95,6 +95,26 @@ def test_report_names_cut_down_models(capsys, tmp_path):
     assert "| llama3.2-1b (4 layers) | fused |" in out
 
 
+def test_generate_rows_name_the_knobs_they_ran_under(capsys, tmp_path, monkeypatch):
+    """A generate run under AUTOGLM_* switches records them (bench's environment()), and the
+    report's note column names them, so the two sides of an A/B folder stay apart."""
+    from autoglm_kernels.cli.bench import environment
+
+    monkeypatch.setenv("AUTOGLM_DECODE_PREFETCH_TILES", "2")
+    monkeypatch.setenv("AUTOGLM_GIT_COMMIT", "abc")  # the commit label is not a knob
+    env = environment()
+    assert env["knobs"] == {"AUTOGLM_DECODE_PREFETCH_TILES": "2"}
+    row = {"model": "llama3.2-1b", "mode": "patched", "batch": 1, "prompt_len": 128, "new_tokens": 128,
+           "tok_per_s": 813.9, "ms_per_token": 1.23, "ttft_ms": 5.8, "pct_of_bw_limit": 67.1, "peak_mem_gib": 2.44}
+    for name, doc_env in (("a.json", env), ("b.json", {k: v for k, v in env.items() if k != "knobs"})):
+        doc = {"kind": "autoglm-kernels-generate-bench", "env": doc_env, "results": [dict(row)]}
+        (tmp_path / name).write_text(json.dumps(doc))
+    code, out, err = cli(capsys, "report", str(tmp_path), "--no-plots")
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("| llama3.2-1b | patched |")]
+    assert len(lines) == 2 and sum(line.endswith("| AUTOGLM_DECODE_PREFETCH_TILES=2 |") for line in lines) == 1, lines
+
+
 @no_cuda_only
 @pytest.mark.parametrize("argv,needle", [
     (["demo", "--device", "cuda"], "no CUDA GPU is visible"),

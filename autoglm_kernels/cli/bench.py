@@ -20,6 +20,7 @@ import contextlib
 import csv
 import functools
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -519,6 +520,11 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# AUTOGLM_* variables of the build, the caches and the results' labels: not tuning switches.
+_NOT_KNOBS = frozenset({"AUTOGLM_GIT_COMMIT", "AUTOGLM_ARCH_LIST", "AUTOGLM_KERNELS_CACHE", "AUTOGLM_WITH_CUDA",
+                        "AUTOGLM_KERNELS_CPU_ONLY"})
+
+
 def environment() -> dict:
     import platform
 
@@ -529,6 +535,9 @@ def environment() -> dict:
             "python": platform.python_version(), "device": "cpu"}
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name(0)
+    knobs = {k: v for k, v in sorted(os.environ.items()) if k.startswith("AUTOGLM_") and k not in _NOT_KNOBS}
+    if knobs:  # the tuning switches this run was under (an A/B run's rows say which side they are)
+        info["knobs"] = knobs
     return info
 
 

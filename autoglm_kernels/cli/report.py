@@ -64,7 +64,8 @@ def _add(data: RunData, path: Path, doc) -> bool:
         data.sources.append(path)
         return True
     if isinstance(doc, dict) and doc.get("kind") == GENERATE_KIND:
-        data.generate.extend(doc.get("results", []))
+        knobs = " ".join(f"{k}={v}" for k, v in ((doc.get("env") or {}).get("knobs") or {}).items())
+        data.generate.extend({**r, "knobs": knobs} if knobs else r for r in doc.get("results", []))
         data.read_bw_gb_per_s = data.read_bw_gb_per_s or doc.get("read_bw_gb_per_s")
         for k, v in (doc.get("env") or {}).items():
             data.env.setdefault(k, v)
@@ -181,6 +182,8 @@ def markdown(data: RunData, title: str) -> str:
                   "|---|---|---|---:|---:|---:|---:|---:|---|"]
         for g in sorted(data.generate, key=_gen_key):
             note = g.get("error") or (f"compile {g['compile_s']:.1f} s" if g.get("compile_s") is not None else "")
+            if g.get("knobs"):
+                note = f"{note}; {g['knobs']}" if note else g["knobs"]
             shape = ", ".join(str(g.get(k, "?")) for k in ("batch", "prompt_len", "new_tokens"))
             lines.append(f"| {g.get('model', '?')} | {g.get('mode', '?')} | {shape} | {_f(g.get('tok_per_s'), '.1f')} | "
                          f"{_f(g.get('ms_per_token'), '.2f')} | {_f(g.get('ttft_ms'), '.1f')} | "
