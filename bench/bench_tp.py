@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from autoglm_kernels import patch_model, unpatch_model
 from autoglm_kernels.cli import bench as B
+from autoglm_kernels.cli.demo import first_divergence
 from autoglm_kernels.demo_model import random_model
 
 PROMPT, NEW, CHECK = 128, 128, 32
@@ -120,7 +121,7 @@ def run_model(name: str, root: Path, rank: int, size: int, dtype: torch.dtype, t
     out["engine"] = state.engine.stats() if state is not None and state.engine is not None else None
     unpatch_model(model)
 
-    out["first_mismatch"] = _first_mismatch(stock_tokens, patched_tokens)
+    out["first_mismatch"] = first_divergence(stock_tokens, patched_tokens)
     out["greedy_match"] = same = out["first_mismatch"] is None
     gap = stock_logits.topk(2, dim=-1).values.diff(dim=-1).neg().squeeze(-1)  # stock top-1 minus top-2
     out["teacher_forced"] = {
@@ -141,11 +142,6 @@ def run_model(name: str, root: Path, rank: int, size: int, dtype: torch.dtype, t
     return out
 
 
-def _first_mismatch(a: torch.Tensor, b: torch.Tensor):
-    diff = (a != b).nonzero()
-    return None if len(diff) == 0 else int(diff[0, 0])
-
-
 def _fp32_reference(path, ids, seq, stock_tokens, patched_tokens, stock_logits, patched_logits) -> dict:
     """The same checkpoint as a stock TP model in fp32: its greedy tokens and teacher-forced logits
     against both bf16 models. The accuracy rule of patch_model (patched error <= 2x the stock bf16
@@ -163,8 +159,8 @@ def _fp32_reference(path, ids, seq, stock_tokens, patched_tokens, stock_logits, 
     out.update({f"{k}_mean_err": e.mean().item() for k, e in err.items()})
     out["rule_2x_stock_met"] = (out["patched_bf16_max_err"] <= 2 * out["stock_bf16_max_err"]
                                 and out["patched_bf16_mean_err"] <= 2 * out["stock_bf16_mean_err"])
-    out["first_mismatch_stock_bf16_vs_fp32"] = _first_mismatch(stock_tokens, ref_tokens)
-    out["first_mismatch_patched_bf16_vs_fp32"] = _first_mismatch(patched_tokens, ref_tokens)
+    out["first_mismatch_stock_bf16_vs_fp32"] = first_divergence(stock_tokens, ref_tokens)
+    out["first_mismatch_patched_bf16_vs_fp32"] = first_divergence(patched_tokens, ref_tokens)
     return out
 
 

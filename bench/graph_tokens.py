@@ -28,11 +28,6 @@ from autoglm_kernels.cli.bench import environment, prompt_ids, script_models
 from autoglm_kernels.cli.demo import first_divergence
 
 
-def first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
-    """Index of the first new token where the two outputs differ (None: identical)."""
-    return first_divergence(a.tolist(), b.tolist())
-
-
 def generate(model, ids, new_tokens: int, **kwargs):
     """(new token ids [n], per-step scores [n, vocab]) of a greedy generate that makes exactly new_tokens."""
     out = model.generate(input_ids=ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
@@ -63,11 +58,11 @@ def compare(model, name: str, new_tokens: int, prompt_len: int) -> dict:
         stats = eng.stats() if eng is not None else None  # replays > 0: the graph did decode
     finally:
         unpatch_model(model)
-    eager_diff = first_difference(eager, graph)
+    eager_diff = first_divergence(eager, graph)
     return {
         "model": name, "prompt_len": prompt_len, "new_tokens": new_tokens,
-        "graph_repeat_first_difference": first_difference(graph_again, graph),
-        "eager_graph_kernels_first_difference": first_difference(same_kernels, graph),
+        "graph_repeat_first_difference": first_divergence(graph_again, graph),
+        "eager_graph_kernels_first_difference": first_divergence(same_kernels, graph),
         "eager_first_difference": eager_diff,
         "graph_top2_gap_there": None if eager_diff is None else top2_gap(scores, eager_diff),
         "engine": stats,

@@ -156,6 +156,8 @@ def test_first_divergence():
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
     assert first_divergence([1, 2], [1, 2, 3]) == 2
+    assert first_divergence(torch.tensor([4, 5, 6]), torch.tensor([4, 5, 7])) == 2  # 1-D tensors too
+    assert first_divergence(torch.tensor([4, 5]), [4, 5]) is None
 
 
 # --- bench -------------------------------------------------------------------------------------

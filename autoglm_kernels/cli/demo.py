@@ -73,8 +73,10 @@ def check_model_dir(path: str) -> Path:
     return p
 
 
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    """Index of the first position where the two id lists differ (None when identical)."""
+def first_divergence(a, b) -> int | None:
+    """Index of the first position where two id sequences (lists, or 1-D tensors: compared on
+    the host) differ; None when identical."""
+    a, b = (v.tolist() if hasattr(v, "tolist") else list(v) for v in (a, b))
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return i
