@@ -261,6 +261,39 @@ def test_gpu_matches_reference(case, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tiles", [1, 2, 8])
+def test_gpu_kv_prefetch_changes_no_result(tiles, monkeypatch):
+    """AUTOGLM_DECODE_PREFETCH_TILES > 0 (each split's first tiles pulled into L2 before the PDL
+    wait, from a kv_len read before it) only changes what is in L2: every path (one pass, in-kernel
+    merge, reduce kernel, static cache with L << C, padding) gives the default's result bit for bit,
+    also under a CUDA graph replayed after kv_lens changed."""
+    for B, Sq, Hq, Hk, D, C, lens, masked in GPU_CASES:
+        q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
+        kv_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        kv_mask = torch.ones(B, C, dtype=torch.int64, device="cuda") if masked else None
+        if masked:
+            kv_mask[:, : C // 5] = 0
+        monkeypatch.setattr(dattn, "PREFETCH_TILES", 0)
+        want = ops.decode_attention(q, k, v, kv_lens, kv_mask)
+        monkeypatch.setattr(dattn, "PREFETCH_TILES", tiles)
+        torch.testing.assert_close(ops.decode_attention(q, k, v, kv_lens, kv_mask), want, atol=0, rtol=0)
+    q, k, v = _inputs(1, 1, 32, 8, 128, 256, torch.bfloat16, "cuda")  # the engine's bucket: merge in the kernel
+    kv_lens = torch.tensor([256], dtype=torch.int32, device="cuda")
+    counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device="cuda")
+    ops.decode_attention(q, k, v, kv_lens, counters=counters)  # compile outside the capture
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = ops.decode_attention(q, k, v, kv_lens, counters=counters)
+    for n in (256, 1, 130):
+        kv_lens.fill_(n)
+        g.replay()
+        monkeypatch.setattr(dattn, "PREFETCH_TILES", 0)
+        torch.testing.assert_close(out, ops.decode_attention(q, k, v, kv_lens), atol=0, rtol=0)
+        monkeypatch.setattr(dattn, "PREFETCH_TILES", tiles)
+    assert counters.abs().sum().item() == 0
+
+
+@pytest.mark.gpu
 def test_gpu_fp32_rejected():
     q, k, v = _inputs(1, 1, 4, 2, 64, 8, torch.float32, "cuda")
     with pytest.raises(TypeError, match="bfloat16 or float16"):
