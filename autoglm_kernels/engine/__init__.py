@@ -1,19 +1,20 @@
 """Decode engine: a static KV cache and a CUDA-graph-captured decode step behind unchanged
 `model.generate(...)`.
 
-`install(model)` wraps this model instance's `generate` (to hand it a bucketed StaticCache that
-is reused across calls) and `forward` (to replay a captured graph for decode steps, query length
-1, over that cache). Prefill, and everything the engine does not cover (beam search, a cache the
-user passed that is not static, output_attentions, batch > max_batch, lengths beyond the cache;
-each logged once with the reason), runs the model's eager forward: the patched layers where
-patch_model bound them, with the kernels the graphs run (graph_step), so a prompt's first,
-eagerly prefilled generate gives the same tokens as its repeats from the prefill graph. A prompt (the first forward over a fresh cache) whose shape was
-seen before gets a graph of its own (prefill graphs: up to `prefill_graph_tokens` tokens, text
-inputs only), so a repeated prompt length costs one graph launch instead of hundreds of kernel
-launches before the first token; a length seen once runs eagerly, so varied prompts never pay a
-capture, and once `max_prefill_graphs` exist further shapes run eagerly (no capture churn). On
-CUDA, generate decides to stop one step late (stop.py), so the host prepares and launches step
-n+1 while the GPU runs step n. No architecture is named here.
+`install(model)` wraps this model instance's `generate` (to hand it a bucketed StaticCache that is
+reused across calls) and `forward` (to replay a captured graph for decode steps, query length 1,
+over that cache). Prefill, and everything the engine does not cover (beam search, a cache the user
+passed that is not static, output_attentions, batch > max_batch, lengths beyond the cache; each
+logged once with the reason), runs the model's eager forward: the patched layers where patch_model
+bound them. An eager prompt over the engine's cache runs the kernels the graphs run (graph_step),
+so a prompt's first generate gives the same tokens as its repeats from the prefill graph; the
+fallbacks keep the eager path's host-cheaper kernels. A prompt (the first forward over a fresh
+cache) whose shape was seen before gets a graph of its own (prefill graphs: up to
+`prefill_graph_tokens` tokens, text inputs only), so a repeated prompt length costs one graph
+launch instead of hundreds of kernel launches before the first token; a length seen once runs
+eagerly, so varied prompts never pay a capture, and once `max_prefill_graphs` exist further shapes
+run eagerly (no capture churn). On CUDA, generate decides to stop one step late (stop.py), so the
+host prepares and launches step n+1 while the GPU runs step n. No architecture is named here.
 """
 
 from __future__ import annotations
@@ -203,13 +204,15 @@ class DecodeEngine:
                 step_kwargs = self._drop_step_unused(kwargs)
                 if self._is_graph_prompt(args, step_kwargs, cache):
                     return self.prefill_graphs(cache, step_kwargs)
-            # Every other forward (a prompt shape's first run, the fallbacks) runs the graphs'
-            # kernels too, not the eager path's host-cheaper picks (patch/layers.host_bound), so a
-            # prompt's first generate and its repeats (prefill graph) write the same cache. With
-            # the host's picks the first call's prefill differed in rounding, and on the H100 its
-            # tokens left the repeats' at a near-tie after 12-87 of 128 tokens.
-            with graph_step():
-                return self._eager_forward(*args, **kwargs)
+                # A prompt that runs eagerly (its shape's first time, or too long for a graph)
+                # runs the prefill graphs' kernels too, not the eager path's host-cheaper picks
+                # (patch/layers.host_bound), so a prompt's first generate and its repeats write
+                # the same cache. With the host's picks the first call's cache differed in
+                # rounding, and on the H100 its tokens left the repeats' at a near-tie after 12-87
+                # of 128 tokens. (Fallbacks keep the host's picks: they decode eagerly every step.)
+                with graph_step():
+                    return self._eager_forward(*args, **kwargs)
+            return self._eager_forward(*args, **kwargs)
         finally:
             if fresh:  # the cache holds what this forward wrote: its length is on the device from now on
                 cache.known_length = None
