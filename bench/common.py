@@ -63,12 +63,17 @@ class StockAttnModule:
         self.training = False
 
 
+def read_only_sum(nbytes: int, copies: int) -> GraphTimer:
+    """A GraphTimer of the read-only sum over `nbytes` of bf16 (fp32 accumulation), rotated over
+    `copies` buffers: the read that defines the read bandwidth (read_bandwidth, bench_read_floor)."""
+    out = torch.empty((), device="cuda", dtype=torch.float32)
+    sets = [(torch.randn(nbytes // 2, device="cuda", dtype=torch.bfloat16),) for _ in range(copies)]
+    return GraphTimer(lambda x: torch.sum(x, dim=0, dtype=torch.float32, out=out), sets)
+
+
 def read_bandwidth(nbytes: int = 2**30) -> float:
     """Achievable read bandwidth in bytes/s: a 1 GiB read-only reduction, GPU-timed."""
-    x = torch.randn(nbytes // 2, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty((), device="cuda", dtype=torch.float32)
-    timer = GraphTimer(lambda: torch.sum(x, dim=0, dtype=torch.float32, out=out), [()])
-    return nbytes / (timer.time_us(reps=30) * 1e-6)
+    return nbytes / (read_only_sum(nbytes, 1).time_us(reps=30) * 1e-6)
 
 
 def record(benchmark, timer: GraphTimer, *, impl: str, bandwidth: float, bytes_moved: int = 0,
