@@ -6,7 +6,7 @@
 #   PYTHON=python3  BENCH_FILTER=<pytest -k expr>  SANITIZE=1 (compute-sanitizer memcheck on
 #   the fused-linear GPU tests)  SKIP_BUILD=1  SKIP_TESTS=1  SKIP_BENCH=1  EXTRA="cmd" (run after,
 #   with $RESULTS_DIR naming the results folder; EXTRA_TIMEOUT=<s> cuts it)  TESTS_GPU=<index> (tests in the background on
-#   that GPU, beside the rest)  TEST_TIMEOUT=<s per file>
+#   that GPU, beside the rest)  TEST_TIMEOUT=<s per file>  TEST_JOBS=<files at once, default 1>
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -48,19 +48,33 @@ json.dump({"device": p.name, "capability": f"{p.major}.{p.minor}", "sms": p.mult
            "git_commit": sys.argv[2], "tree_dirty": dirty}, open(sys.argv[1], "w"), indent=2)
 PYEOF
 
+test_file() {  # one file's GPU tests; its exit code goes to tests_<name>.rc
+  local log="$res/tests_$(basename "$1" .py)"
+  timeout "${TEST_TIMEOUT:-300}" $PY -m pytest "$1" -m gpu -q -p no:cacheprovider -rfE --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} \
+    >"$log.log" 2>&1
+  echo $? >"$log.rc"
+}
+
 run_tests() {
   # One pytest process per test file: a kernel fault (sticky CUDA error) in one file cannot
-  # turn every later test red, and each file's summary line is kept.
-  echo "== pytest -m gpu (one process per file)"
+  # turn every later test red, and each file's summary line is kept. TEST_JOBS=<n> runs n files
+  # at once (correctness only: no test times anything; the counters they read are per process).
+  echo "== pytest -m gpu (one process per file, ${TEST_JOBS:-1} at a time)"
   : >"$res/tests.log"
-  for f in ${TEST_FILES:-tests/test_*.py}; do
-    timeout "${TEST_TIMEOUT:-300}" $PY -m pytest "$f" -m gpu -q -p no:cacheprovider -rfE --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} \
-      >"$res/tests_$(basename "$f" .py).log" 2>&1
-    rc=$?
-    line=$(grep -E "(passed|failed|error|skipped|deselected|no tests ran)" "$res/tests_$(basename "$f" .py).log" | tail -1)
+  local files=(${TEST_FILES:-tests/test_*.py})
+  for f in "${files[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "${TEST_JOBS:-1}" ]; do sleep 1; done
+    test_file "$f" &
+  done
+  wait
+  for f in "${files[@]}"; do
+    local log="$res/tests_$(basename "$f" .py)"
+    rc=$(cat "$log.rc" 2>/dev/null || echo 255)
+    rm -f "$log.rc"
+    line=$(grep -E "(passed|failed|error|skipped|deselected|no tests ran)" "$log.log" | tail -1)
     echo "$f: rc=$rc $line" | tee -a "$res/tests.log"
     # rc 5: no GPU test in that file
-    [ $rc = 0 ] || [ $rc = 5 ] || { status=1; grep -E "^(FAILED|ERROR)" "$res/tests_$(basename "$f" .py).log" | head -8; }
+    [ "$rc" = 0 ] || [ "$rc" = 5 ] || { status=1; grep -E "^(FAILED|ERROR)" "$log.log" | head -8; }
   done
   return $status
 }
