@@ -9,8 +9,7 @@ reduction, so "% of bandwidth" compares against this GPU as it is now.
 
 from __future__ import annotations
 
-import os
-import time
+import statistics
 from typing import Callable, Sequence
 
 import torch
@@ -49,17 +48,9 @@ class GraphTimer:
         self.graph.replay()
         torch.cuda.synchronize()
 
-    def time_us(self, reps: int = 20, burn_ms: float | None = None) -> float:
-        """Median GPU time per call, in microseconds, after replaying for `burn_ms` of wall time
-        (default AUTOGLM_BENCH_BURN_MS, else 0): a compute-bound case measured right after an
-        idle stretch runs at boost clocks, the next one at the clocks its predecessor's heat left."""
-        if burn_ms is None:
-            burn_ms = float(os.environ.get("AUTOGLM_BENCH_BURN_MS", "0"))
+    def time_us(self, reps: int = 20) -> float:
+        """Median GPU time per call, in microseconds."""
         self.graph.replay()
-        end = time.perf_counter() + burn_ms / 1e3
-        while time.perf_counter() < end:
-            self.graph.replay()
-            torch.cuda.synchronize()
         return median_replay_ms(self.graph, reps) * 1e3 / self.calls
 
 
@@ -86,10 +77,27 @@ def read_bandwidth(nbytes: int = 2**30) -> float:
     return nbytes / (read_only_sum(nbytes, 1).time_us(reps=30) * 1e-6)
 
 
+def paired_us(timers: dict[str, GraphTimer], rounds: int = 21) -> dict[str, float]:
+    """Median GPU time per call of each timer, from replays that alternate between them (the order
+    flips every round): clock drift over the run (power, heat: a compute-bound GEMM measured
+    alone after another ran at other clocks, 0.93-1.10x for one and the same cuBLAS call) then
+    falls on every side alike instead of on whichever case ran second."""
+    for t in timers.values():
+        t.graph.replay()
+    times: dict[str, list[float]] = {k: [] for k in timers}
+    keys = list(timers)
+    for r in range(rounds):
+        for k in keys if r % 2 == 0 else keys[::-1]:
+            times[k].append(median_replay_ms(timers[k].graph, 1) * 1e3 / timers[k].calls)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def record(benchmark, timer: GraphTimer, *, impl: str, bandwidth: float, bytes_moved: int = 0,
-           flops: int = 0, **extra) -> float:
-    """Run pytest-benchmark over graph replays and store the GPU-time figures in extra_info."""
-    us = timer.time_us()
+           flops: int = 0, us: float | None = None, **extra) -> float:
+    """Run pytest-benchmark over graph replays and store the GPU-time figures in extra_info
+    (`us`: the GPU time per call measured already, e.g. by paired_us; else timer.time_us())."""
+    if us is None:
+        us = timer.time_us()
     benchmark.extra_info.update(impl=impl, gpu_us=round(us, 3), **extra)
     if bytes_moved:
         gbs = bytes_moved / (us * 1e-6) / 1e9
