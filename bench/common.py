@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from autoglm_kernels.cli.bench import median_replay_ms
+from autoglm_kernels.cli.bench import measure_read_bandwidth, median_replay_ms
 
 L2_ROTATE_BYTES = 50 * 2**20 * 8  # rotate over > 8x the L2 so every call reads from HBM
 
@@ -66,15 +66,16 @@ class StockAttnModule:
 
 def read_only_sum(nbytes: int, copies: int) -> GraphTimer:
     """A GraphTimer of the read-only sum over `nbytes` of bf16 (fp32 accumulation), rotated over
-    `copies` buffers: the read that defines the read bandwidth (read_bandwidth, bench_read_floor)."""
+    `copies` buffers (bench_read_floor: the read that defines the read bandwidth, at smaller sizes)."""
     out = torch.empty((), device="cuda", dtype=torch.float32)
     sets = [(torch.randn(nbytes // 2, device="cuda", dtype=torch.bfloat16),) for _ in range(copies)]
     return GraphTimer(lambda x: torch.sum(x, dim=0, dtype=torch.float32, out=out), sets)
 
 
 def read_bandwidth(nbytes: int = 2**30) -> float:
-    """Achievable read bandwidth in bytes/s: a 1 GiB read-only reduction, GPU-timed."""
-    return nbytes / (read_only_sum(nbytes, 1).time_us(reps=30) * 1e-6)
+    """Achievable read bandwidth in bytes/s: a 1 GiB read-only sum, GPU-timed; the one
+    measurement `autoglm-kernels bench` makes too (cli.bench.measure_read_bandwidth)."""
+    return measure_read_bandwidth(nbytes)
 
 
 def paired_us(timers: dict[str, GraphTimer], rounds: int = 21) -> dict[str, float]:
