@@ -1,10 +1,12 @@
-"""One call of fused_linear per decode shape at M=1 (weights cold in L2), for Nsight Compute:
+"""One call of fused_linear per decode shape (weights cold in L2), for Nsight Compute:
 
     ncu --kernel-name regex:gemv_kernel --section SpeedOfLight --section Occupancy python scripts/ncu_gemv.py [NAME ...]
 
 NAME: keys of SHAPES (default: the qkv/o shapes). The > 64 MiB shapes take the GEMV only with
-AUTOGLM_GEMV_MAX_WEIGHT_MIB raised.
+AUTOGLM_GEMV_MAX_WEIGHT_MIB raised. NCU_GEMV_ROWS=1,16 (default 1): the rows M of x, one call
+each; NCU_GEMV_STOCK=1 adds one stock F.linear call after each (cuBLAS, for comparison).
 """
+import os
 import sys
 
 import torch
@@ -19,13 +21,24 @@ SHAPES = {  # name -> (K, N, bias, activation)
 }
 DEFAULT = ("glm4-9b qkv", "llama3.1-8b qkv", "llama3.1-8b o_proj", "llama3.2-1b qkv")
 flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+
+
+def stock(x, w, b, act):
+    """What transformers runs: F.linear (cuBLAS), then the activation ops."""
+    return ops.stock_activation(torch.nn.functional.linear(x, w, b), act)
+
+
+ROWS = [int(m) for m in os.environ.get("NCU_GEMV_ROWS", "1").split(",")]
+STOCK = os.environ.get("NCU_GEMV_STOCK", "0") == "1"
 for name in sys.argv[1:] or DEFAULT:
     K, N, bias, act = SHAPES[name]
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(N, device="cuda", dtype=torch.bfloat16) if bias else None
-    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
-    flush.zero_()
-    torch.cuda.synchronize()
-    ops.fused_linear(x, w, b, act)
-    torch.cuda.synchronize()
-    print(name, "done")
+    for m in ROWS:
+        x = torch.randn(m, K, device="cuda", dtype=torch.bfloat16)
+        for fn in (ops.fused_linear, stock) if STOCK else (ops.fused_linear,):
+            flush.zero_()
+            torch.cuda.synchronize()
+            fn(x, w, b, act)
+            torch.cuda.synchronize()
+        print(name, f"M={m}", "fused, stock" if STOCK else "fused", "done")
