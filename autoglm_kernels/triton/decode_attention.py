@@ -134,6 +134,12 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
 
 
 @triton.jit
+def _valid_len(KV_LENS, b, s_lens, C):
+    """Sequence b's kv_len from the device tensor, clamped to [0, C] (values above C count as C)."""
+    return tl.minimum(tl.maximum(tl.load(KV_LENS + b * s_lens).to(tl.int32), 0), C)
+
+
+@triton.jit
 def _split_range(kv_len, split, MAX_SPLITS, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr, MERGE: tl.constexpr,
                  WALK: tl.constexpr):
     """(lo, hi, n_used): keys [lo, hi) of split `split` and the splits in use for this kv_len
@@ -186,15 +192,14 @@ def _split_kernel(
     v_base = V + b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h
     if PDL and PREFETCH > 0:  # before the wait: see PREFETCH_TILES (rb 0 only: one copy per KV head)
         if rb == 0:
-            hint = tl.minimum(tl.maximum(tl.load(KV_LENS + b * s_lens).to(tl.int32), 0), C)
+            hint = _valid_len(KV_LENS, b, s_lens, C)
             p_lo, p_hi, p_used = _split_range(hint, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, MERGE, WALK)
             if split < p_used:
                 _prefetch_rows_l2(k_base, p_lo, p_hi, sk_n, HEAD_DIM, PREFETCH * BLOCK_N)
                 _prefetch_rows_l2(v_base, p_lo, p_hi, sv_n, HEAD_DIM, PREFETCH * BLOCK_N)
     pdl_prologue(PDL)
 
-    kv_len = tl.load(KV_LENS + b * s_lens).to(tl.int32)
-    kv_len = tl.minimum(tl.maximum(kv_len, 0), C)
+    kv_len = _valid_len(KV_LENS, b, s_lens, C)
     lo, hi, n_used = _split_range(kv_len, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, MERGE, WALK)
     if not ONE_PASS:
         if split >= n_used:
@@ -282,8 +287,7 @@ def _reduce_kernel(
     row = tl.program_id(0).to(tl.int64)  # (b * Sq + i) * Hq + h
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     b = row // SqHq
-    kv_len = tl.load(KV_LENS + b * s_lens).to(tl.int32)
-    kv_len = tl.minimum(tl.maximum(kv_len, 0), C)
+    kv_len = _valid_len(KV_LENS, b, s_lens, C)
     _, _, n_used = _split_range(kv_len, 0, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, False, 0)
 
     m_run = tl.full([BLOCK_S], _NEG, tl.float32)
