@@ -4,7 +4,7 @@ Decode (M = 1..16): the handwritten GEMV; the figure of merit is weight bytes / 
 and % of this GPU's measured read bandwidth (weights rotated over > 8x L2, so they come from
 HBM). Prefill (M = 128..8192, a few shapes): cuBLAS(Lt) with the epilogue fused; TFLOP/s.
 Shapes: every linear of one layer (and the lm_head) of the reference models, plus a few extras.
-Stock and fused of one (shape, M) are timed together in alternating replays (common.paired_us),
+Stock and fused of one (shape, M) are timed together in alternating replays (common.paired_case),
 so the GPU's clock drift over the run does not land on one side only.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from common import GraphTimer, copies_for, paired_us, record
+from common import GraphTimer, copies_for, paired_case, record
 
 from autoglm_kernels import ops
 from autoglm_kernels.models import REFERENCE_MODELS, linear_shapes
@@ -85,24 +85,18 @@ def _input_sets(K, N, bias, M):
 
 
 IMPLS = {"stock": stock_linear, "fused": ops.fused_linear}
-_PAIRED: dict = {}  # (name, M) -> (timers, GPU us per impl): both impls timed together, once
 
 
-def _timed(name, M):
-    """Both impls' graph timers for (name, M) and their GPU time per call from alternating
-    replays (paired_us), measured by whichever of the two cases runs first."""
-    if (name, M) not in _PAIRED:
-        _PAIRED.clear()
-        K, N, act, bias = SHAPES[name]
-        sets = _input_sets(K, N, bias, M)
-        timers = {impl: GraphTimer(lambda x, w, b, fn=fn: fn(x, w, b, act), sets) for impl, fn in IMPLS.items()}
-        _PAIRED[(name, M)] = (timers, paired_us(timers))
-    return _PAIRED[(name, M)]
+def _timers(name, M):
+    """Both impls' graph timers for (name, M), over the shape's rotated weight sets."""
+    K, N, act, bias = SHAPES[name]
+    sets = _input_sets(K, N, bias, M)
+    return {impl: GraphTimer(lambda x, w, b, fn=fn: fn(x, w, b, act), sets) for impl, fn in IMPLS.items()}, None
 
 
 def _run(benchmark, bandwidth, name, M, impl):
     K, N, act, bias = SHAPES[name]
-    timers, us = _timed(name, M)
+    timers, us, _ = paired_case(("linear", name, M), lambda: _timers(name, M))
     benchmark.group = f"fused_linear {name} M={M}"
     weight_bytes = (N * K + (N if bias else 0)) * 2
     record(benchmark, timers[impl], impl=impl, bandwidth=bandwidth, bytes_moved=weight_bytes, flops=2 * M * N * K,

@@ -20,21 +20,14 @@ CASES = [(1, S, 0, impl) for S in (512, 2048, 8192) for impl in IMPLS]
 CASES += [(2, 2048, 300, impl) for impl in IMPLS]  # row 1 left-padded by 300
 
 
-_PAIRED: dict = {}  # (B, S, pad) -> (timers, GPU us per impl, case info): all impls timed together, once
-
-
 def _case(B, S, pad):
-    """Every impl's graph timer for one case, checked against the Triton kernel, and their GPU
-    times from alternating replays (common.paired_us: compute-bound, so clock drift matters)."""
-    from common import GraphTimer, StockAttnModule, copies_for, paired_us
+    """Every impl's graph timer for one case, each checked against the Triton kernel, and the
+    case's figures (timed together by common.paired_case: compute-bound, so clock drift matters)."""
+    from common import GraphTimer, StockAttnModule, copies_for
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from autoglm_kernels import ops
 
-    if (B, S, pad) in _PAIRED:
-        return _PAIRED[(B, S, pad)]
-    _PAIRED.clear()
-    torch.cuda.empty_cache()  # the previous case's rotated copies are gone; start from a clean pool
     kw = REFERENCE_MODELS[MODEL][1]
     Hq, Hk, D = kw["num_attention_heads"], kw["num_key_value_heads"], kw["head_dim"]
     L, dt, scale = S, torch.bfloat16, D**-0.5
@@ -74,14 +67,13 @@ def _case(B, S, pad):
     timers = {impl: GraphTimer(fn, sets) for impl, fn in fns.items()}
     info = dict(bytes_moved=nbytes, flops=2 * 2 * B * Hq * D * S * L // 2, model=MODEL, B=B, S=S, L=L, pad=pad,
                 Hq=Hq, Hk=Hk, D=D)
-    _PAIRED[(B, S, pad)] = (timers, paired_us(timers), info)
-    return _PAIRED[(B, S, pad)]
+    return timers, info
 
 
 @pytest.mark.parametrize("B,S,pad,impl", CASES, ids=[f"B{b}-S{s}-pad{p}-{i}" for b, s, p, i in CASES])
 def test_prefill_attention(benchmark, bandwidth, B, S, pad, impl):
-    from common import record
+    from common import paired_case, record
 
-    timers, us, info = _case(B, S, pad)
+    timers, us, info = paired_case(("prefill_attention", B, S, pad), lambda: _case(B, S, pad))
     benchmark.group = f"prefill_attention {MODEL} B={B} S={S}" + (f" left-padded {pad}" if pad else "")
     record(benchmark, timers[impl], impl=impl, bandwidth=bandwidth, us=us[impl], timing="paired", **info)

@@ -93,6 +93,22 @@ def paired_us(timers: dict[str, GraphTimer], rounds: int = 21) -> dict[str, floa
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+_CASE: dict = {}  # the one case whose timers are alive: key -> (timers, GPU us per impl, extra)
+
+
+def paired_case(key, build: Callable[[], tuple[dict[str, GraphTimer], object]]):
+    """(timers, GPU us per impl, extra) of one benchmark case whose impls are timed together:
+    build() -> (timers by impl, extra) runs, and paired_us times them, for whichever of the case's
+    tests comes first; the others reuse it. One case is kept: a new key frees the last one's
+    graphs and rotated inputs first."""
+    if key not in _CASE:
+        _CASE.clear()
+        torch.cuda.empty_cache()
+        timers, extra = build()
+        _CASE[key] = (timers, paired_us(timers), extra)
+    return _CASE[key]
+
+
 def record(benchmark, timer: GraphTimer, *, impl: str, bandwidth: float, bytes_moved: int = 0,
            flops: int = 0, us: float | None = None, **extra) -> float:
     """Run pytest-benchmark over graph replays and store the GPU-time figures in extra_info
