@@ -40,18 +40,26 @@ def _layer_norm_kernel(
     mask = (rows < n_rows)[:, None] & col_ok[None, :]
     outer, inner = rows // n_inner, rows % n_inner
     x = tl.load(X + (outer * sx_o + inner * sx_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+    # The weight and bias load with x, before the reductions: a load placed after a reduction
+    # waits for it (a barrier), and at 1-16 rows that latency is a large part of the kernel.
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
     out_offs = rows[:, None] * H + cols[None, :]
     if ADD:
         r = tl.load(R + (outer * sr_o + inner * sr_i)[:, None] + cols[None, :], mask=mask, other=0.0)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(NEW_R + out_offs, x, mask=mask)
+    # Two reductions, mean then the centred variance (as F.layer_norm): one reduction of the sum
+    # and the sum of squares is faster but loses the variance to cancellation on rows with a
+    # large mean or outlier values (OPT's residual stream has outlier channels).
     xf = x.to(tl.float32)
     mean = tl.sum(xf, axis=1) / H
     xc = tl.where(mask, xf - mean[:, None], 0.0)
     rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / H + eps)
-    y = xc * rstd[:, None] * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    y = xc * rstd[:, None] * w[None, :]
     if HAS_BIAS:
-        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        y += bias[None, :]
     tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
 
 

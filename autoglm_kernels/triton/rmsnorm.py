@@ -89,6 +89,8 @@ def _rms_norm_kernel(
     mask = (rows < n_rows)[:, None] & col_ok[None, :]
     outer, inner = rows // n_inner, rows % n_inner
     x = tl.load(X + (outer * sx_o + inner * sx_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+    # weight2 with x, before any reduction: a load after one waits for it (see layernorm.py)
+    w = tl.load(W2 + cols, mask=col_ok, other=0.0).to(tl.float32)
     dt = x.dtype
     out_offs = rows[:, None] * H + cols[None, :]  # OUT and NEW_R are contiguous [n_rows, H]
     if MODE == 1:  # new_residual = x + residual, rounded to x.dtype as stock `residual + hidden_states`
@@ -102,7 +104,6 @@ def _rms_norm_kernel(
         h1 = (n1.to(tl.float32) * w1[None, :]).to(dt)
         x = (r.to(tl.float32) + h1.to(tl.float32)).to(dt)
         tl.store(NEW_R + out_offs, x, mask=mask)
-    w = tl.load(W2 + cols, mask=col_ok, other=0.0).to(tl.float32)
     n = _rms_scale(x.to(tl.float32), H, eps).to(dt)
     y = n.to(tl.float32) * w[None, :]
     tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
