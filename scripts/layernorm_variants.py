@@ -1,9 +1,10 @@
 """LayerNorm at 1..16 rows (#6: <= 0.3x stock): the shipped kernel against variants, timed paired
 with stock nn.LayerNorm in one run (GPU time, CUDA-graph replay, inputs rotated as bench does).
 
-Variants: the shipped kernel (the weight and bias loaded with x, before the two reductions) and the
-kernel it replaced (the same math with the weight and bias loaded after the reductions), each at
-several num_warps. Prints a table; every variant is
+Variants: the shipped kernel (every load with x, one reduction of the sum and the sum of squares of
+x - x[row, 0], a second one only for rows whose mean is far from x[row, 0]) at several num_warps,
+with and without the folded row stride; the two-pass kernel with its loads moved up (de9dddc);
+and the kernel of ed6a257 (two passes, the weight and bias loaded after them). Prints a table; every variant is
 checked against the fp32 reference first.
 Usage: python scripts/layernorm_variants.py [--hidden 2048]
 """
@@ -56,10 +57,52 @@ def _ln_previous(
     tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
 
 
-def run_variant(kernel, num_warps, x, r, w, b, eps):
+@triton.jit
+def _ln_two_pass_hoisted(
+    X, R, W, B, OUT, NEW_R,
+    n_rows, n_inner, H,
+    sx_o, sx_i, sr_o, sr_i,
+    eps,
+    ADD: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr = False,
+):
+    pdl_prologue(PDL)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    col_ok = cols < H
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    outer, inner = rows // n_inner, rows % n_inner
+    x = tl.load(X + (outer * sx_o + inner * sx_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+    # The weight and bias load with x, before the reductions: a load placed after a reduction
+    # waits for it (a barrier), and at 1-16 rows that latency is a large part of the kernel.
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    out_offs = rows[:, None] * H + cols[None, :]
+    if ADD:
+        r = tl.load(R + (outer * sr_o + inner * sr_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        tl.store(NEW_R + out_offs, x, mask=mask)
+    # Two reductions, mean then the centred variance (as F.layer_norm): one reduction of the sum
+    # and the sum of squares is faster but loses the variance to cancellation on rows with a
+    # large mean or outlier values (OPT's residual stream has outlier channels).
+    xf = x.to(tl.float32)
+    mean = tl.sum(xf, axis=1) / H
+    xc = tl.where(mask, xf - mean[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / H + eps)
+    y = xc * rstd[:, None] * w[None, :]
+    if HAS_BIAS:
+        y += bias[None, :]
+    tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
+
+
+def run_variant(kernel, num_warps, fold, x, r, w, b, eps):
     out = torch.empty_like(x)
     new_r = torch.empty_like(x) if r is not None else None
     grid, args, xv, rv, meta = row_launch(x, r)
+    if not fold and x.dim() == 2:  # the geometry before row_launch folded the row strides
+        n_rows, _, H, _, sx_i, _, sr_i = args
+        args = (n_rows, n_rows, H, 0, sx_i, 0, sr_i)
     meta = dict(meta, num_warps=num_warps)
     launch(kernel, grid, xv, rv if rv is not None else xv, w, b, out, new_r if new_r is not None else out,
            *args, eps, ADD=r is not None, HAS_BIAS=True, **meta)
@@ -70,7 +113,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--rows", default="1,16,4096")
-    ap.add_argument("--warps", default="1,2,4,8")
+    ap.add_argument("--warps", default="2,4,8")
     a = ap.parse_args()
     H, dt = a.hidden, torch.bfloat16
     kt._direct.on = True  # the ops' direct path: LaunchCache launches, with PDL where it is on
@@ -79,8 +122,9 @@ def main():
         ln.weight.normal_(1.0, 0.1)
         ln.bias.normal_(0.0, 0.1)
     w, b, eps = ln.weight, ln.bias, ln.eps
-    variants = {f"{name}-w{nw}": (k, nw) for name, k in (("previous", _ln_previous), ("shipped", _layer_norm_kernel))
-                for nw in map(int, a.warps.split(","))}
+    variants = {"previous-w4": (_ln_previous, 4, False), "two_pass_hoisted-w4": (_ln_two_pass_hoisted, 4, False),
+                "shipped-w4-nofold": (_layer_norm_kernel, 4, False)}
+    variants.update({f"shipped-w{nw}": (_layer_norm_kernel, nw, True) for nw in map(int, a.warps.split(","))})
     print(f"H={H} PDL={kt.PDL}")
     for op in ("layer_norm", "fused_add_layer_norm"):
         add = op != "layer_norm"
@@ -92,8 +136,8 @@ def main():
             ref = layer_norm_reference(h, w, b, eps).float()
             stock_err = (ln(h).float() - ref).abs().max().item()
             errs = {}
-            for name, (k, nw) in variants.items():
-                got = run_variant(k, nw, x, r, w, b, eps)
+            for name, (k, nw, fold) in variants.items():
+                got = run_variant(k, nw, fold, x, r, w, b, eps)
                 out = got[0] if add else got
                 if add:
                     assert torch.equal(got[1], h), name
@@ -103,9 +147,9 @@ def main():
             sets = [(torch.randn(rows, H, device="cuda", dtype=dt), torch.randn(rows, H, device="cuda", dtype=dt))
                     for _ in range(copies_for(nbytes))]
             timers = {"stock": GraphTimer((lambda x, r: ln(x)) if not add else (lambda x, r: ln(r + x)), sets)}
-            for name, (k, nw) in variants.items():
-                timers[name] = GraphTimer(lambda x, r, k=k, nw=nw: run_variant(k, nw, x, r if add else None, w, b, eps),
-                                          sets)
+            for name, (k, nw, fold) in variants.items():
+                timers[name] = GraphTimer(
+                    lambda x, r, k=k, nw=nw, fold=fold: run_variant(k, nw, fold, x, r if add else None, w, b, eps), sets)
             us = paired_us(timers)
             line = " ".join(f"{n}={us[n]:.2f}us({us[n] / us['stock']:.2f}x,err {errs[n]:.3g})" for n in variants)
             print(f"{op} rows={rows}: stock={us['stock']:.2f}us (err {stock_err:.3g}) {line}", flush=True)

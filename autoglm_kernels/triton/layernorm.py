@@ -25,6 +25,11 @@ from .rmsnorm import MAX_HIDDEN, _triton_can_run, row_launch  # noqa: F401  (MAX
 
 
 @triton.jit
+def _add_pair(a, b, c, d):
+    return a + c, b + d
+
+
+@triton.jit
 def _layer_norm_kernel(
     X, R, W, B, OUT, NEW_R,
     n_rows, n_inner, H,
@@ -37,26 +42,42 @@ def _layer_norm_kernel(
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H
-    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & col_ok[None, :]
     outer, inner = rows // n_inner, rows % n_inner
-    x = tl.load(X + (outer * sx_o + inner * sx_i)[:, None] + cols[None, :], mask=mask, other=0.0)
-    # The weight and bias load with x, before the reductions: a load placed after a reduction
-    # waits for it (a barrier), and at 1-16 rows that latency is a large part of the kernel.
+    x_offs = outer * sx_o + inner * sx_i
+    x = tl.load(X + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+    # Every load is issued with x, before the reduction: a load placed after a reduction waits
+    # for it (a barrier), and at 1-16 rows that latency is a large part of the kernel.
     w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    shift = tl.load(X + x_offs, mask=row_ok, other=0.0).to(tl.float32)  # x[row, 0]
     out_offs = rows[:, None] * H + cols[None, :]
     if ADD:
-        r = tl.load(R + (outer * sr_o + inner * sr_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+        r_offs = outer * sr_o + inner * sr_i
+        r = tl.load(R + r_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+        shift = (shift + tl.load(R + r_offs, mask=row_ok, other=0.0).to(tl.float32)).to(x.dtype).to(tl.float32)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(NEW_R + out_offs, x, mask=mask)
-    # Two reductions, mean then the centred variance (as F.layer_norm): one reduction of the sum
-    # and the sum of squares is faster but loses the variance to cancellation on rows with a
-    # large mean or outlier values (OPT's residual stream has outlier channels).
+    # Mean and variance from one reduction of the sum and the sum of squares of d = x - x[row, 0]:
+    # d, the mean and var = E[d^2] - E[d]^2 lose about sqrt(E[d^2] / var) x fp32 epsilon (relative
+    # to the spread) to rounding, so where E[d]^2 > 64 var (x[row, 0] an outlier far from the
+    # mean) the row is centred again from x by a second reduction of the same kind, which the
+    # first one's mean leaves free of cancellation.
     xf = x.to(tl.float32)
-    mean = tl.sum(xf, axis=1) / H
-    xc = tl.where(mask, xf - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / H + eps)
+    d = tl.where(mask, xf - shift[:, None], 0.0)
+    s1, s2 = tl.reduce((d, d * d), 1, _add_pair)
+    dm = s1 / H
+    var = s2 / H - dm * dm
+    xc = tl.where(mask, d - dm[:, None], 0.0)
+    if tl.max(dm * dm - 64.0 * var, axis=0) > 0.0:
+        xc = tl.where(mask, xf - (shift + dm)[:, None], 0.0)
+        c1, c2 = tl.reduce((xc, xc * xc), 1, _add_pair)
+        cm = c1 / H
+        var = c2 / H - cm * cm
+        xc = tl.where(mask, xc - cm[:, None], 0.0)
+    rstd = tl.rsqrt(tl.maximum(var, 0.0) + eps)
     y = xc * rstd[:, None] * w[None, :]
     if HAS_BIAS:
         y += bias[None, :]
