@@ -1,11 +1,12 @@
 """LayerNorm at 1..16 rows (#6: <= 0.3x stock): the shipped kernel against variants, timed paired
 with stock nn.LayerNorm in one run (GPU time, CUDA-graph replay, inputs rotated as bench does).
 
-Variants: the shipped kernel (every load with x, one reduction of the sum and the sum of squares of
-x - x[row, 0] joined into one tensor, a second one only for rows whose mean is far from x[row, 0])
-at several num_warps; the same as a tuple reduction (45660d7: one barrier per value); the kernel of
-ed6a257 (two passes, the weight and bias loaded after them). (Measured earlier in this script:
-de9dddc's two-pass kernel with its loads moved up, and the row-stride fold on and off.) Prints a table; every variant is
+Variants: the shipped kernel (every load with x, one tuple reduction of the sum and the sum of
+squares of x - x[row, 0], a second one only for rows whose mean is far from x[row, 0]) at several
+num_warps; the same with the two values joined into one tensor (78b8f69: one shared-memory barrier
+instead of two; measured no faster, not kept); the kernel of ed6a257 (two passes, the weight and
+bias loaded after them). Earlier versions of this script also measured de9dddc's two-pass kernel
+with its loads moved up, and the row-stride fold on and off (bench/results/..._0935_...). Prints a table; every variant is
 checked against the fp32 reference first.
 Usage: python scripts/layernorm_variants.py [--hidden 2048]
 """
@@ -59,12 +60,16 @@ def _ln_previous(
 
 
 @triton.jit
-def _add_pair(a, b, c, d):
-    return a + c, b + d
+def _sums(v):
+    """(sum, sum of squares) of v [ROWS, BLOCK_H] along the row, in one reduction: the two
+    values travel together, one shared-memory exchange and barrier (a tuple reduction or two
+    tl.sum calls take one each)."""
+    s = tl.sum(tl.join(v, v * v), axis=1)
+    return tl.split(s)
 
 
 @triton.jit
-def _ln_tuple_reduce(
+def _ln_joined_reduce(
     X, R, W, B, OUT, NEW_R,
     n_rows, n_inner, H,
     sx_o, sx_i, sr_o, sr_i,
@@ -101,13 +106,13 @@ def _ln_tuple_reduce(
     # first one's mean leaves free of cancellation.
     xf = x.to(tl.float32)
     d = tl.where(mask, xf - shift[:, None], 0.0)
-    s1, s2 = tl.reduce((d, d * d), 1, _add_pair)
+    s1, s2 = _sums(d)
     dm = s1 / H
     var = s2 / H - dm * dm
     xc = tl.where(mask, d - dm[:, None], 0.0)
     if tl.max(dm * dm - 64.0 * var, axis=0) > 0.0:
         xc = tl.where(mask, xf - (shift + dm)[:, None], 0.0)
-        c1, c2 = tl.reduce((xc, xc * xc), 1, _add_pair)
+        c1, c2 = _sums(xc)
         cm = c1 / H
         var = c2 / H - cm * cm
         xc = tl.where(mask, xc - cm[:, None], 0.0)
@@ -144,7 +149,7 @@ def main():
         ln.weight.normal_(1.0, 0.1)
         ln.bias.normal_(0.0, 0.1)
     w, b, eps = ln.weight, ln.bias, ln.eps
-    variants = {"previous-w4": (_ln_previous, 4, False), "tuple-w4": (_ln_tuple_reduce, 4, True)}
+    variants = {"previous-w4": (_ln_previous, 4, False), "joined-w4": (_ln_joined_reduce, 4, True)}
     variants.update({f"shipped-w{nw}": (_layer_norm_kernel, nw, True) for nw in map(int, a.warps.split(","))})
     print(f"H={H} PDL={kt.PDL}")
     for op in ("layer_norm", "fused_add_layer_norm"):

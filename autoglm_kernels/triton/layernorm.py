@@ -25,12 +25,8 @@ from .rmsnorm import MAX_HIDDEN, _triton_can_run, row_launch  # noqa: F401  (MAX
 
 
 @triton.jit
-def _sums(v):
-    """(sum, sum of squares) of v [ROWS, BLOCK_H] along the row, in one reduction: the two
-    values travel together, one shared-memory exchange and barrier (a tuple reduction or two
-    tl.sum calls take one each)."""
-    s = tl.sum(tl.join(v, v * v), axis=1)
-    return tl.split(s)
+def _add_pair(a, b, c, d):
+    return a + c, b + d
 
 
 @triton.jit
@@ -71,13 +67,13 @@ def _layer_norm_kernel(
     # first one's mean leaves free of cancellation.
     xf = x.to(tl.float32)
     d = tl.where(mask, xf - shift[:, None], 0.0)
-    s1, s2 = _sums(d)
+    s1, s2 = tl.reduce((d, d * d), 1, _add_pair)
     dm = s1 / H
     var = s2 / H - dm * dm
     xc = tl.where(mask, d - dm[:, None], 0.0)
     if tl.max(dm * dm - 64.0 * var, axis=0) > 0.0:
         xc = tl.where(mask, xf - (shift + dm)[:, None], 0.0)
-        c1, c2 = _sums(xc)
+        c1, c2 = tl.reduce((xc, xc * xc), 1, _add_pair)
         cm = c1 / H
         var = c2 / H - cm * cm
         xc = tl.where(mask, xc - cm[:, None], 0.0)
