@@ -3,10 +3,10 @@ with stock nn.LayerNorm in one run (GPU time, CUDA-graph replay, inputs rotated 
 
 Variants: the shipped kernel (every load with x, one tuple reduction of the sum and the sum of
 squares of x - x[row, 0], a second one only for rows whose mean is far from x[row, 0]) at several
-num_warps; the same with the two values joined into one tensor (78b8f69: one shared-memory barrier
-instead of two; measured no faster, not kept); the kernel of ed6a257 (two passes, the weight and
-bias loaded after them). Earlier versions of this script also measured de9dddc's two-pass kernel
-with its loads moved up, and the row-stride fold on and off (bench/results/..._0935_...). Prints a table; every variant is
+num_warps, and the kernel of ed6a257 (two passes, the weight and bias loaded after them). Earlier
+versions of this script measured de9dddc's two-pass kernel with its loads moved up, the row-stride
+fold on and off (bench/results/..._0935_...), and 78b8f69's kernel, the two sums joined into one
+tensor (one shared-memory barrier instead of two: no faster, ..._0952_...). Prints a table; every variant is
 checked against the fp32 reference first.
 Usage: python scripts/layernorm_variants.py [--hidden 2048]
 """
@@ -59,70 +59,6 @@ def _ln_previous(
     tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _sums(v):
-    """(sum, sum of squares) of v [ROWS, BLOCK_H] along the row, in one reduction: the two
-    values travel together, one shared-memory exchange and barrier (a tuple reduction or two
-    tl.sum calls take one each)."""
-    s = tl.sum(tl.join(v, v * v), axis=1)
-    return tl.split(s)
-
-
-@triton.jit
-def _ln_joined_reduce(
-    X, R, W, B, OUT, NEW_R,
-    n_rows, n_inner, H,
-    sx_o, sx_i, sr_o, sr_i,
-    eps,
-    ADD: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-    PDL: tl.constexpr = False,
-):
-    pdl_prologue(PDL)
-    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
-    cols = tl.arange(0, BLOCK_H)
-    col_ok = cols < H
-    row_ok = rows < n_rows
-    mask = row_ok[:, None] & col_ok[None, :]
-    outer, inner = rows // n_inner, rows % n_inner
-    x_offs = outer * sx_o + inner * sx_i
-    x = tl.load(X + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
-    # Every load is issued with x, before the reduction: a load placed after a reduction waits
-    # for it (a barrier), and at 1-16 rows that latency is a large part of the kernel.
-    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
-    shift = tl.load(X + x_offs, mask=row_ok, other=0.0).to(tl.float32)  # x[row, 0]
-    out_offs = rows[:, None] * H + cols[None, :]
-    if ADD:
-        r_offs = outer * sr_o + inner * sr_i
-        r = tl.load(R + r_offs[:, None] + cols[None, :], mask=mask, other=0.0)
-        shift = (shift + tl.load(R + r_offs, mask=row_ok, other=0.0).to(tl.float32)).to(x.dtype).to(tl.float32)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-        tl.store(NEW_R + out_offs, x, mask=mask)
-    # Mean and variance from one reduction of the sum and the sum of squares of d = x - x[row, 0]:
-    # d, the mean and var = E[d^2] - E[d]^2 lose about sqrt(E[d^2] / var) x fp32 epsilon (relative
-    # to the spread) to rounding, so where E[d]^2 > 64 var (x[row, 0] an outlier far from the
-    # mean) the row is centred again from x by a second reduction of the same kind, which the
-    # first one's mean leaves free of cancellation.
-    xf = x.to(tl.float32)
-    d = tl.where(mask, xf - shift[:, None], 0.0)
-    s1, s2 = _sums(d)
-    dm = s1 / H
-    var = s2 / H - dm * dm
-    xc = tl.where(mask, d - dm[:, None], 0.0)
-    if tl.max(dm * dm - 64.0 * var, axis=0) > 0.0:
-        xc = tl.where(mask, xf - (shift + dm)[:, None], 0.0)
-        c1, c2 = _sums(xc)
-        cm = c1 / H
-        var = c2 / H - cm * cm
-        xc = tl.where(mask, xc - cm[:, None], 0.0)
-    rstd = tl.rsqrt(tl.maximum(var, 0.0) + eps)
-    y = xc * rstd[:, None] * w[None, :]
-    if HAS_BIAS:
-        y += bias[None, :]
-    tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
-
-
 def run_variant(kernel, num_warps, fold, x, r, w, b, eps):
     out = torch.empty_like(x)
     new_r = torch.empty_like(x) if r is not None else None
@@ -149,7 +85,7 @@ def main():
         ln.weight.normal_(1.0, 0.1)
         ln.bias.normal_(0.0, 0.1)
     w, b, eps = ln.weight, ln.bias, ln.eps
-    variants = {"previous-w4": (_ln_previous, 4, False), "joined-w4": (_ln_joined_reduce, 4, True)}
+    variants = {"previous-w4": (_ln_previous, 4, False)}
     variants.update({f"shipped-w{nw}": (_layer_norm_kernel, nw, True) for nw in map(int, a.warps.split(","))})
     print(f"H={H} PDL={kt.PDL}")
     for op in ("layer_norm", "fused_add_layer_norm"):
