@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-from common import GraphTimer, copies_for, paired_case, record
+from common import GraphTimer, copies_for, paired_case, record, stock_linear
 
 from autoglm_kernels import ops
 from autoglm_kernels.models import REFERENCE_MODELS, linear_shapes
@@ -59,11 +58,6 @@ def _shape_table() -> dict[str, tuple[int, int, str, bool]]:
 SHAPES = _shape_table()  # CPU-only work (transformers configs), no GPU at import
 DECODE_CASES = [(name, M) for name in SHAPES for M in (LM_HEAD_M if "lm_head" in name else DECODE_M)]
 PREFILL_CASES = [(name, M) for name in PREFILL_SHAPES if name in SHAPES for M in PREFILL_M]
-
-
-def stock_linear(x, w, b, act):
-    """What transformers does today: F.linear, then the stock activation ops (GLM4's chunk/silu/mul)."""
-    return ops.stock_activation(F.linear(x, w, b), act)
 
 
 _WEIGHTS: dict = {}  # the current shape's rotated weight sets, shared by its (M, impl) cases

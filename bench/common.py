@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from autoglm_kernels import ops
 from autoglm_kernels.cli.bench import measure_read_bandwidth, median_replay_ms
 
 L2_ROTATE_BYTES = 50 * 2**20 * 8  # rotate over > 8x the L2 so every call reads from HBM
@@ -72,10 +73,14 @@ def read_only_sum(nbytes: int, copies: int) -> GraphTimer:
     return GraphTimer(lambda x: torch.sum(x, dim=0, dtype=torch.float32, out=out), sets)
 
 
-def read_bandwidth(nbytes: int = 2**30) -> float:
-    """Achievable read bandwidth in bytes/s: a 1 GiB read-only sum, GPU-timed; the one
-    measurement `autoglm-kernels bench` makes too (cli.bench.measure_read_bandwidth)."""
-    return measure_read_bandwidth(nbytes)
+# Achievable read bandwidth in bytes/s (a 1 GiB read-only sum, GPU-timed): the one measurement
+# `autoglm-kernels bench` makes too.
+read_bandwidth = measure_read_bandwidth
+
+
+def stock_linear(x, w, b, act):
+    """What transformers does today: F.linear, then the stock activation ops (GLM4's chunk/silu/mul)."""
+    return ops.stock_activation(torch.nn.functional.linear(x, w, b), act)
 
 
 def paired_us(timers: dict[str, GraphTimer], rounds: int = 21) -> dict[str, float]:

@@ -19,8 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from bench_linear import stock_linear  # noqa: E402
-from common import GraphTimer, copies_for, read_bandwidth  # noqa: E402
+from common import GraphTimer, copies_for, read_bandwidth, stock_linear  # noqa: E402
 
 from autoglm_kernels import ops  # noqa: E402
 

@@ -8,10 +8,15 @@ each; NCU_GEMV_STOCK=1 adds one stock F.linear call after each (cuBLAS, for comp
 """
 import os
 import sys
+from pathlib import Path
 
 import torch
 
-from autoglm_kernels import ops
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from common import stock_linear  # noqa: E402
+
+from autoglm_kernels import ops  # noqa: E402
 
 SHAPES = {  # name -> (K, N, bias, activation)
     "glm4-9b qkv": (4096, 4608, True, "none"), "llama3.1-8b qkv": (4096, 6144, False, "none"),
@@ -23,11 +28,6 @@ DEFAULT = ("glm4-9b qkv", "llama3.1-8b qkv", "llama3.1-8b o_proj", "llama3.2-1b 
 flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
 
 
-def stock(x, w, b, act):
-    """What transformers runs: F.linear (cuBLAS), then the activation ops."""
-    return ops.stock_activation(torch.nn.functional.linear(x, w, b), act)
-
-
 ROWS = [int(m) for m in os.environ.get("NCU_GEMV_ROWS", "1").split(",")]
 STOCK = os.environ.get("NCU_GEMV_STOCK", "0") == "1"
 for name in sys.argv[1:] or DEFAULT:
@@ -36,7 +36,7 @@ for name in sys.argv[1:] or DEFAULT:
     b = torch.randn(N, device="cuda", dtype=torch.bfloat16) if bias else None
     for m in ROWS:
         x = torch.randn(m, K, device="cuda", dtype=torch.bfloat16)
-        for fn in (ops.fused_linear, stock) if STOCK else (ops.fused_linear,):
+        for fn in (ops.fused_linear, stock_linear) if STOCK else (ops.fused_linear,):
             flush.zero_()
             torch.cuda.synchronize()
             fn(x, w, b, act)
