@@ -5,7 +5,8 @@ models' rotary embedding modules where they exist. q/k are views into one fused 
 the patched attention passes them; the stock function runs on [B, H, S, D] views as the model
 calls it.
 
-CPU: the kernel in the interpreter (fp32 tight, fp16 by the 2x-stock-error rule), the plain-torch
+In fp16/bf16 the kernel rounds where stock does, so it must equal stock bit for bit (and meet the
+2x-stock-error rule). CPU: the kernel in the interpreter (fp32 tight, fp16 exact), the plain-torch
 fallback, opcheck, input errors. GPU: bf16/fp16 at model shapes, CUDA-graph capture, full opcheck,
 torch.compile over qkv views.
 """
@@ -109,6 +110,8 @@ def check_against(stock_fn, cos, sin, B, S, Hq, Hk, D, dtype, *, interleaved, mr
     ops.apply_rope_(q, k, cos, sin, interleaved=interleaved, mrope_section=mrope_section)
     assert_stock_close(q, q_stock.transpose(1, 2), q_ref.transpose(1, 2))
     assert_stock_close(k, k_stock.transpose(1, 2), k_ref.transpose(1, 2))
+    if dtype != torch.float32:  # the kernel makes stock's roundings: its values, bit for bit
+        assert torch.equal(q, q_stock.transpose(1, 2)) and torch.equal(k, k_stock.transpose(1, 2))
     R = stock_cos.shape[-1]
     qkv_heads, before_heads = qkv.view(B, S, -1, D), before.view(B, S, -1, D)
     assert torch.equal(qkv_heads[..., R:], before_heads[..., R:]), "pass-through dims changed"

@@ -12,7 +12,9 @@ With F = R/2 frequencies, frequency f rotates the pair (x1, x2) by (c, s) from c
                                              x1 = x[2f], x2 = x[2f+1]; c1 = c2 = cos[f]
   interleaved=True with mrope_section and 3-D cos (GLM-4.1V, transformers 5.x: the module already
        merged the 3 streams and repeat_interleaved them):   c1 = cos[2f], c2 = cos[2f+1]
-  y1 = x1*c1 - x2*s1,  y2 = x2*c2 + x1*s2   (fp32, one rounding to q.dtype)
+  y1 = x1*c1 - x2*s1,  y2 = x2*c2 + x1*s2   (with cos in q's dtype: each product and the sum
+       rounded to q.dtype, as transformers' `q * cos + rotate_half(q) * sin` rounds them, so the
+       result equals stock's bit for bit; with fp32 cos: fp32 math, one rounding)
 4-D cos (mrope, 4.x): frequency f reads stream 0 for f < m0, 1 for f < m0+m1, else 2, which is
 what apply_multimodal_rotary_pos_emb's split/cat of mrope_section*2 selects; done in the kernel's
 addressing so it costs no extra launch.
@@ -69,7 +71,16 @@ def cos_layout(interleaved: bool, mrope_section: Optional[list[int]], cos_dim: i
 
 
 @triton.jit
-def _rotate_heads(src, dst, row_ok, F, c1, s1, c2, s2, INTERLEAVED: tl.constexpr, BLOCK_F: tl.constexpr):
+def _rnd(v, dtype: tl.constexpr, ON: tl.constexpr):
+    """v (fp32) rounded to dtype and back where ON: the rounding a stock elementwise op in dtype makes."""
+    if ON:
+        return v.to(dtype).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _rotate_heads(src, dst, row_ok, F, c1, s1, c2, s2, INTERLEAVED: tl.constexpr, BLOCK_F: tl.constexpr,
+                  STOCK_ROUND: tl.constexpr):
     """Rotate the first R = 2F dims of BLOCK_H heads: src/dst are [BLOCK_H, 1] pointers to each
     head's element 0 (dst == src: in place)."""
     f = tl.arange(0, BLOCK_F)
@@ -83,8 +94,10 @@ def _rotate_heads(src, dst, row_ok, F, c1, s1, c2, s2, INTERLEAVED: tl.constexpr
     x1 = tl.load(src + o1[None, :], mask=mask, other=0.0)
     x2 = tl.load(src + o2[None, :], mask=mask, other=0.0)
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    y1 = x1f * c1[None, :] - x2f * s1[None, :]
-    y2 = x2f * c2[None, :] + x1f * s2[None, :]
+    # stock's roundings (STOCK_ROUND: cos in q's dtype): `q * cos + rotate_half(q) * sin` rounds
+    # each product to q's dtype, then the sum; the same roundings give stock's values bit for bit
+    y1 = _rnd(x1f * c1[None, :], x1.dtype, STOCK_ROUND) - _rnd(x2f * s1[None, :], x1.dtype, STOCK_ROUND)
+    y2 = _rnd(x2f * c2[None, :], x1.dtype, STOCK_ROUND) + _rnd(x1f * s2[None, :], x1.dtype, STOCK_ROUND)
     tl.store(dst + o1[None, :], y1.to(x1.dtype), mask=mask)
     tl.store(dst + o2[None, :], y2.to(x2.dtype), mask=mask)
 
@@ -104,7 +117,7 @@ def _rope_kernel(
     sq_b, sq_s, sq_h, sk_b, sk_s, sk_h, sv_b, sv_s, sv_h,
     skc_b, skc_h, skc_n, svc_b, svc_h, svc_n,
     sc_m, sc_b, sc_s, sc_r, ss_m, ss_b, ss_s, ss_r,
-    INTERLEAVED: tl.constexpr, LAYOUT: tl.constexpr, APPEND: tl.constexpr,
+    INTERLEAVED: tl.constexpr, LAYOUT: tl.constexpr, APPEND: tl.constexpr, STOCK_ROUND: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
@@ -144,7 +157,7 @@ def _rope_kernel(
     if hb < n_qb:
         heads = hb * BLOCK_H + h
         src = Q + b * sq_b + s * sq_s + heads[:, None] * sq_h
-        _rotate_heads(src, src, heads < Hq, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F)
+        _rotate_heads(src, src, heads < Hq, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F, STOCK_ROUND)
     else:
         kv = hb >= n_qb + n_kb  # a v head block (APPEND only)
         heads = (hb - n_qb - kv.to(tl.int32) * n_kb) * BLOCK_H + h
@@ -157,11 +170,11 @@ def _rope_kernel(
             else:
                 src = K + b * sk_b + s * sk_s + heads[:, None] * sk_h
                 dst = KC + b * skc_b + slot * skc_n + heads[:, None] * skc_h
-                _rotate_heads(src, dst, ok, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F)
+                _rotate_heads(src, dst, ok, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F, STOCK_ROUND)
                 _copy_heads(src, dst, ok, 2 * F, D, BLOCK_D)  # dims past the rotary part pass through
         else:
             src = K + b * sk_b + s * sk_s + heads[:, None] * sk_h
-            _rotate_heads(src, src, heads < Hk, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F)
+            _rotate_heads(src, src, heads < Hk, F, c1, s1, c2, s2, INTERLEAVED, BLOCK_F, STOCK_ROUND)
     if APPEND:
         # acq_rel: this program's read of POS happens before its ticket; the last ticket's holder
         # therefore advances POS after every program has read it, and resets the ticket for the next launch
@@ -193,9 +206,12 @@ def rope_reference_(q, k, cos, sin, interleaved: bool, mrope_section: Optional[l
         return _as_4d(t, B, S)[stream, :, :, col].permute(1, 2, 0).unsqueeze(2).float()
 
     c1, s1, c2, s2 = pick(cos, col1), pick(sin, col1), pick(cos, col2), pick(sin, col2)
+    # products and sums in q's dtype where cos has it (stock's roundings), else fp32
+    dt = q.dtype if cos.dtype == q.dtype else torch.float32
+    c1, s1, c2, s2 = (t.to(dt) for t in (c1, s1, c2, s2))
     for x in (q, k):
         x1, x2 = (x[..., 0:R:2], x[..., 1:R:2]) if interleaved else (x[..., :F], x[..., F:R])
-        x1f, x2f = x1.float(), x2.float()
+        x1f, x2f = x1.to(dt), x2.to(dt)
         y1, y2 = x1f * c1 - x2f * s1, x2f * c2 + x1f * s2
         x1.copy_(y1)
         x2.copy_(y2)
@@ -242,7 +258,7 @@ def _launch(q, k, cos, sin, interleaved: bool, mrope_section: Optional[list[int]
         *kc_strides, *vc_strides,
         *c4.stride(), *s4.stride(),
         INTERLEAVED=interleaved, LAYOUT=cos_layout(interleaved, mrope_section, cos.dim()), APPEND=append is not None,
-        BLOCK_H=block_h, BLOCK_F=block_f, BLOCK_D=next_power_of_2(int(D)),
+        STOCK_ROUND=cos.dtype == q.dtype, BLOCK_H=block_h, BLOCK_F=block_f, BLOCK_D=next_power_of_2(int(D)),
         num_warps=4 if block_h * block_f <= 512 else 8,
     )
 

@@ -217,7 +217,29 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
   }
 }
 
-__device__ __forceinline__ float silu_f(float v) { return v / (1.0f + __expf(-v)); }
+// v rounded to T and back: the rounding a stock op makes where it writes v as T. The epilogues
+// round where the stock modules do (the projection's output, then each elementwise op's), so a
+// patched model's values differ from stock's only where a sum's order moved a rounding.
+template <typename T>
+__device__ __forceinline__ float rnd(float v) {
+  return Num<T>::to_float(Num<T>::from_float(v));
+}
+
+// silu as torch's CUDA kernel computes it, v / (1 + expf(-v)), bit for bit: CUDA 13's expf (what
+// nvcc emits for it without fast math: a rounding-mode range reduction, then ex2.approx scaled by
+// 2^j, its final multiply fused with the `1 +`) and an IEEE division, written with intrinsics
+// because this file builds with --use_fast_math, which would turn expf into __expf (up to ~14 ulp
+// off at |v| ~ 10) and the division into an approximation.
+__device__ __forceinline__ float silu_f(float v) {
+  const float a = -v;
+  const float t = __saturatef(__fmaf_rn(a, __int_as_float(0x3BBB989D), 0.5f));
+  const float j = __fmaf_rd(t, __int_as_float(0x437C0000), __int_as_float(0x4B400001));
+  const float r = __fadd_rn(j, __int_as_float(0xCB40007F));
+  const float f = __fmaf_rn(a, __int_as_float(0x32A57060), __fmaf_rn(a, __int_as_float(0x3FB8AA3B), -r));
+  float e;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(f));
+  return __fdiv_rn(v, __fmaf_rn(e, __int_as_float(__float_as_int(j) << 23), 1.0f));
+}
 
 // transformers' RMSNorm in a block (the GEMV's prologue and the linear_add_rms_norm epilogue).
 // rstd[m] = rsqrt(mean(row_m^2) + eps) in fp32 for M rows of length L (L % 8 == 0): each thread
@@ -561,8 +583,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           x1 += Num<T>::to_float(bias[n_lo]);
           x2 += Num<T>::to_float(bias[n_hi]);
         }
-        // the projection's output as the stock linear rounds it, then the rotation in fp32 with
-        // one rounding (what the RoPE kernel computes from that output)
+        // the projection's output as the stock linear rounds it, then the rotation with stock's
+        // roundings (what the RoPE kernel computes from that output)
         x1 = Num<T>::to_float(Num<T>::from_float(x1));
         x2 = Num<T>::to_float(Num<T>::from_float(x2));
         if (rot) {
@@ -573,7 +595,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           const T* sn = static_cast<const T*>(ra.sin) + m * ra.sin_b;
           const float c1 = Num<T>::to_float(cs[col1 * ra.cos_r]), c2 = Num<T>::to_float(cs[col2 * ra.cos_r]);
           const float s1 = Num<T>::to_float(sn[col1 * ra.sin_r]), s2 = Num<T>::to_float(sn[col2 * ra.sin_r]);
-          const float y1 = x1 * c1 - x2 * s1, y2 = x2 * c2 + x1 * s2;
+          // transformers' `q * cos + rotate_half(q) * sin` in T: each product rounded, then the sum
+        const float y1 = rnd<T>(x1 * c1) - rnd<T>(x2 * s1), y2 = rnd<T>(x2 * c2) + rnd<T>(x1 * s2);
           x1 = y1;
           x2 = y2;
         }
@@ -603,8 +626,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           gate += Num<T>::to_float(bias[n]);
           up += Num<T>::to_float(bias[n + n_out]);
         }
+        // stock's roundings: the projection's outputs, silu(gate), then the product
+        const float s = rnd<T>(silu_f(rnd<T>(gate)));
         const int64_t o = static_cast<int64_t>(m) * n_out + n;
-        y[o] = add_residual(Num<T>::from_float(silu_f(gate) * up), res, o);
+        y[o] = add_residual(Num<T>::from_float(s * rnd<T>(up)), res, o);
       }
     } else {
       const int mt = jj >> 2, j = jj & 3;
@@ -614,7 +639,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         for (int s = 0; s < nwarps; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
         if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
         const int64_t o = static_cast<int64_t>(m) * N + n;
-        y[o] = add_residual(Num<T>::from_float(activate<ACT>(v)), res, o);
+        y[o] = add_residual(Num<T>::from_float(activate<ACT>(rnd<T>(v))), res, o);  // act of the rounded output
       }
     }
   }
@@ -661,8 +686,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   }
 }
 
-// out[r, c] = silu(y[r, c]) * y[r, h + c] for y: [rows, 2h], out: [rows, h]; 8 elements per
-// thread with 16-byte accesses when VEC (h % 8 == 0), else one.
+// out[r, c] = silu(y[r, c]) * y[r, h + c] for y: [rows, 2h], out: [rows, h], rounded as stock's
+// `silu(gate) * up` rounds (silu's output, then the product); 8 elements per thread with 16-byte
+// accesses when VEC (h % 8 == 0), else one.
 template <typename T, bool VEC>
 __global__ void silu_mul_kernel(const T* __restrict__ y, T* __restrict__ out, int64_t rows, int64_t h) {
   pdl_wait();  // launched with PDL where it is on: the down projection's GEMV may launch behind it
@@ -683,10 +709,10 @@ __global__ void silu_mul_kernel(const T* __restrict__ y, T* __restrict__ out, in
       T* oe = reinterpret_cast<T*>(&ov);
 #pragma unroll
       for (int e = 0; e < 8; ++e)
-        oe[e] = Num<T>::from_float(silu_f(Num<T>::to_float(ge[e])) * Num<T>::to_float(ue[e]));
+        oe[e] = Num<T>::from_float(rnd<T>(silu_f(Num<T>::to_float(ge[e]))) * Num<T>::to_float(ue[e]));
       *reinterpret_cast<uint4*>(op) = ov;
     } else {
-      *op = Num<T>::from_float(silu_f(Num<T>::to_float(*gp)) * Num<T>::to_float(gp[h]));
+      *op = Num<T>::from_float(rnd<T>(silu_f(Num<T>::to_float(*gp))) * Num<T>::to_float(gp[h]));
     }
   }
 }
