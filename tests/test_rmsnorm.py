@@ -218,6 +218,11 @@ def test_gpu_all_ops_vs_stock(dtype, hidden, rows):
         h64 = res.double() + f1(x.double())
         assert_stock_close(h, h_stock, h64)
         assert_stock_close(out, n2(h_stock), f2(h64))
+        # stock's roundings (n1's output, then the add): only a reduction order may move one, rarely;
+        # the add fused with n1's weight multiply into one half FMA (as LLVM compiled it before
+        # stock_round) rounds once where stock rounds twice
+        moved = int((h != h_stock).sum())
+        assert moved <= max(2, 0.01 * h.numel()), f"new residual: {moved} of {h.numel()} elements differ from stock's"
 
 
 @pytest.mark.gpu

@@ -73,6 +73,23 @@ def pdl_prologue(PDL: tl.constexpr):
                                   is_pure=False, pack=1)
 
 
+# Compiled kernels (not the CPU interpreter, which has no inline assembly) hide each stock rounding
+# from the compiler: see stock_round.
+_OPAQUE = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+
+
+@triton.jit
+def stock_round(v):
+    """v (fp32, already rounded to a half type and back by the caller: `x.to(dt).to(tl.float32)`)
+    made opaque, so the rounding a stock op makes stays in the result. Without it LLVM narrows
+    the fp32 product of two halves to a half multiply and contracts it with the add that follows
+    into one half FMA: one rounding fewer than stock (norm_add_norm's residual add and RoPE's
+    products did so: fma.rn.bf16 in their PTX)."""
+    if _OPAQUE:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [v], dtype=tl.float32, is_pure=True, pack=1)
+    return v
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) on the host (triton.cdiv is a constexpr function: about 2 us a host call)."""
     return -(-a // b)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import cdiv, launch, next_power_of_2, pdl_prologue, triton_op
+from . import cdiv, launch, next_power_of_2, pdl_prologue, stock_round, triton_op
 
 MAX_HIDDEN = 32768  # one row in registers: 32 values per thread at 32 warps
 _TILE = 2048  # elements per program when several short rows share one (e.g. Qwen3 q_norm, D=128)
@@ -101,8 +101,8 @@ def _rms_norm_kernel(
         r = tl.load(R + (outer * sr_o + inner * sr_i)[:, None] + cols[None, :], mask=mask, other=0.0)
         w1 = tl.load(W1 + cols, mask=col_ok, other=0.0).to(tl.float32)
         n1 = _rms_scale(x.to(tl.float32), H, eps).to(dt)
-        h1 = (n1.to(tl.float32) * w1[None, :]).to(dt)
-        x = (r.to(tl.float32) + h1.to(tl.float32)).to(dt)
+        h1 = stock_round((n1.to(tl.float32) * w1[None, :]).to(dt).to(tl.float32))  # not fused into the add
+        x = (r.to(tl.float32) + h1).to(dt)
         tl.store(NEW_R + out_offs, x, mask=mask)
     n = _rms_scale(x.to(tl.float32), H, eps).to(dt)
     y = n.to(tl.float32) * w[None, :]

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from . import cdiv, launch, next_power_of_2, pdl_prologue, triton_op
+from . import cdiv, launch, next_power_of_2, pdl_prologue, stock_round, triton_op
 
 LAYOUT_HALF, LAYOUT_GLM, LAYOUT_PAIRS = 0, 1, 2  # where frequency f's cos/sin sit (see module doc)
 
@@ -74,7 +74,7 @@ def cos_layout(interleaved: bool, mrope_section: Optional[list[int]], cos_dim: i
 def _rnd(v, dtype: tl.constexpr, ON: tl.constexpr):
     """v (fp32) rounded to dtype and back where ON: the rounding a stock elementwise op in dtype makes."""
     if ON:
-        return v.to(dtype).to(tl.float32)
+        return stock_round(v.to(dtype).to(tl.float32))
     return v
 
 
