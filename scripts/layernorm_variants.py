@@ -3,11 +3,12 @@ with stock nn.LayerNorm in one run (GPU time, CUDA-graph replay, inputs rotated 
 
 Variants: the shipped kernel (every load with x, one tuple reduction of the sum and the sum of
 squares of x - x[row, 0], a second one only for rows whose mean is far from x[row, 0]) at several
-num_warps, and the kernel of ed6a257 (two passes, the weight and bias loaded after them). Earlier
-versions of this script measured de9dddc's two-pass kernel with its loads moved up, the row-stride
-fold on and off (bench/results/..._0935_...), and 78b8f69's kernel, the two sums joined into one
-tensor (one shared-memory barrier instead of two: no faster, ..._0952_...). Prints a table; every variant is
-checked against the fp32 reference first.
+num_warps, and probes of where its time goes (_ln_probe: the weight and bias loaded before the PDL
+wait; no second reduction). Earlier versions of this script measured the kernel of ed6a257 (two
+passes, the weight and bias loaded after them: ..._0908_.../..._0935_...), de9dddc's two-pass
+kernel with its loads moved up, the row-stride fold on and off (..._0935_...), and 78b8f69's
+kernel, the two sums joined into one tensor (one shared-memory barrier instead of two: no faster,
+..._0952_...). Prints a table; every variant is checked against the fp32 reference first.
 Usage: python scripts/layernorm_variants.py [--hidden 2048]
 """
 
@@ -24,42 +25,68 @@ from common import GraphTimer, copies_for, paired_us  # noqa: E402
 
 import autoglm_kernels.triton as kt  # noqa: E402
 from autoglm_kernels.triton import launch, pdl_prologue  # noqa: E402
-from autoglm_kernels.triton.layernorm import _layer_norm_kernel, layer_norm_reference  # noqa: E402
+from autoglm_kernels.triton.layernorm import _add_pair, _layer_norm_kernel, layer_norm_reference  # noqa: E402
 from autoglm_kernels.triton.rmsnorm import row_launch  # noqa: E402
 
 
 @triton.jit
-def _ln_previous(
+def _ln_probe(
     X, R, W, B, OUT, NEW_R,
     n_rows, n_inner, H,
     sx_o, sx_i, sr_o, sr_i,
     eps,
     ADD: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, EARLY_W: tl.constexpr = False, FALLBACK: tl.constexpr = True,
 ):
-    pdl_prologue(PDL)
-    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    """The shipped kernel with two probes: EARLY_W loads the weight and bias before the PDL wait
+    (they are not written by the kernel before: only safe for parameters); FALLBACK=False drops
+    the centred second reduction (wrong for rows whose mean is far from x[row, 0]: timing only)."""
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H
-    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    if EARLY_W:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    pdl_prologue(PDL)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & col_ok[None, :]
     outer, inner = rows // n_inner, rows % n_inner
-    x = tl.load(X + (outer * sx_o + inner * sx_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+    x_offs = outer * sx_o + inner * sx_i
+    x = tl.load(X + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+    if not EARLY_W:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    shift = tl.load(X + x_offs, mask=row_ok, other=0.0).to(tl.float32)
     out_offs = rows[:, None] * H + cols[None, :]
     if ADD:
-        r = tl.load(R + (outer * sr_o + inner * sr_i)[:, None] + cols[None, :], mask=mask, other=0.0)
+        r_offs = outer * sr_o + inner * sr_i
+        r = tl.load(R + r_offs[:, None] + cols[None, :], mask=mask, other=0.0)
+        shift = (shift + tl.load(R + r_offs, mask=row_ok, other=0.0).to(tl.float32)).to(x.dtype).to(tl.float32)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(NEW_R + out_offs, x, mask=mask)
     xf = x.to(tl.float32)
-    mean = tl.sum(xf, axis=1) / H
-    xc = tl.where(mask, xf - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / H + eps)
-    y = xc * rstd[:, None] * tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    d = tl.where(mask, xf - shift[:, None], 0.0)
+    s1, s2 = tl.reduce((d, d * d), 1, _add_pair)
+    dm = s1 / H
+    var = s2 / H - dm * dm
+    xc = tl.where(mask, d - dm[:, None], 0.0)
+    if FALLBACK:
+        if tl.max(dm * dm - 64.0 * var, axis=0) > 0.0:
+            xc = tl.where(mask, xf - (shift + dm)[:, None], 0.0)
+            c1, c2 = tl.reduce((xc, xc * xc), 1, _add_pair)
+            cm = c1 / H
+            var = c2 / H - cm * cm
+            xc = tl.where(mask, xc - cm[:, None], 0.0)
+    rstd = tl.rsqrt(tl.maximum(var, 0.0) + eps)
+    y = xc * rstd[:, None] * w[None, :]
     if HAS_BIAS:
-        y += tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        y += bias[None, :]
     tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
 
 
-def run_variant(kernel, num_warps, fold, x, r, w, b, eps):
+def run_variant(kernel, num_warps, fold, x, r, w, b, eps, probes=None):
     out = torch.empty_like(x)
     new_r = torch.empty_like(x) if r is not None else None
     grid, args, xv, rv, meta = row_launch(x, r)
@@ -68,7 +95,7 @@ def run_variant(kernel, num_warps, fold, x, r, w, b, eps):
         args = (n_rows, n_rows, H, 0, sx_i, 0, sr_i)
     meta = dict(meta, num_warps=num_warps)
     launch(kernel, grid, xv, rv if rv is not None else xv, w, b, out, new_r if new_r is not None else out,
-           *args, eps, ADD=r is not None, HAS_BIAS=True, **meta)
+           *args, eps, ADD=r is not None, HAS_BIAS=True, **meta, **(probes or {}))
     return (out, new_r) if r is not None else out
 
 
@@ -85,8 +112,13 @@ def main():
         ln.weight.normal_(1.0, 0.1)
         ln.bias.normal_(0.0, 0.1)
     w, b, eps = ln.weight, ln.bias, ln.eps
-    variants = {"previous-w4": (_ln_previous, 4, False)}
-    variants.update({f"shipped-w{nw}": (_layer_norm_kernel, nw, True) for nw in map(int, a.warps.split(","))})
+    variants = {f"shipped-w{nw}": (_layer_norm_kernel, nw, True, None) for nw in map(int, a.warps.split(","))}
+    variants.update({
+        "probe-w4": (_ln_probe, 4, True, None),  # the shipped kernel's copy: a control
+        "early_w-w4": (_ln_probe, 4, True, {"EARLY_W": True}),
+        "no_fallback-w4": (_ln_probe, 4, True, {"FALLBACK": False}),
+        "early_w+no_fallback-w4": (_ln_probe, 4, True, {"EARLY_W": True, "FALLBACK": False}),
+    })
     print(f"H={H} PDL={kt.PDL}")
     for op in ("layer_norm", "fused_add_layer_norm"):
         add = op != "layer_norm"
@@ -98,8 +130,8 @@ def main():
             ref = layer_norm_reference(h, w, b, eps).float()
             stock_err = (ln(h).float() - ref).abs().max().item()
             errs = {}
-            for name, (k, nw, fold) in variants.items():
-                got = run_variant(k, nw, fold, x, r, w, b, eps)
+            for name, (k, nw, fold, probes) in variants.items():
+                got = run_variant(k, nw, fold, x, r, w, b, eps, probes)
                 out = got[0] if add else got
                 if add:
                     assert torch.equal(got[1], h), name
@@ -109,9 +141,10 @@ def main():
             sets = [(torch.randn(rows, H, device="cuda", dtype=dt), torch.randn(rows, H, device="cuda", dtype=dt))
                     for _ in range(copies_for(nbytes))]
             timers = {"stock": GraphTimer((lambda x, r: ln(x)) if not add else (lambda x, r: ln(r + x)), sets)}
-            for name, (k, nw, fold) in variants.items():
+            for name, (k, nw, fold, probes) in variants.items():
                 timers[name] = GraphTimer(
-                    lambda x, r, k=k, nw=nw, fold=fold: run_variant(k, nw, fold, x, r if add else None, w, b, eps), sets)
+                    lambda x, r, k=k, nw=nw, fold=fold, p=probes: run_variant(k, nw, fold, x, r if add else None, w, b,
+                                                                            eps, p), sets)
             us = paired_us(timers)
             line = " ".join(f"{n}={us[n]:.2f}us({us[n] / us['stock']:.2f}x,err {errs[n]:.3g})" for n in variants)
             print(f"{op} rows={rows}: stock={us['stock']:.2f}us (err {stock_err:.3g}) {line}", flush=True)
