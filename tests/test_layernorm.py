@@ -89,6 +89,31 @@ def test_layer_norm_cancellation(case, hidden, device):
         assert err <= 2 * stock_err + slack, f"error {err:.3g} vs stock's {stock_err:.3g}"
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_weights_load_before_the_pdl_wait_only_for_parameters(device):
+    """The norm kernels read module weights (nn.Parameter, which no op here writes) before their
+    PDL wait, any other weight (it could be the output of the kernel just before) after it; both
+    give the same values. On the GPU this runs both kernel variants."""
+    from autoglm_kernels.triton import weights_ready
+
+    ln = nn.LayerNorm(100).to(device)
+    with torch.no_grad():
+        ln.weight.normal_(1.0, 0.2)
+        ln.bias.normal_(0.0, 0.2)
+    plain_w, plain_b = ln.weight.detach().clone(), ln.bias.detach().clone()
+    assert weights_ready(ln.weight, ln.bias) and weights_ready(ln.weight, None)
+    assert not weights_ready(plain_w, ln.bias) and not weights_ready(ln.weight, plain_b)
+    x, r = torch.randn(3, 100, device=device), torch.randn(3, 100, device=device)
+    with torch.no_grad():
+        assert torch.equal(ops.layer_norm(x, ln.weight, ln.bias, ln.eps), ops.layer_norm(x, plain_w, plain_b, ln.eps))
+        for a, b in zip(ops.fused_add_layer_norm(x, r, ln.weight, ln.bias, ln.eps),
+                        ops.fused_add_layer_norm(x, r, plain_w, plain_b, ln.eps)):
+            assert torch.equal(a, b)
+        assert torch.equal(ops.rms_norm(x, ln.weight, 1e-6), ops.rms_norm(x, plain_w, 1e-6))
+        for a, b in zip(ops.norm_add_norm(x, r, ln.weight, ln.bias, 1e-6), ops.norm_add_norm(x, r, plain_w, plain_b, 1e-6)):
+            assert torch.equal(a, b)
+
+
 def test_strided_rows():
     x = torch.randn(4, 6, 3 * 48, device=DEV)[..., 48:96]  # rows 144 apart, last dim contiguous
     m = make_ln(48, torch.float32)

@@ -73,6 +73,15 @@ def pdl_prologue(PDL: tl.constexpr):
                                   is_pure=False, pack=1)
 
 
+def weights_ready(*tensors) -> bool:
+    """Whether a kernel may read these tensors before its PDL wait (pdl_prologue), while the
+    kernel before it may still run: only where none of this package's PDL kernels (the only ones
+    that let the next kernel start early) can have written them just before. nn.Parameter
+    (module weights) qualifies: no op here writes one. Anything else (an op's output passed as a
+    weight) waits like x."""
+    return all(t is None or isinstance(t, torch.nn.Parameter) for t in tensors)
+
+
 # Compiled kernels (not the CPU interpreter, which has no inline assembly) hide each stock rounding
 # from the compiler: see stock_round.
 _OPAQUE = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import launch, pdl_prologue, triton_op
+from . import launch, pdl_prologue, triton_op, weights_ready
 from .rmsnorm import MAX_HIDDEN, _triton_can_run, row_launch  # noqa: F401  (MAX_HIDDEN re-exported)
 
 
@@ -36,22 +36,29 @@ def _layer_norm_kernel(
     sx_o, sx_i, sr_o, sr_i,
     eps,
     ADD: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-    PDL: tl.constexpr = False,
+    EARLY_W: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
-    pdl_prologue(PDL)
-    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H
+    # Every load is issued before the reduction: a load placed after a reduction waits for it (a
+    # barrier), and at 1-16 rows that latency is a large part of the kernel. EARLY_W (the weights
+    # are parameters: weights_ready): the weight and bias even before the PDL wait, while the
+    # kernel before still runs (1 row, H=2048: 1.37 -> 1.13 us, bench/results/..._1104_...).
+    if EARLY_W:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    pdl_prologue(PDL)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     row_ok = rows < n_rows
     mask = row_ok[:, None] & col_ok[None, :]
     outer, inner = rows // n_inner, rows % n_inner
     x_offs = outer * sx_o + inner * sx_i
     x = tl.load(X + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
-    # Every load is issued with x, before the reduction: a load placed after a reduction waits
-    # for it (a barrier), and at 1-16 rows that latency is a large part of the kernel.
-    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if not EARLY_W:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
     shift = tl.load(X + x_offs, mask=row_ok, other=0.0).to(tl.float32)  # x[row, 0]
     out_offs = rows[:, None] * H + cols[None, :]
     if ADD:
@@ -92,7 +99,7 @@ def _launch(x, residual, weight, bias, out, new_residual, eps):
     launch(_layer_norm_kernel, grid,
         x, residual if residual is not None else x, weight, bias if bias is not None else weight,
         out, new_residual if new_residual is not None else out, *args, eps,
-        ADD=residual is not None, HAS_BIAS=bias is not None, **meta,
+        ADD=residual is not None, HAS_BIAS=bias is not None, EARLY_W=weights_ready(weight, bias), **meta,
     )
 
 

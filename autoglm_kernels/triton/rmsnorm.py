@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import cdiv, launch, next_power_of_2, pdl_prologue, stock_round, triton_op
+from . import cdiv, launch, next_power_of_2, pdl_prologue, stock_round, triton_op, weights_ready
 
 MAX_HIDDEN = 32768  # one row in registers: 32 values per thread at 32 warps
 _TILE = 2048  # elements per program when several short rows share one (e.g. Qwen3 q_norm, D=128)
@@ -80,17 +80,24 @@ def _rms_norm_kernel(
     sx_o, sx_i, sr_o, sr_i,
     eps,
     MODE: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-    PDL: tl.constexpr = False,
+    EARLY_W: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
-    pdl_prologue(PDL)
-    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H
+    # the weights before any reduction, and (EARLY_W: parameters) before the PDL wait (see layernorm.py)
+    if EARLY_W:
+        w = tl.load(W2 + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if MODE == 2:
+            w1 = tl.load(W1 + cols, mask=col_ok, other=0.0).to(tl.float32)
+    pdl_prologue(PDL)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     mask = (rows < n_rows)[:, None] & col_ok[None, :]
     outer, inner = rows // n_inner, rows % n_inner
     x = tl.load(X + (outer * sx_o + inner * sx_i)[:, None] + cols[None, :], mask=mask, other=0.0)
-    # weight2 with x, before any reduction: a load after one waits for it (see layernorm.py)
-    w = tl.load(W2 + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if not EARLY_W:
+        w = tl.load(W2 + cols, mask=col_ok, other=0.0).to(tl.float32)
+        if MODE == 2:
+            w1 = tl.load(W1 + cols, mask=col_ok, other=0.0).to(tl.float32)
     dt = x.dtype
     out_offs = rows[:, None] * H + cols[None, :]  # OUT and NEW_R are contiguous [n_rows, H]
     if MODE == 1:  # new_residual = x + residual, rounded to x.dtype as stock `residual + hidden_states`
@@ -99,7 +106,6 @@ def _rms_norm_kernel(
         tl.store(NEW_R + out_offs, x, mask=mask)
     if MODE == 2:  # new_residual = residual + rms_norm(x, weight1)   (weight1.dtype == x.dtype)
         r = tl.load(R + (outer * sr_o + inner * sr_i)[:, None] + cols[None, :], mask=mask, other=0.0)
-        w1 = tl.load(W1 + cols, mask=col_ok, other=0.0).to(tl.float32)
         n1 = _rms_scale(x.to(tl.float32), H, eps).to(dt)
         h1 = stock_round((n1.to(tl.float32) * w1[None, :]).to(dt).to(tl.float32))  # not fused into the add
         x = (r.to(tl.float32) + h1).to(dt)
@@ -137,7 +143,8 @@ def _launch(mode, x, residual, weight1, weight2, out, new_residual, eps):
     grid, args, x, residual, meta = geometry
     launch(_rms_norm_kernel, grid,
         x, residual if residual is not None else x, weight1 if weight1 is not None else weight2, weight2,
-        out, new_residual if new_residual is not None else out, *args, eps, MODE=mode, **meta,
+        out, new_residual if new_residual is not None else out, *args, eps, MODE=mode,
+        EARLY_W=weights_ready(weight1, weight2), **meta,
     )
 
 
