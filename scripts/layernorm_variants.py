@@ -1,14 +1,17 @@
 """LayerNorm at 1..16 rows (#6: <= 0.3x stock): the shipped kernel against variants, timed paired
 with stock nn.LayerNorm in one run (GPU time, CUDA-graph replay, inputs rotated as bench does).
 
-Variants: the shipped kernel (every load with x, one tuple reduction of the sum and the sum of
+Variants: the shipped kernel (the weight and bias loaded before the PDL wait where they are
+parameters, x with the reduction's other loads, one tuple reduction of the sum and the sum of
 squares of x - x[row, 0], a second one only for rows whose mean is far from x[row, 0]) at several
-num_warps, and probes of where its time goes (_ln_probe: the weight and bias loaded before the PDL
-wait; no second reduction). Earlier versions of this script measured the kernel of ed6a257 (two
-passes, the weight and bias loaded after them: ..._0908_.../..._0935_...), de9dddc's two-pass
-kernel with its loads moved up, the row-stride fold on and off (..._0935_...), and 78b8f69's
-kernel, the two sums joined into one tensor (one shared-memory barrier instead of two: no faster,
-..._0952_...). Prints a table; every variant is checked against the fp32 reference first.
+num_warps, and with the weights loaded after the PDL wait (what a non-parameter weight gets).
+Earlier versions of this script measured: the kernel of ed6a257 (two passes, the weight and bias
+loaded after them: ..._0908_..., ..._0935_...); de9dddc's two-pass kernel with its loads moved up
+and the row-stride fold on and off (..._0935_...); 78b8f69's kernel, the two sums joined into one
+tensor (one shared-memory barrier instead of two: no faster, ..._0952_...); and probes of
+bd21fe5's kernel (..._1104_...): the weights before the PDL wait 1.37 -> 1.13 us at 1 row (shipped
+since), no centred second reduction no faster. Prints a table; every variant is checked against
+the fp32 reference first.
 Usage: python scripts/layernorm_variants.py [--hidden 2048]
 """
 
@@ -17,73 +20,14 @@ import os
 import sys
 
 import torch
-import triton
-import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 from common import GraphTimer, copies_for, paired_us  # noqa: E402
 
 import autoglm_kernels.triton as kt  # noqa: E402
-from autoglm_kernels.triton import launch, pdl_prologue  # noqa: E402
-from autoglm_kernels.triton.layernorm import _add_pair, _layer_norm_kernel, layer_norm_reference  # noqa: E402
+from autoglm_kernels.triton import launch  # noqa: E402
+from autoglm_kernels.triton.layernorm import _layer_norm_kernel, layer_norm_reference  # noqa: E402
 from autoglm_kernels.triton.rmsnorm import row_launch  # noqa: E402
-
-
-@triton.jit
-def _ln_probe(
-    X, R, W, B, OUT, NEW_R,
-    n_rows, n_inner, H,
-    sx_o, sx_i, sr_o, sr_i,
-    eps,
-    ADD: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr,
-    PDL: tl.constexpr = False, EARLY_W: tl.constexpr = False, FALLBACK: tl.constexpr = True,
-):
-    """The shipped kernel with two probes: EARLY_W loads the weight and bias before the PDL wait
-    (they are not written by the kernel before: only safe for parameters); FALLBACK=False drops
-    the centred second reduction (wrong for rows whose mean is far from x[row, 0]: timing only)."""
-    cols = tl.arange(0, BLOCK_H)
-    col_ok = cols < H
-    if EARLY_W:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
-    pdl_prologue(PDL)
-    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
-    row_ok = rows < n_rows
-    mask = row_ok[:, None] & col_ok[None, :]
-    outer, inner = rows // n_inner, rows % n_inner
-    x_offs = outer * sx_o + inner * sx_i
-    x = tl.load(X + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
-    if not EARLY_W:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
-    shift = tl.load(X + x_offs, mask=row_ok, other=0.0).to(tl.float32)
-    out_offs = rows[:, None] * H + cols[None, :]
-    if ADD:
-        r_offs = outer * sr_o + inner * sr_i
-        r = tl.load(R + r_offs[:, None] + cols[None, :], mask=mask, other=0.0)
-        shift = (shift + tl.load(R + r_offs, mask=row_ok, other=0.0).to(tl.float32)).to(x.dtype).to(tl.float32)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
-        tl.store(NEW_R + out_offs, x, mask=mask)
-    xf = x.to(tl.float32)
-    d = tl.where(mask, xf - shift[:, None], 0.0)
-    s1, s2 = tl.reduce((d, d * d), 1, _add_pair)
-    dm = s1 / H
-    var = s2 / H - dm * dm
-    xc = tl.where(mask, d - dm[:, None], 0.0)
-    if FALLBACK:
-        if tl.max(dm * dm - 64.0 * var, axis=0) > 0.0:
-            xc = tl.where(mask, xf - (shift + dm)[:, None], 0.0)
-            c1, c2 = tl.reduce((xc, xc * xc), 1, _add_pair)
-            cm = c1 / H
-            var = c2 / H - cm * cm
-            xc = tl.where(mask, xc - cm[:, None], 0.0)
-    rstd = tl.rsqrt(tl.maximum(var, 0.0) + eps)
-    y = xc * rstd[:, None] * w[None, :]
-    if HAS_BIAS:
-        y += bias[None, :]
-    tl.store(OUT + out_offs, y.to(OUT.dtype.element_ty), mask=mask)
 
 
 def run_variant(kernel, num_warps, fold, x, r, w, b, eps, probes=None):
@@ -112,13 +56,8 @@ def main():
         ln.weight.normal_(1.0, 0.1)
         ln.bias.normal_(0.0, 0.1)
     w, b, eps = ln.weight, ln.bias, ln.eps
-    variants = {f"shipped-w{nw}": (_layer_norm_kernel, nw, True, None) for nw in map(int, a.warps.split(","))}
-    variants.update({
-        "probe-w4": (_ln_probe, 4, True, None),  # the shipped kernel's copy: a control
-        "early_w-w4": (_ln_probe, 4, True, {"EARLY_W": True}),
-        "no_fallback-w4": (_ln_probe, 4, True, {"FALLBACK": False}),
-        "early_w+no_fallback-w4": (_ln_probe, 4, True, {"EARLY_W": True, "FALLBACK": False}),
-    })
+    variants = {f"shipped-w{nw}": (_layer_norm_kernel, nw, True, {"EARLY_W": True}) for nw in map(int, a.warps.split(","))}
+    variants["weights_after_wait-w4"] = (_layer_norm_kernel, 4, True, {"EARLY_W": False})
     print(f"H={H} PDL={kt.PDL}")
     for op in ("layer_norm", "fused_add_layer_norm"):
         add = op != "layer_norm"
