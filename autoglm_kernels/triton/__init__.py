@@ -61,9 +61,10 @@ def _pdl_on(device_index: int) -> bool:
 
 @triton.jit
 def pdl_prologue(PDL: tl.constexpr):
-    """First statement of every kernel: under programmatic dependent launch, wait until the
-    previous kernel has finished and its writes are visible (so nothing above may read or write
-    memory), then let the next kernel begin launching. Waiting first keeps the early launches one
+    """First statement of every kernel (after, at most, loads of tensors weights_ready vouches
+    for): under programmatic dependent launch, wait until the previous kernel has finished and its
+    writes are visible (so nothing above may read anything else, or write), then let the next
+    kernel begin launching. Waiting first keeps the early launches one
     kernel deep: a kernel that let its successor launch before its own wait let a whole chain of
     kernels launch ahead, the GEMVs among them pulling their weights into L2 long before use (OPT's
     layers, with no cuBLAS call to break the chain, ran 10% slower that way). No code unless PDL."""

@@ -596,7 +596,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           const float c1 = Num<T>::to_float(cs[col1 * ra.cos_r]), c2 = Num<T>::to_float(cs[col2 * ra.cos_r]);
           const float s1 = Num<T>::to_float(sn[col1 * ra.sin_r]), s2 = Num<T>::to_float(sn[col2 * ra.sin_r]);
           // transformers' `q * cos + rotate_half(q) * sin` in T: each product rounded, then the sum
-        const float y1 = rnd<T>(x1 * c1) - rnd<T>(x2 * s1), y2 = rnd<T>(x2 * c2) + rnd<T>(x1 * s2);
+          const float y1 = rnd<T>(x1 * c1) - rnd<T>(x2 * s1), y2 = rnd<T>(x2 * c2) + rnd<T>(x1 * s2);
           x1 = y1;
           x2 = y2;
         }
