@@ -87,11 +87,6 @@ def _run(op, *args):
     return op(*args)
 
 
-def triton_runnable(device: torch.device) -> bool:
-    """True where Triton kernels can run on tensors of `device`: CUDA, or CPU under TRITON_INTERPRET=1."""
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _native_reason(device_type: str) -> tuple[bool, str]:
     if not NATIVE_OK:
         return False, NATIVE_WHY

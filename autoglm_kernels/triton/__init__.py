@@ -100,6 +100,12 @@ def stock_round(v):
     return v
 
 
+def triton_can_run(device: torch.device) -> bool:
+    """Whether the Triton kernels run on tensors of `device`: CUDA, or CPU under TRITON_INTERPRET=1
+    (read at each call); elsewhere the ops run their plain-torch references."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) on the host (triton.cdiv is a constexpr function: about 2 us a host call)."""
     return -(-a // b)

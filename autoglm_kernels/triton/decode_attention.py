@@ -34,14 +34,13 @@ kv_lens above C are clamped to C on the device (there is no way to raise without
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from . import cdiv, env_int, launch, next_power_of_2, pdl_prologue, triton_op
+from . import cdiv, env_int, launch, next_power_of_2, pdl_prologue, triton_can_run, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
@@ -69,10 +68,6 @@ WALK_MAX_TILES = 2
 # splits read them in parallel and a split that is alone (WALK_MAX_TILES) writes the output
 # itself. Without the merge, 4: a second launch costs more than the walk.
 ONE_PASS_MAX_TILES = env_int("AUTOGLM_DECODE_ONE_PASS_TILES", 1 if MERGE_ON else 4, range(0, 65))
-
-
-def _triton_can_run(device: torch.device) -> bool:
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -357,7 +352,7 @@ def decode_attention(
     programs_per_split() elements for the in-kernel merge, left zeroed (one call at a time may use
     it). (Not Optional: torch's boxed dispatch drops a trailing None default of a mutated
     argument and then fails to bump its version.)"""
-    if not _triton_can_run(q.device):
+    if not triton_can_run(q.device):
         return decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask, scale)
     B, Sq, Hq, D = q.shape
     Hk, C = k_cache.shape[1], k_cache.shape[2]

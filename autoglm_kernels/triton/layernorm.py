@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from . import launch, pdl_prologue, triton_op, weights_ready
-from .rmsnorm import MAX_HIDDEN, _triton_can_run, row_launch  # noqa: F401  (MAX_HIDDEN re-exported)
+from . import launch, pdl_prologue, triton_can_run, triton_op, weights_ready
+from .rmsnorm import MAX_HIDDEN, row_launch  # noqa: F401  (MAX_HIDDEN re-exported)
 
 
 @triton.jit
@@ -111,7 +111,7 @@ def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 
 @triton_op("autoglm::layer_norm", mutates_args={})
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float) -> torch.Tensor:
-    if not _triton_can_run(x.device):
+    if not triton_can_run(x.device):
         return layer_norm_reference(x, weight, bias, eps).contiguous()
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     _launch(x, None, weight, bias, out, None, eps)
@@ -122,7 +122,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 def fused_add_layer_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if not _triton_can_run(x.device):
+    if not triton_can_run(x.device):
         h = (residual + x).contiguous()
         return layer_norm_reference(h, weight, bias, eps).contiguous(), h
     out = torch.empty_like(x, memory_format=torch.contiguous_format)

@@ -16,21 +16,16 @@ causal/bounds mask; only the diagonal tiles pay for it.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from . import cdiv, launch, pdl_prologue, triton_op
+from . import cdiv, launch, pdl_prologue, triton_can_run, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: never NaN on empty rows
 _LOG2E = 1.4426950408889634
-
-
-def _triton_can_run(device: torch.device) -> bool:
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def launch_config(head_dim: int, device: torch.device) -> dict:
@@ -155,7 +150,7 @@ def prefill_attention(
 ) -> torch.Tensor:
     """The Triton flash kernel (see the module docstring). Inputs are validated by
     autoglm_kernels.ops.prefill_attention, which also decides when to use SDPA instead."""
-    if not _triton_can_run(q.device):
+    if not triton_can_run(q.device):
         return prefill_attention_reference(q, k, v, kv_mask, scale, causal)
     B, S, Hq, D = q.shape
     Hk, L = k.shape[1], k.shape[2]

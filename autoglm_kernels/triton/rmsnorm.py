@@ -19,22 +19,17 @@ stride each, which covers contiguous tensors and head views of a fused qkv outpu
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from . import cdiv, launch, next_power_of_2, pdl_prologue, stock_round, triton_op, weights_ready
+from . import cdiv, launch, next_power_of_2, pdl_prologue, stock_round, triton_can_run, triton_op, weights_ready
 
 MAX_HIDDEN = 32768  # one row in registers: 32 values per thread at 32 warps
 _TILE = 2048  # elements per program when several short rows share one (e.g. Qwen3 q_norm, D=128)
 
 _RMS, _ADD_RMS, _RMS_ADD_RMS = 0, 1, 2  # kernel modes
-
-
-def _triton_can_run(device: torch.device) -> bool:
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def row_view(t: torch.Tensor) -> tuple[int, int, torch.Tensor]:
@@ -161,7 +156,7 @@ def _out_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 @triton_op("autoglm::rms_norm", mutates_args={})
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if not _triton_can_run(x.device):
+    if not triton_can_run(x.device):
         return rms_norm_reference(x, weight, eps).contiguous()
     out = torch.empty_like(x, dtype=_out_dtype(x, weight), memory_format=torch.contiguous_format)
     _launch(_RMS, x, None, None, weight, out, None, eps)
@@ -172,7 +167,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def fused_add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if not _triton_can_run(x.device):
+    if not triton_can_run(x.device):
         h = (residual + x).contiguous()
         return rms_norm_reference(h, weight, eps).contiguous(), h
     out = torch.empty_like(x, dtype=_out_dtype(x, weight), memory_format=torch.contiguous_format)
@@ -185,7 +180,7 @@ def fused_add_rms_norm(
 def norm_add_norm(
     x: torch.Tensor, residual: torch.Tensor, weight1: torch.Tensor, weight2: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if not _triton_can_run(x.device):
+    if not triton_can_run(x.device):
         h = (residual + rms_norm_reference(x, weight1, eps)).contiguous()
         return rms_norm_reference(h, weight2, eps).contiguous(), h
     out = torch.empty_like(x, dtype=_out_dtype(x, weight2), memory_format=torch.contiguous_format)

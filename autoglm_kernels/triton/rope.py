@@ -47,7 +47,6 @@ device tensors: graph-capturable.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -55,13 +54,9 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from . import cdiv, launch, next_power_of_2, pdl_prologue, stock_round, triton_op
+from . import cdiv, launch, next_power_of_2, pdl_prologue, stock_round, triton_can_run, triton_op
 
 LAYOUT_HALF, LAYOUT_GLM, LAYOUT_PAIRS = 0, 1, 2  # where frequency f's cos/sin sit (see module doc)
-
-
-def _triton_can_run(device: torch.device) -> bool:
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def cos_layout(interleaved: bool, mrope_section: Optional[list[int]], cos_dim: int) -> int:
@@ -277,7 +272,7 @@ def rope(
     B, S = q.shape[:2]
     if B * S == 0 or cos.shape[-1] // 2 == 0:
         return
-    if not _triton_can_run(q.device):
+    if not triton_can_run(q.device):
         rope_reference_(q, k, cos, sin, interleaved, mrope_section)
         return
     _launch(q, k, cos, sin, interleaved, mrope_section)
@@ -309,7 +304,7 @@ def rope_append_kv(
 ) -> None:
     if q.shape[0] * q.shape[1] == 0:
         return
-    if not _triton_can_run(q.device):
+    if not triton_can_run(q.device):
         rope_append_kv_reference(q, k, v, cos, sin, k_cache, v_cache, cache_len, interleaved, mrope_section)
         return
     _launch(q, k, cos, sin, interleaved, mrope_section, append=(v, k_cache, v_cache, cache_len))  # advances cache_len
@@ -320,7 +315,7 @@ def append_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: 
               cache_len: torch.Tensor) -> None:
     if k.shape[0] * k.shape[1] == 0:
         return
-    if not _triton_can_run(k.device):
+    if not triton_can_run(k.device):
         append_kv_reference(k, v, k_cache, v_cache, cache_len)
         return
     no_rotary = k[:, :, 0, :0]  # cos/sin of R = 0 [B, S, 0]: the kernel only copies (never read)
