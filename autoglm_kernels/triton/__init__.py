@@ -89,15 +89,17 @@ _OPAQUE = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 
 
 @triton.jit
-def stock_round(v):
-    """v (fp32, already rounded to a half type and back by the caller: `x.to(dt).to(tl.float32)`)
-    made opaque, so the rounding a stock op makes stays in the result. Without it LLVM narrows
-    the fp32 product of two halves to a half multiply and contracts it with the add that follows
-    into one half FMA: one rounding fewer than stock (norm_add_norm's residual add and RoPE's
-    products did so: fma.rn.bf16 in their PTX)."""
+def stock_round(v, dtype: tl.constexpr):
+    """v (fp32) rounded to dtype and back to fp32, as a stock op in dtype rounds its output, in a
+    form the compiler cannot fuse away: a plain `.to(dtype).to(tl.float32)` is not enough, as LLVM
+    narrows the fp32 product of two halves to a half multiply and contracts it with the add that
+    follows into one half FMA, one rounding fewer than stock (norm_add_norm's residual add and
+    RoPE's products did so: fma.rn.bf16 in their PTX). Compiled kernels pass the rounded value
+    through an inline-asm move the compiler cannot see through."""
+    r = v.to(dtype).to(tl.float32)
     if _OPAQUE:
-        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [v], dtype=tl.float32, is_pure=True, pack=1)
-    return v
+        r = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [r], dtype=tl.float32, is_pure=True, pack=1)
+    return r
 
 
 def triton_can_run(device: torch.device) -> bool:

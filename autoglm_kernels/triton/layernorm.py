@@ -44,21 +44,19 @@ def _layer_norm_kernel(
     # barrier), and at 1-16 rows that latency is a large part of the kernel. EARLY_W (the weights
     # are parameters: weights_ready): the weight and bias even before the PDL wait, while the
     # kernel before still runs (1 row, H=2048: 1.37 -> 1.13 us, bench/results/..._1104_...).
+    if not EARLY_W:
+        pdl_prologue(PDL)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
     if EARLY_W:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
-    pdl_prologue(PDL)
+        pdl_prologue(PDL)
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     row_ok = rows < n_rows
     mask = row_ok[:, None] & col_ok[None, :]
     outer, inner = rows // n_inner, rows % n_inner
     x_offs = outer * sx_o + inner * sx_i
     x = tl.load(X + x_offs[:, None] + cols[None, :], mask=mask, other=0.0)
-    if not EARLY_W:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
     shift = tl.load(X + x_offs, mask=row_ok, other=0.0).to(tl.float32)  # x[row, 0]
     out_offs = rows[:, None] * H + cols[None, :]
     if ADD:

@@ -80,19 +80,17 @@ def _rms_norm_kernel(
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H
     # the weights before any reduction, and (EARLY_W: parameters) before the PDL wait (see layernorm.py)
+    if not EARLY_W:
+        pdl_prologue(PDL)
+    w = tl.load(W2 + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if MODE == 2:
+        w1 = tl.load(W1 + cols, mask=col_ok, other=0.0).to(tl.float32)
     if EARLY_W:
-        w = tl.load(W2 + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if MODE == 2:
-            w1 = tl.load(W1 + cols, mask=col_ok, other=0.0).to(tl.float32)
-    pdl_prologue(PDL)
+        pdl_prologue(PDL)
     rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     mask = (rows < n_rows)[:, None] & col_ok[None, :]
     outer, inner = rows // n_inner, rows % n_inner
     x = tl.load(X + (outer * sx_o + inner * sx_i)[:, None] + cols[None, :], mask=mask, other=0.0)
-    if not EARLY_W:
-        w = tl.load(W2 + cols, mask=col_ok, other=0.0).to(tl.float32)
-        if MODE == 2:
-            w1 = tl.load(W1 + cols, mask=col_ok, other=0.0).to(tl.float32)
     dt = x.dtype
     out_offs = rows[:, None] * H + cols[None, :]  # OUT and NEW_R are contiguous [n_rows, H]
     if MODE == 1:  # new_residual = x + residual, rounded to x.dtype as stock `residual + hidden_states`
@@ -102,7 +100,7 @@ def _rms_norm_kernel(
     if MODE == 2:  # new_residual = residual + rms_norm(x, weight1)   (weight1.dtype == x.dtype)
         r = tl.load(R + (outer * sr_o + inner * sr_i)[:, None] + cols[None, :], mask=mask, other=0.0)
         n1 = _rms_scale(x.to(tl.float32), H, eps).to(dt)
-        h1 = stock_round((n1.to(tl.float32) * w1[None, :]).to(dt).to(tl.float32))  # not fused into the add
+        h1 = stock_round(n1.to(tl.float32) * w1[None, :], dt)  # not fused into the add
         x = (r.to(tl.float32) + h1).to(dt)
         tl.store(NEW_R + out_offs, x, mask=mask)
     n = _rms_scale(x.to(tl.float32), H, eps).to(dt)

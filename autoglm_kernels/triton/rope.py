@@ -69,7 +69,7 @@ def cos_layout(interleaved: bool, mrope_section: Optional[list[int]], cos_dim: i
 def _rnd(v, dtype: tl.constexpr, ON: tl.constexpr):
     """v (fp32) rounded to dtype and back where ON: the rounding a stock elementwise op in dtype makes."""
     if ON:
-        return stock_round(v.to(dtype).to(tl.float32))
+        return stock_round(v, dtype)
     return v
 
 
