@@ -304,8 +304,9 @@ def test_gpu_opcheck(act, M):
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("K,N,act", [(4096, 4608, "none"), (4096, 27392, "gated_silu"), (2048, 8192, "relu")])
 def test_gpu_reference_shapes_decode(K, N, act, dtype):
-    """A few real model shapes at M = 1 and 16 (the GEMV path as the decode step uses it)."""
-    for M in (1, 16):
+    """A few real model shapes at M = 1, 9 and 16 (the GEMV path as the decode step uses it; GLM-4's
+    qkv at M > 8 runs 6-warp blocks, a split-K count between two powers of two)."""
+    for M in (1, 9, 16):
         x, w, b = make(M, K, N, dtype, "cuda")
         assert_within_2x_stock(ops.fused_linear(x, w, b, act), x, w, b, act)
 
@@ -698,6 +699,7 @@ def _expect_error(env: dict, args: tuple, message: str) -> None:
     ("AUTOGLM_GEMV_STAGES", "1", "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1"),
     ("AUTOGLM_GEMV_MAX_WEIGHT_MIB", "-1", "AUTOGLM_GEMV_MAX_WEIGHT_MIB must be an integer in 0..1073741824, got '-1'"),
     ("AUTOGLM_GEMV_WARPS_PER_SM", "many", "AUTOGLM_GEMV_WARPS_PER_SM must be an integer in 1..64, got 'many'"),
+    ("AUTOGLM_GEMV_ANY_WARPS", "2", "AUTOGLM_GEMV_ANY_WARPS must be an integer in 0..1, got '2'"),
     ("AUTOGLM_GEMV_PREFETCH_BYTES", "4k", "AUTOGLM_GEMV_PREFETCH_BYTES must be an integer in 0..1073741824, got '4k'"),
 ])
 def test_gpu_tuning_knob_out_of_range_is_a_clear_error(name, value, message):

@@ -89,6 +89,13 @@ int gemv_warps_per_sm() {
   static const Knob warps = read_knob("AUTOGLM_GEMV_WARPS_PER_SM", 16, 1, 64);
   return static_cast<int>(knob_value(warps));
 }
+// Whether the split-K warp count may stop between two powers of two (see launch_gemv_nb): 1 (the
+// default: any count) or 0 (powers of two only). AUTOGLM_GEMV_ANY_WARPS overrides it (a tuning
+// knob for benchmarks; read once per process).
+bool gemv_any_warps() {
+  static const Knob any = read_knob("AUTOGLM_GEMV_ANY_WARPS", 1, 0, 1);
+  return knob_value(any) == 1;
+}
 constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
 constexpr int kUnroll = 4;        // steps whose loads are in flight together (4 KB of weight per warp)
 constexpr int kMaxWarps = 16;     // split-K warps per block
@@ -868,10 +875,23 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int norm_smem = NORM ? M * K * static_cast<int>(sizeof(T)) : 0;  // <= kMaxNormSmemBytes
   const int sms = sm_count();
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
+  auto fits = [&](int w) {  // every warp gets a batch, and all tiles' blocks are resident at once
+    return w * kUnroll <= num_steps &&
+           tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(w, norm_smem, smem_limit)) * sms;
+  };
   int warps = 1;
-  while (warps < kMaxWarps && tiles * warps < target_warps && 2 * warps * kUnroll <= num_steps &&
-         tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(2 * warps, norm_smem, smem_limit)) * sms)
-    warps *= 2;
+  while (warps < kMaxWarps && tiles * warps < target_warps && fits(2 * warps)) warps *= 2;
+  // Where doubling stopped on residency, not on the target, take the most warps in between that
+  // still fit: e.g. GLM-4's qkv at M = 9..16 (288 tiles, register-bound 4-warp blocks, 8-warp
+  // blocks fit only 264 at once) gets 6-warp blocks, 1.5x the warps streaming its weights.
+  if (gemv_any_warps() && warps < kMaxWarps && tiles * warps < target_warps) {
+    for (int w = std::min(2 * warps - 1, kMaxWarps); w > warps; --w) {
+      if (fits(w)) {
+        warps = w;
+        break;
+      }
+    }
+  }
   const int steps_per_warp = (num_steps + warps - 1) / warps;
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
 
