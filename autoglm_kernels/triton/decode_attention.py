@@ -10,7 +10,7 @@ torch op `autoglm::decode_attention(q, k_cache, v_cache, kv_lens, kv_mask, scale
   out      [B, Sq, Hq, D]   contiguous, q's dtype
 Query i sees keys j < kv_len - Sq + i + 1 (bottom-right causal) that kv_mask does not exclude.
 
-`_split_kernel` runs one program per (batch x KV head x block of query rows, KV split):
+`_split_kernel` runs one program per (KV split, batch x KV head, block of query rows):
 all G = Hq/Hk query heads and all Sq rows of a KV head are rows of one [G*Sq, D] x [D, BLOCK_N]
 tl.dot, so each K/V tile is read from HBM once for all of them (once per 64 rows when G*Sq > 64,
 e.g. GLM-4's G=16 with Sq > 4). It writes the split's partial
@@ -178,14 +178,9 @@ def _split_kernel(
     """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial,
     and with MERGE the split that finishes last merges them all into OUT (COUNTERS: one zeroed
     int32 ticket counter per (batch x KV head, row block), left zeroed)."""
-    # Grid (B * Hk * row blocks, splits): the first splits of every KV head come first in launch
-    # order, so when a kv_len uses few of the splits (a static cache holding L << C) the working
-    # programs spread over the SMs instead of sharing some while the rest get only exiting ones.
-    pid = tl.program_id(0)  # (b * Hk + hk) * row blocks + rb
-    split = tl.program_id(1)
-    n_rb = (G * Sq + BLOCK_M - 1) // BLOCK_M
-    bh = pid // n_rb  # b * Hk + hk
-    rb = pid % n_rb  # block of query rows
+    split = tl.program_id(0)
+    bh = tl.program_id(1)  # b * Hk + hk
+    rb = tl.program_id(2)  # block of query rows
     b = bh // Hk
     hk = bh % Hk
     k_base = K + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h
@@ -253,7 +248,7 @@ def _split_kernel(
         # release at GPU scope); the last ticket's acquire makes all splits' partials visible, and
         # its loads bypass L1 (.cg), which is not coherent across SMs.
         tl.debug_barrier()
-        counter = COUNTERS + pid
+        counter = COUNTERS + bh * tl.num_programs(2) + rb
         ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if ticket == n_used - 1:
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # every split has taken its ticket
@@ -365,8 +360,7 @@ def decode_attention(
     BLOCK_M = rows_block(G * Sq)
     BLOCK_N = block_n(D)
     n_rb = cdiv(G * Sq, BLOCK_M)
-    # More splits than tiles would only exit; the cap also keeps the grid's second axis in range.
-    max_splits = min(num_splits, cdiv(max(C, 1), BLOCK_N), 65535) if num_splits > 0 else default_num_splits(q, k_cache)
+    max_splits = num_splits if num_splits > 0 else default_num_splits(q, k_cache)
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     rows = B * Sq * Hq
@@ -385,7 +379,7 @@ def decode_attention(
     else:
         mask, sm_b, mask_len = kv_lens, 0, 0  # unused pointer (HAS_MASK=False)
 
-    launch(_split_kernel, (B * Hk * n_rb, max_splits),
+    launch(_split_kernel, (max_splits, B * Hk, n_rb),
         q, k_cache, v_cache, kv_lens, mask, part_o, part_m, part_l, out, counters,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
