@@ -45,8 +45,14 @@ from . import cdiv, env_int, launch, next_power_of_2, pdl_prologue, triton_can_r
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
 
-TARGET_PROGRAMS_PER_SM = env_int("AUTOGLM_DECODE_PROGRAMS_PER_SM", 2, range(1, 17))  # split count aims at
-# this many split programs per SM
+# Split programs per SM the split count aims at: 1 where a program's query rows fill a 16-row tile
+# (G * Sq >= 16, e.g. GLM-4's 16 query heads per KV head), 2 otherwise. A full tile's fp32 partial
+# (8 KB at d = 128) costs a quarter of a one-tile split's K/V bytes, so there fewer splits of two
+# tiles win: GLM-4 at 8k tokens 9.92 vs 10.64 us, 32k 18.94 vs 19.59, 8k of a 32k cache 9.94 vs
+# 10.58; Llama-3.1-8B (G = 4, a 2 KB partial) lost with 1: 8k 19.57 vs 18.73, 32k 57.30 vs 53.27
+# (H100, bench/results/..._1225_.../probe_PROGRAMS_PER_SM=*.json). AUTOGLM_DECODE_PROGRAMS_PER_SM
+# (1..16; a tuning knob read at import) sets one value for every shape.
+PROGRAMS_PER_SM = env_int("AUTOGLM_DECODE_PROGRAMS_PER_SM", 0, range(0, 17))  # 0: the rule above
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many BLOCK_N-key tiles; 1: short contexts get
 # the most parallel, shortest programs (2 measured 0.89-0.91x SDPA at 1k tokens on the H100)
 MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
@@ -123,7 +129,8 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
         return 1
     sms = _sm_count(q.device.index if q.device.index is not None else torch.cuda.current_device()) \
         if q.device.type == "cuda" else 4  # interpreter: a few splits, to exercise the reduction
-    want = cdiv(TARGET_PROGRAMS_PER_SM * sms, programs_per_split(q, k_cache))
+    per_sm = PROGRAMS_PER_SM or (1 if (Hq // Hk) * Sq >= 16 else 2)
+    want = cdiv(per_sm * sms, programs_per_split(q, k_cache))
     cap = cdiv(max(C, 1), block_n(D) * MIN_BLOCKS_PER_SPLIT)
     return max(1, min(want, cap))
 
