@@ -89,6 +89,17 @@ def test_short_capacity_runs_one_pass_long_splits():
     assert dattn.default_num_splits(q, k) > 1
 
 
+@pytest.mark.skipif(dattn.PROGRAMS_PER_SM != 0, reason="AUTOGLM_DECODE_PROGRAMS_PER_SM sets one value for all shapes")
+@pytest.mark.parametrize("Hq,Hk,Sq,per_sm", [(32, 2, 1, 1), (8, 2, 1, 2), (8, 2, 4, 1), (2, 2, 1, 2)])
+def test_split_count_aims_at_one_program_per_sm_for_full_row_tiles(Hq, Hk, Sq, per_sm):
+    """A long cache splits into per_sm programs per SM: one where a program's G * Sq query rows
+    fill a 16-row tile (GLM-4's 16 heads per KV head), two otherwise (off CUDA: 4 SMs)."""
+    q = torch.empty(1, Sq, Hq, 128, device="meta")
+    k = torch.empty(1, Hk, 1 << 16, 128, device="meta")
+    programs = dattn.programs_per_split(q, k)
+    assert dattn.default_num_splits(q, k) == -(-per_sm * 4 // programs)
+
+
 def test_views_broadcast_lens_bool_mask_scale():
     """q as a slice of a fused qkv output, cache as a [B, C, Hk, D] buffer viewed [B, Hk, C, D],
     kv_lens int64 of shape [1] (broadcast), bool mask narrower than kv_len, custom scale."""
