@@ -19,7 +19,6 @@ stride each, which covers contiguous tensors and head views of a fused qkv outpu
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl

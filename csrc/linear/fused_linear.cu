@@ -298,7 +298,7 @@ __device__ __forceinline__ uint4 rms_scale8(uint4 v, uint4 w, float rstd) {
   T* oe = reinterpret_cast<T*>(&o);
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    const float n = Num<T>::to_float(Num<T>::from_float(Num<T>::to_float(ve[e]) * rstd));
+    const float n = rnd<T>(Num<T>::to_float(ve[e]) * rstd);
     oe[e] = Num<T>::from_float(n * Num<T>::to_float(we[e]));
   }
   return o;
@@ -592,8 +592,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         }
         // the projection's output as the stock linear rounds it, then the rotation with stock's
         // roundings (what the RoPE kernel computes from that output)
-        x1 = Num<T>::to_float(Num<T>::from_float(x1));
-        x2 = Num<T>::to_float(Num<T>::from_float(x2));
+        x1 = rnd<T>(x1);
+        x2 = rnd<T>(x2);
         if (rot) {
           const int f = ra.layout == 0 ? lo : lo >> 1;
           const int col1 = ra.layout == 2 ? 2 * f : f;
