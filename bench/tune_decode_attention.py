@@ -32,23 +32,30 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--models", default=",".join(SHAPES))
+    parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)), help="valid lengths L")
+    parser.add_argument("--capacity-mult", type=int, default=1, help="cache capacity C = this x L (a static cache)")
+    parser.add_argument("--splits", default=",".join(map(str, SPLITS)), help="num_splits to try (0: the default)")
     args = parser.parse_args()
+    splits = [int(n) for n in args.splits.split(",")]
     bw = read_bandwidth()
     rows = []
-    for name, (Hq, Hk, D) in SHAPES.items():
-        for L in CONTEXTS:
+    for name in args.models.split(","):
+        Hq, Hk, D = SHAPES[name]
+        for L in (int(c) for c in args.contexts.split(",")):
+            C = L * args.capacity_mult
             useful = 2 * Hk * L * D * 2
             sets = [tuple(torch.randn(*s, device="cuda", dtype=torch.bfloat16)
-                          for s in ((1, 1, Hq, D), (1, Hk, L, D), (1, Hk, L, D))) for _ in range(copies_for(useful))]
+                          for s in ((1, 1, Hq, D), (1, Hk, C, D), (1, Hk, C, D))) for _ in range(copies_for(useful))]
             lens = torch.full((1,), L, dtype=torch.int32, device="cuda")
             module = StockAttnModule(Hq // Hk)
-            sdpa = GraphTimer(lambda q, k, v: sdpa_attention_forward(module, q.transpose(1, 2), k, v, None,
+            sdpa = GraphTimer(lambda q, k, v: sdpa_attention_forward(module, q.transpose(1, 2), k[:, :, :L], v[:, :, :L], None,
                                                                      scaling=D**-0.5, is_causal=True)[0], sets)
-            row = {"model": name, "L": L, "sdpa_us": round(sdpa.time_us(), 2),
+            row = {"model": name, "L": L, "C": C, "sdpa_us": round(sdpa.time_us(), 2),
                    "default_splits": default_num_splits(sets[0][0], sets[0][1]), "fused_us": {}}
             del sdpa
             counters = torch.zeros(ops.decode_attention_counters(*sets[0][:2]), dtype=torch.int32, device="cuda")
-            for n in SPLITS:
+            for n in splits:
                 t = GraphTimer(lambda q, k, v, n=n: ops.decode_attention(q, k, v, lens, num_splits=n or None,
                                                                          counters=counters), sets)
                 row["fused_us"][n] = round(t.time_us(), 2)
@@ -57,7 +64,7 @@ def main() -> int:
             row["best_splits"], row["best_us"] = best, row["fused_us"][best]
             row["default_pct_of_bw"] = round(100 * useful / (row["fused_us"][0] * 1e-6) / bw, 1)
             rows.append(row)
-            print(f"{name:12s} L={L:6d} sdpa {row['sdpa_us']:7.2f} us | default ({row['default_splits']:3d} splits) "
+            print(f"{name:12s} L={L:6d} C={C:6d} sdpa {row['sdpa_us']:7.2f} us | default ({row['default_splits']:3d} splits) "
                   f"{row['fused_us'][0]:7.2f} us = {row['sdpa_us'] / row['fused_us'][0]:.2f}x sdpa, "
                   f"{row['default_pct_of_bw']:5.1f}% BW | best {best:3d} splits {row['best_us']:7.2f} us  "
                   + " ".join(f"{k}:{v}" for k, v in row["fused_us"].items()), flush=True)

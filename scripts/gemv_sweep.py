@@ -41,12 +41,16 @@ def main() -> None:
     ap.add_argument("--label", required=True)
     ap.add_argument("--json", required=True)
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    ap.add_argument("--kn", default="", help="more shapes as comma-separated KxN (activation none), e.g. 4096x4224")
     ap.add_argument("--M", default="1")
     args = ap.parse_args()
+    for kn in filter(None, args.kn.split(",")):
+        K, N = (int(v) for v in kn.split("x"))
+        SHAPES[kn] = (K, N, "none")
     knobs = {k: v for k, v in os.environ.items() if k.startswith("AUTOGLM_")}
     bw = read_bandwidth()
     rows = []
-    for name in args.shapes.split(","):
+    for name in [n for n in args.shapes.split(",") if n] + [kn for kn in args.kn.split(",") if kn]:
         K, N, act = SHAPES[name]
         copies = copies_for(N * K * 2)
         ws = [torch.empty(N, K, device="cuda", dtype=torch.bfloat16).normal_(std=K**-0.5) for _ in range(copies)]
