@@ -311,6 +311,28 @@ def test_gpu_reference_shapes_decode(K, N, act, dtype):
         assert_within_2x_stock(ops.fused_linear(x, w, b, act), x, w, b, act)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("M,K,N", [(9, 4104, 4600), (16, 2048, 3072), (12, 4096, 5120), (16, 1024, 544), (13, 4096, 4608)])
+def test_gpu_cluster_split_k(M, K, N, act, dtype):
+    """M = 9..16 where the tiles leave a short last wave of blocks: on a 132-SM GPU the blocks of a
+    thread-block cluster share each tile's K (4, 2, 2, 3 and 4 blocks per tile here, N and K tails
+    in the first) and merge through distributed shared memory. Right, bit-identical from call to
+    call (the merge adds in a fixed order), and the same when replayed from a CUDA graph."""
+    for bias in (True, False):
+        x, w, b = make(M, K, N, dtype, "cuda", bias)
+        out = ops.fused_linear(x, w, b, act)
+        assert_within_2x_stock(out, x, w, b, act)
+        assert torch.equal(ops.fused_linear(x, w, b, act), out)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = ops.fused_linear(x, w, b, act)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, out)
+
+
 def stock_mismatch(out, x, w, b, act):
     """Share of output elements that differ from stock's (F.linear + the stock activation ops)."""
     return (out != stock(x, w, b, act)).float().mean().item()
@@ -675,7 +697,7 @@ def test_gpu_three_batch_ring_with_the_norm_prologue():
 _ERROR_SCRIPT = """
 import sys, torch
 from autoglm_kernels import ops
-x = torch.randn(1, 64, device="cuda", dtype=torch.bfloat16)
+x = torch.randn(int(sys.argv[4]) if len(sys.argv) > 4 else 1, 64, device="cuda", dtype=torch.bfloat16)
 w = torch.randn(int(sys.argv[1]), 64, device="cuda", dtype=getattr(torch, sys.argv[3]))
 for _ in range(2):  # a knob is read once per process; every call that uses it raises
     try:
@@ -686,7 +708,7 @@ for _ in range(2):  # a knob is read once per process; every call that uses it r
 
 
 def _expect_error(env: dict, args: tuple, message: str) -> None:
-    """Runs _ERROR_SCRIPT (N, activation, weight dtype) in a fresh process with faulthandler on:
+    """Runs _ERROR_SCRIPT (N, activation, weight dtype[, rows of x: 1]) in a fresh process with faulthandler on:
     both calls must raise `message` ("ValueError: ..." / "TypeError: ...")."""
     run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _ERROR_SCRIPT, *args], env=dict(os.environ, **env),
                          capture_output=True, text=True, timeout=300)
@@ -701,11 +723,15 @@ def _expect_error(env: dict, args: tuple, message: str) -> None:
     ("AUTOGLM_GEMV_WARPS_PER_SM", "many", "AUTOGLM_GEMV_WARPS_PER_SM must be an integer in 1..64, got 'many'"),
     ("AUTOGLM_GEMV_ANY_WARPS", "2", "AUTOGLM_GEMV_ANY_WARPS must be an integer in 0..1, got '2'"),
     ("AUTOGLM_GEMV_PREFETCH_BYTES", "4k", "AUTOGLM_GEMV_PREFETCH_BYTES must be an integer in 0..1073741824, got '4k'"),
+    ("AUTOGLM_GEMV_CLUSTER_SPLIT", "5", "AUTOGLM_GEMV_CLUSTER_SPLIT must be an integer in 0..4, got '5'"),
 ])
 def test_gpu_tuning_knob_out_of_range_is_a_clear_error(name, value, message):
     """A GEMV tuning knob outside its range raises a ValueError naming the variable and what it
-    accepts, in every call that reads it (the first one used to die with SIGSEGV instead)."""
-    _expect_error({name: value}, ("32", "none", "bfloat16"), f"ValueError: {message}")
+    accepts, in every call that reads it (the first one used to die with SIGSEGV instead). 12 rows:
+    the launch that reads the cluster-split knob (M = 9..16, sm_90+)."""
+    if name == "AUTOGLM_GEMV_CLUSTER_SPLIT" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("the cluster split (and its knob) is for sm_90+ only")
+    _expect_error({name: value}, ("32", "none", "bfloat16", "12"), f"ValueError: {message}")
 
 
 @pytest.mark.gpu

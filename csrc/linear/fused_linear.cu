@@ -25,6 +25,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <torch/library.h>
@@ -96,9 +97,17 @@ bool gemv_any_warps() {
   static const Knob any = read_knob("AUTOGLM_GEMV_ANY_WARPS", 1, 0, 1);
   return knob_value(any) == 1;
 }
+// Cluster split-K of the GEMV (see gemv_kernel's CL and cluster_split): 0 (the default: where it
+// evens out the blocks per SM), 1 (never) or 2..kMaxClusterSplit (that many blocks per tile
+// wherever it applies). AUTOGLM_GEMV_CLUSTER_SPLIT overrides it (a tuning knob; read once).
+int gemv_cluster_split_knob() {
+  static const Knob split = read_knob("AUTOGLM_GEMV_CLUSTER_SPLIT", 0, 0, 4);
+  return static_cast<int>(knob_value(split));
+}
 constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
 constexpr int kUnroll = 4;        // steps whose loads are in flight together (4 KB of weight per warp)
 constexpr int kMaxWarps = 16;     // split-K warps per block
+constexpr int kMaxClusterSplit = 4;  // blocks of one thread-block cluster sharing a tile's K (see gemv_kernel)
 
 template <typename T>
 struct Num;
@@ -347,7 +356,14 @@ __device__ __forceinline__ float activate(float v) {
 // weight stream stay in flight (NB = 0: one batch of loads into registers at a time, 4 KB, with
 // the first batch prefetched into L2 before the wait). Each lane reads back only the 16 bytes it
 // copied, so the ring needs no barrier.
-template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM, int EPI = kEpiPlain>
+//
+// CL (cluster split-K; sm_90+, plain epilogue only): the gridDim.y blocks of a thread-block
+// cluster share one tile, each taking its slice of K (its warps are warps blockIdx.y * nwarps +
+// warp of one split over gridDim.y * nwarps); each block sums its warps' partials, writes them
+// into the first block's shared memory (distributed shared memory), and after the cluster
+// barrier that block adds them in rank order (deterministic) and runs the epilogue. It evens out
+// the blocks per SM where tiles / SMs leaves a short last wave (see cluster_split).
+template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM, int EPI = kEpiPlain, bool CL = false>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes, const T* __restrict__ norm_w,
@@ -356,6 +372,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   constexpr bool ROPE = EPI == kEpiRope, POSTNORM = EPI == kEpiNorm;
   static_assert(!POSTNORM || (ACT == Act::kNone && !NORM), "the norm epilogue follows a plain projection");
   static_assert(!ROPE || ACT == Act::kNone, "the RoPE epilogue follows a plain projection");
+  static_assert(!CL || (EPI == kEpiPlain && !NORM), "the cluster split has the plain epilogue only");
   __shared__ float partial[kMaxWarps][MT * 4 * 32];
   __shared__ float rstd_s[NORM ? kMaxGemvRows : 1];
   extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]; NORM: then xs [M][K]
@@ -398,7 +415,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   }
 
   const int num_steps = (K + kStepK - 1) / kStepK;
-  const int step_begin = warp * steps_per_warp;
+  const int step_begin = (static_cast<int>(blockIdx.y) * nwarps + warp) * steps_per_warp;  // CL: y > 0
   const int step_end = min(step_begin + steps_per_warp, num_steps);
 
   // Nothing before pdl_wait() may touch x or y (the previous kernel may still write x, or read
@@ -567,6 +584,33 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     for (int j = 0; j < 4; ++j) partial[warp][(mt * 4 + j) * 32 + lane] = acc[mt][j];
   }
   __syncthreads();
+  int nsum = nwarps;  // rows of partial[] the epilogue adds up
+  if constexpr (CL) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr int kAll = MT * 4 * 32;
+    __shared__ float cluster_sum[kMaxClusterSplit][kAll];
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    const unsigned rank = cluster.block_rank();
+    float* first = cluster.map_shared_rank(&cluster_sum[0][0], 0);
+    for (int i = threadIdx.x; i < kAll; i += blockDim.x) {
+      float v = 0.0f;
+      for (int s = 0; s < nwarps; ++s) v += partial[s][i];
+      first[rank * kAll + i] = v;
+    }
+    cluster.sync();  // every block's sums are in the first block's shared memory
+    if (rank != 0) return;
+    for (int i = threadIdx.x; i < kAll; i += blockDim.x) {
+      float v = 0.0f;
+      for (unsigned r = 0; r < cluster.num_blocks(); ++r) v += cluster_sum[r][i];
+      partial[0][i] = v;
+    }
+    __syncthreads();
+    nsum = 1;
+#else
+    __trap();  // the host launches CL only on sm_90+
+#endif
+  }
 
   constexpr int kOutputs = kGated || ROPE ? MT * 2 * 32 : MT * 4 * 32;
   for (int i = threadIdx.x; i < kOutputs; i += blockDim.x) {
@@ -582,7 +626,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         ra.pair(p, head, lo, hi, rot);
         const int n_lo = head * ra.d + lo, n_hi = head * ra.d + hi;
         float x1 = 0.0f, x2 = 0.0f;
-        for (int s = 0; s < nwarps; ++s) {
+        for (int s = 0; s < nsum; ++s) {
           x1 += partial[s][(mt * 4 + j) * 32 + l];
           x2 += partial[s][(mt * 4 + j + 2) * 32 + l];
         }
@@ -625,7 +669,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       const int m = mt * 8 + 2 * lt + j, n = blockIdx.x * 8 + lg;
       if (m < M && n < n_out) {
         float gate = 0.0f, up = 0.0f;
-        for (int s = 0; s < nwarps; ++s) {
+        for (int s = 0; s < nsum; ++s) {
           gate += partial[s][(mt * 4 + j) * 32 + l];
           up += partial[s][(mt * 4 + j + 2) * 32 + l];
         }
@@ -643,7 +687,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       const int m = mt * 8 + 2 * lt + (j & 1), n = blockIdx.x * 16 + lg + 8 * (j >> 1);
       if (m < M && n < N) {
         float v = 0.0f;
-        for (int s = 0; s < nwarps; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
+        for (int s = 0; s < nsum; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
         if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
         const int64_t o = static_cast<int64_t>(m) * N + n;
         y[o] = add_residual(Num<T>::from_float(activate<ACT>(rnd<T>(v))), res, o);  // act of the rounded output
@@ -775,21 +819,29 @@ int allow_ring(Kernel kernel, int nb, bool norm) {
   return bytes;
 }
 
+// Where gemv_kernel takes the cluster split (CL): the register kernel for M = 9..16 rows (MT = 2)
+// with the plain epilogue (no norm prologue, no RoPE or norm epilogue). At M <= 8 the staged
+// kernel was as fast on 264 as on 272 tiles (77.2 / 76.5% of read bandwidth at M = 8).
+template <int MT, int NB, bool NORM, int EPI>
+constexpr bool kClusterOk = MT == 2 && NB == 0 && !NORM && EPI == kEpiPlain;
+
 // Blocks of `warps` warps that fit on one SM at once (registers, shared memory: the ring and
 // `extra_smem` more), cached per kernel and block size with the last extra_smem asked for (a
 // model's norm prologue asks with the same M * K every step; a host-side query, safe during graph
 // capture). One 64-bit word per entry, so concurrent callers never pair a size with another's count.
 // 0: a block of that size does not fit (more shared memory than `smem_limit`, allow_ring's).
 template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI>
-int resident_blocks(int warps, int extra_smem, int smem_limit) {
-  static std::atomic<int64_t> cache[kMaxWarps + 1] = {};
-  const int64_t hit = cache[warps].load(std::memory_order_relaxed);
+int resident_blocks(int warps, int extra_smem, int smem_limit, bool cl = false) {
+  static std::atomic<int64_t> cache[2][kMaxWarps + 1] = {};
+  const int64_t hit = cache[cl][warps].load(std::memory_order_relaxed);
   if (hit != 0 && (hit >> 32) == int64_t(extra_smem) + 1) return static_cast<int>(hit & 0xffffffff);
   int n = 0;
   if (ring_bytes(NB, warps) + extra_smem <= smem_limit)
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
-                                                                 32 * warps, ring_bytes(NB, warps) + extra_smem));
-  cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &n, cl ? gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, kClusterOk<MT, NB, NORM, EPI>>
+               : gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
+        32 * warps, ring_bytes(NB, warps) + extra_smem));
+  cache[cl][warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
   return n;
 }
 
@@ -809,6 +861,20 @@ int gemv_stages(int mt) {
   return env_nb >= 0 ? env_nb : (mt == 1 ? 2 : 0);
 }
 
+// The current device's compute capability major (cached per device; 0 where it cannot be read).
+int device_major() {
+  constexpr int kMaxDevices = 64;
+  static int cache[kMaxDevices] = {};  // major + 1; 0 unknown
+  const int dev = c10::cuda::current_device();
+  if (dev < 0 || dev >= kMaxDevices) return 0;
+  if (cache[dev] == 0) {
+    int major = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    cache[dev] = major + 1;
+  }
+  return cache[dev] - 1;
+}
+
 // Programmatic dependent launch on devices of compute capability >= 9 unless AUTOGLM_PDL is 0 or
 // triton (read once per process; the switch autoglm_kernels/triton/__init__.py reads too).
 bool pdl_enabled() {
@@ -816,34 +882,60 @@ bool pdl_enabled() {
     const char* env = std::getenv("AUTOGLM_PDL");
     return env == nullptr || *env == '\0' || std::string(env) == "1" || std::string(env) == "gemv";
   }();
-  if (!env_on) return false;
-  constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};  // 0 unknown, 1 off, 2 on
-  const int dev = c10::cuda::current_device();
-  if (dev < 0 || dev >= kMaxDevices) return false;
-  if (cache[dev] == 0) {
-    int major = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    cache[dev] = major >= 9 ? 2 : 1;
-  }
-  return cache[dev] == 2;
+  return env_on && device_major() >= 9;
 }
 
 // kernel<<<grid, block, 0, stream>>>(args...), with the programmatic-serialization attribute
-// where PDL is on (the kernel must start with pdl_launch_dependents / pdl_wait).
+// where PDL is on (the kernel must start with pdl_launch_dependents / pdl_wait), in clusters of
+// `cluster_y` blocks along y where that is > 1.
 template <typename... Params, typename... Args>
-void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes, cudaStream_t stream, Args... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes, cudaStream_t stream,
+                        int cluster_y, Args... args) {
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl_enabled()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_y > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = static_cast<unsigned>(cluster_y);
+    attr[n++].val.clusterDim.z = 1;
+  }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = static_cast<size_t>(smem_bytes);
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = static_cast<unsigned>(n);
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...));
+}
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes, cudaStream_t stream, Args... args) {
+  launch_pdl_cluster(kernel, grid, block, smem_bytes, stream, 1, args...);
+}
+
+// Blocks per tile of the cluster split-K (gemv_kernel's CL) for `tiles` tiles of `num_steps` K
+// steps on `sms` SMs, given that at most `max_blocks` blocks are resident at once: the split
+// whose busiest SM has the fewest steps to stream, ceil(tiles * S / sms) * ceil(num_steps / S),
+// if that is at least 10% fewer than without a split; else 1. Where tiles / sms leaves a short
+// last wave (GLM-4's qkv at M = 9..16: 288 tiles on 132 SMs, so 24 SMs stream 3 tiles and 108
+// stream 2), the blocks per SM even out: measured on the H100, 4096 -> 4224 (264 tiles) ran at
+// 82.0% of read bandwidth and 4096 -> 4352 (272) at 72.7% (bench/results/..._1316_...).
+int cluster_split(int64_t tiles, int num_steps, int sms, int64_t max_blocks) {
+  const int knob = gemv_cluster_split_knob();
+  if (knob == 1) return 1;
+  auto busiest = [&](int S) { return ((tiles * S + sms - 1) / sms) * ((num_steps + S - 1) / S); };
+  int best = 1;
+  for (int S = 2; S <= kMaxClusterSplit; ++S) {
+    if (tiles * S > max_blocks || S * kUnroll > num_steps) break;  // all resident; a batch per block
+    if (knob == S) return S;
+    if (knob == 0 && busiest(S) < busiest(best)) best = S;
+  }
+  if (knob > 1) return 1;  // the forced split does not fit this shape
+  return busiest(best) * 10 <= busiest(1) * 9 ? best : 1;
 }
 
 // What a GEMV launch reads besides x, w and bias: the RMSNorm weight and eps of its prologue and
@@ -868,23 +960,31 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(w.size(1)), N = static_cast<int>(w.size(0));
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
+  const int sms = sm_count();
+  // Blocks per tile (cluster split-K, sm_90+): 1 unless it evens out the blocks per SM.
+  int split = 1;
+  if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
+    if (device_major() >= 9)
+      split = cluster_split(tiles, num_steps, sms, int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(1, 0, smem_limit, true)) * sms);
+  }
+  const int64_t blocks = tiles * split;
+  const int block_steps = (num_steps + split - 1) / split;
   // Split K over more warps while the grid is small (aim for ~16 warps per SM), keeping at
   // least two unrolled batches per warp, and only while all tiles stay resident at once: a
   // second, mostly empty wave of blocks costs more than the extra split gains (the H100 run
   // measured M = 16 on 4096->4608 at 0.82x cuBLAS with 288 blocks on 264 resident slots).
   const int norm_smem = NORM ? M * K * static_cast<int>(sizeof(T)) : 0;  // <= kMaxNormSmemBytes
-  const int sms = sm_count();
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
-  auto fits = [&](int w) {  // every warp gets a batch, and all tiles' blocks are resident at once
-    return w * kUnroll <= num_steps &&
-           tiles <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(w, norm_smem, smem_limit)) * sms;
+  auto fits = [&](int w) {  // every warp gets a batch, and all blocks are resident at once
+    return w * kUnroll <= block_steps &&
+           blocks <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(w, norm_smem, smem_limit, split > 1)) * sms;
   };
   int warps = 1;
-  while (warps < kMaxWarps && tiles * warps < target_warps && fits(2 * warps)) warps *= 2;
+  while (warps < kMaxWarps && blocks * warps < target_warps && fits(2 * warps)) warps *= 2;
   // Where doubling stopped on residency, not on the target, take the most warps in between that
   // still fit: e.g. GLM-4's qkv at M = 9..16 (288 tiles, register-bound 4-warp blocks, 8-warp
   // blocks fit only 264 at once) gets 6-warp blocks, 1.5x the warps streaming its weights.
-  if (gemv_any_warps() && warps < kMaxWarps && tiles * warps < target_warps) {
+  if (gemv_any_warps() && warps < kMaxWarps && blocks * warps < target_warps) {
     for (int w = std::min(2 * warps - 1, kMaxWarps); w > warps; --w) {
       if (fits(w)) {
         warps = w;
@@ -892,7 +992,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
       }
     }
   }
-  const int steps_per_warp = (num_steps + warps - 1) / warps;
+  const int steps_per_warp = (num_steps + split * warps - 1) / (split * warps);
   const int prefetch_bytes = static_cast<int>(std::min<int64_t>(gemv_prefetch_bytes(), int64_t(steps_per_warp) * kStepK * x.element_size()));
 
   auto ptr = [](const at::Tensor* t) { return t == nullptr ? nullptr : reinterpret_cast<const T*>(t->data_ptr<scalar_t>()); };
@@ -901,12 +1001,20 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   T* yp = reinterpret_cast<T*>(y.data_ptr<scalar_t>());
   const T* bp = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr<scalar_t>()) : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned>(tiles)), block(32 * warps);
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(split)), block(32 * warps);
   const RopeArgs ra = ex.rope != nullptr ? *ex.rope : RopeArgs{};
   const PostNormArgs pn = ex.post_norm != nullptr ? *ex.post_norm : PostNormArgs{};
-  launch_pdl(bp != nullptr ? gemv_kernel<T, MT, ACT, true, NB, NORM, EPI> : gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
-             grid, block, ring_bytes(NB, warps) + norm_smem, stream, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out),
-             steps_per_warp, prefetch_bytes, ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual), ra, pn);
+  auto go = [&](auto with_bias, auto without_bias) {
+    launch_pdl_cluster(bp != nullptr ? with_bias : without_bias, grid, block, ring_bytes(NB, warps) + norm_smem, stream,
+                       split, xp, wp, bp, yp, M, N, K, static_cast<int>(n_out), steps_per_warp, prefetch_bytes,
+                       ptr(ex.norm_weight), static_cast<float>(ex.eps), ptr(ex.residual), ra, pn);
+  };
+  constexpr bool kCl = kClusterOk<MT, NB, NORM, EPI>;
+  if (kCl && split > 1) {
+    go(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI, kCl>, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, kCl>);
+  } else {
+    go(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI>, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>);
+  }
 }
 
 template <typename scalar_t, int MT, Act ACT, bool NORM, int EPI = kEpiPlain>
