@@ -831,17 +831,38 @@ constexpr bool kClusterOk = MT == 2 && NB == 0 && !NORM && EPI == kEpiPlain;
 // capture). One 64-bit word per entry, so concurrent callers never pair a size with another's count.
 // 0: a block of that size does not fit (more shared memory than `smem_limit`, allow_ring's).
 template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI>
-int resident_blocks(int warps, int extra_smem, int smem_limit, bool cl = false) {
-  static std::atomic<int64_t> cache[2][kMaxWarps + 1] = {};
-  const int64_t hit = cache[cl][warps].load(std::memory_order_relaxed);
+int resident_blocks(int warps, int extra_smem, int smem_limit) {
+  static std::atomic<int64_t> cache[kMaxWarps + 1] = {};
+  const int64_t hit = cache[warps].load(std::memory_order_relaxed);
   if (hit != 0 && (hit >> 32) == int64_t(extra_smem) + 1) return static_cast<int>(hit & 0xffffffff);
   int n = 0;
   if (ring_bytes(NB, warps) + extra_smem <= smem_limit)
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &n, cl ? gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, kClusterOk<MT, NB, NORM, EPI>>
-               : gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
-        32 * warps, ring_bytes(NB, warps) + extra_smem));
-  cache[cl][warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
+                                                                 32 * warps, ring_bytes(NB, warps) + extra_smem));
+  cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
+  return n;
+}
+
+// Clusters of `split` blocks of `warps` warps of the cluster-split kernel (no dynamic shared
+// memory: NB = 0, no norm) that are resident at once on the device, cached per (warps, split).
+template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI>
+int resident_clusters(int warps, int split) {
+  static std::atomic<int> cache[kMaxWarps + 1][kMaxClusterSplit + 1] = {};  // count + 1; 0 unknown
+  const int hit = cache[warps][split].load(std::memory_order_relaxed);
+  if (hit != 0) return hit - 1;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = static_cast<unsigned>(split);
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(1, static_cast<unsigned>(split));
+  cfg.blockDim = dim3(32 * warps);
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, true>, &cfg));
+  cache[warps][split].store(n + 1, std::memory_order_relaxed);
   return n;
 }
 
@@ -918,23 +939,27 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, int smem_bytes
 }
 
 // Blocks per tile of the cluster split-K (gemv_kernel's CL) for `tiles` tiles of `num_steps` K
-// steps on `sms` SMs, given that at most `max_blocks` blocks are resident at once: the split
-// whose busiest SM has the fewest steps to stream, ceil(tiles * S / sms) * ceil(num_steps / S),
-// if that is at least 10% fewer than without a split; else 1. Where tiles / sms leaves a short
-// last wave (GLM-4's qkv at M = 9..16: 288 tiles on 132 SMs, so 24 SMs stream 3 tiles and 108
-// stream 2), the blocks per SM even out: measured on the H100, 4096 -> 4224 (264 tiles) ran at
-// 82.0% of read bandwidth and 4096 -> 4352 (272) at 72.7% (bench/results/..._1316_...).
-int cluster_split(int64_t tiles, int num_steps, int sms, int64_t max_blocks) {
+// steps on `sms` SMs; fits(S): whether all tiles' clusters of S blocks are resident at once.
+// The split whose busiest SM streams the fewest steps, ceil(tiles * S / sms) * ceil(num_steps / S),
+// if that is at least 10% fewer than without one, and each block keeps >= kMinClusterSteps steps;
+// else 1. Where tiles / sms leaves a short last wave of blocks (GLM-4's qkv at M = 9..16: 288
+// tiles on 132 SMs, so 24 SMs stream 3 tiles while 108 stream 2) the blocks per SM even out.
+// Measured on the H100 at M = 9 / 16 (bench/results/..._1325_.../gemv_cluster_*.log), 2 blocks
+// per tile against 1: 4096 -> 4608 16.45 / 16.55 us (stock 16.4 / 16.5) against 16.82 / 17.14,
+// 4096 -> 5120 17.21 / 17.27 against 18.09 / 18.44; shorter block slices lost (2048 -> 3072,
+// 32 steps a block: 7.37 / 7.48 against 6.84 / 7.07), as did 3 and 4 blocks per tile on
+// 4096-wide rows (up to 1.9x slower).
+constexpr int kMinClusterSteps = 64;
+template <typename Fits>
+int cluster_split(int64_t tiles, int num_steps, int sms, Fits fits) {
   const int knob = gemv_cluster_split_knob();
   if (knob == 1) return 1;
+  if (knob > 1) return knob * kUnroll <= num_steps && fits(knob) ? knob : 1;  // forced where it can run
   auto busiest = [&](int S) { return ((tiles * S + sms - 1) / sms) * ((num_steps + S - 1) / S); };
   int best = 1;
-  for (int S = 2; S <= kMaxClusterSplit; ++S) {
-    if (tiles * S > max_blocks || S * kUnroll > num_steps) break;  // all resident; a batch per block
-    if (knob == S) return S;
-    if (knob == 0 && busiest(S) < busiest(best)) best = S;
+  for (int S = 2; S <= kMaxClusterSplit && (num_steps + S - 1) / S >= kMinClusterSteps; ++S) {
+    if (busiest(S) < busiest(best) && fits(S)) best = S;
   }
-  if (knob > 1) return 1;  // the forced split does not fit this shape
   return busiest(best) * 10 <= busiest(1) * 9 ? best : 1;
 }
 
@@ -964,8 +989,11 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   // Blocks per tile (cluster split-K, sm_90+): 1 unless it evens out the blocks per SM.
   int split = 1;
   if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
-    if (device_major() >= 9)
-      split = cluster_split(tiles, num_steps, sms, int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(1, 0, smem_limit, true)) * sms);
+    if (device_major() >= 9) {
+      split = cluster_split(tiles, num_steps, sms, [&](int S) {
+        return tiles <= int64_t(resident_clusters<T, MT, ACT, NB, NORM, EPI>(1, S));
+      });
+    }
   }
   const int64_t blocks = tiles * split;
   const int block_steps = (num_steps + split - 1) / split;
@@ -976,8 +1004,11 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int norm_smem = NORM ? M * K * static_cast<int>(sizeof(T)) : 0;  // <= kMaxNormSmemBytes
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   auto fits = [&](int w) {  // every warp gets a batch, and all blocks are resident at once
-    return w * kUnroll <= block_steps &&
-           blocks <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(w, norm_smem, smem_limit, split > 1)) * sms;
+    if (w * kUnroll > block_steps) return false;
+    if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
+      if (split > 1) return tiles <= int64_t(resident_clusters<T, MT, ACT, NB, NORM, EPI>(w, split));
+    }
+    return blocks <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(w, norm_smem, smem_limit)) * sms;
   };
   int warps = 1;
   while (warps < kMaxWarps && blocks * warps < target_warps && fits(2 * warps)) warps *= 2;
