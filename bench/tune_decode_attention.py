@@ -35,9 +35,9 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(SHAPES))
     parser.add_argument("--contexts", default=",".join(map(str, CONTEXTS)), help="valid lengths L")
     parser.add_argument("--capacity-mult", type=int, default=1, help="cache capacity C = this x L (a static cache)")
-    parser.add_argument("--splits", default=",".join(map(str, SPLITS)), help="num_splits to try (0: the default)")
+    parser.add_argument("--splits", default=",".join(map(str, SPLITS)), help="num_splits to try besides the default")
     args = parser.parse_args()
-    splits = [int(n) for n in args.splits.split(",")]
+    splits = [0] + [n for n in (int(v) for v in args.splits.split(",")) if n != 0]  # 0, the default, first
     bw = read_bandwidth()
     rows = []
     for name in args.models.split(","):
