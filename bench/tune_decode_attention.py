@@ -49,8 +49,9 @@ def main() -> int:
                           for s in ((1, 1, Hq, D), (1, Hk, C, D), (1, Hk, C, D))) for _ in range(copies_for(useful))]
             lens = torch.full((1,), L, dtype=torch.int32, device="cuda")
             module = StockAttnModule(Hq // Hk)
-            sdpa = GraphTimer(lambda q, k, v: sdpa_attention_forward(module, q.transpose(1, 2), k[:, :, :L], v[:, :, :L], None,
-                                                                     scaling=D**-0.5, is_causal=True)[0], sets)
+            sdpa = GraphTimer(lambda q, k, v: sdpa_attention_forward(module, q.transpose(1, 2), k[:, :, :L],
+                                                                     v[:, :, :L], None, scaling=D**-0.5,
+                                                                     is_causal=True)[0], sets)
             row = {"model": name, "L": L, "C": C, "sdpa_us": round(sdpa.time_us(), 2),
                    "default_splits": default_num_splits(sets[0][0], sets[0][1]), "fused_us": {}}
             del sdpa
@@ -64,7 +65,8 @@ def main() -> int:
             row["best_splits"], row["best_us"] = best, row["fused_us"][best]
             row["default_pct_of_bw"] = round(100 * useful / (row["fused_us"][0] * 1e-6) / bw, 1)
             rows.append(row)
-            print(f"{name:12s} L={L:6d} C={C:6d} sdpa {row['sdpa_us']:7.2f} us | default ({row['default_splits']:3d} splits) "
+            print(f"{name:12s} L={L:6d} C={C:6d} sdpa {row['sdpa_us']:7.2f} us | "
+                  f"default ({row['default_splits']:3d} splits) "
                   f"{row['fused_us'][0]:7.2f} us = {row['sdpa_us'] / row['fused_us'][0]:.2f}x sdpa, "
                   f"{row['default_pct_of_bw']:5.1f}% BW | best {best:3d} splits {row['best_us']:7.2f} us  "
                   + " ".join(f"{k}:{v}" for k, v in row["fused_us"].items()), flush=True)

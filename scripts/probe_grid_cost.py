@@ -63,8 +63,8 @@ def main() -> None:
                                                                         num_warps=4), [(b,) for b in bufs])
             us = min(timer.time_us() for _ in range(5))
             rows.append(dict(kib=kib, working=int(work_now.item()), grid=grid, sms=sms, us=round(us, 3)))
-            print(f"kib={kib:3d} working={int(work_now.item()):4d} grid={grid:4d} ({grid / sms:.2f} per SM): {us:6.2f} us",
-                  flush=True)
+            print(f"kib={kib:3d} working={int(work_now.item()):4d} grid={grid:4d} ({grid / sms:.2f} per SM): "
+                  f"{us:6.2f} us", flush=True)
             del timer
         del bufs
         torch.cuda.empty_cache()

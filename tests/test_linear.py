@@ -314,7 +314,8 @@ def test_gpu_reference_shapes_decode(K, N, act, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("act", ACTS)
-@pytest.mark.parametrize("M,K,N", [(9, 4104, 4600), (16, 4096, 5120), (13, 4096, 4608), (12, 8192, 544), (16, 8192, 520)])
+@pytest.mark.parametrize("M,K,N", [(9, 4104, 4600), (16, 4096, 5120), (13, 4096, 4608), (12, 8192, 544),
+                                   (16, 8192, 520)])
 def test_gpu_cluster_split_k(M, K, N, act, dtype):
     """M = 9..16 where the tiles leave SMs idle or a short last wave of blocks: on a 132-SM GPU
     the blocks of a thread-block cluster share each tile's K (2, 2, 2, 3 and 4 blocks per tile
@@ -709,8 +710,8 @@ for _ in range(2):  # a knob is read once per process; every call that uses it r
 
 
 def _expect_error(env: dict, args: tuple, message: str) -> None:
-    """Runs _ERROR_SCRIPT (N, activation, weight dtype[, rows of x: 1]) in a fresh process with faulthandler on:
-    both calls must raise `message` ("ValueError: ..." / "TypeError: ...")."""
+    """Runs _ERROR_SCRIPT (N, activation, weight dtype[, rows of x: 1]) in a fresh process with
+    faulthandler on: both calls must raise `message` ("ValueError: ..." / "TypeError: ...")."""
     run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _ERROR_SCRIPT, *args], env=dict(os.environ, **env),
                          capture_output=True, text=True, timeout=300)
     if run.returncode != 0 or run.stdout.count(message) != 2:
