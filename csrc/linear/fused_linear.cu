@@ -781,19 +781,40 @@ struct CudaType<at::Half> {
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
-// SM count of the current device (cached; a host-side attribute query, safe during graph capture).
-// Not through ATen/cuda/CUDAContext.h, which needs the cuSPARSE/cuBLAS headers at build time.
-int sm_count() {
+// Attribute `A` of the current device, cached per device (a host-side query, safe during graph
+// capture); 0 where the device index is out of the cache's range. Not through
+// ATen/cuda/CUDAContext.h, which needs the cuSPARSE/cuBLAS headers at build time.
+template <cudaDeviceAttr A>
+int device_attribute() {
   constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};
+  static int cache[kMaxDevices] = {};  // value + 1; 0 unknown
   const int dev = c10::cuda::current_device();
-  if (dev < 0 || dev >= kMaxDevices) return 132;
+  if (dev < 0 || dev >= kMaxDevices) return 0;
   if (cache[dev] == 0) {
     int v = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    cache[dev] = v > 0 ? v : 132;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, A, dev));
+    cache[dev] = v + 1;
   }
-  return cache[dev];
+  return cache[dev] - 1;
+}
+
+// SM count of the current device (132 where it cannot be read).
+int sm_count() {
+  const int v = device_attribute<cudaDevAttrMultiProcessorCount>();
+  return v > 0 ? v : 132;
+}
+
+// The current device's compute capability major (0 where it cannot be read).
+int device_major() { return device_attribute<cudaDevAttrComputeCapabilityMajor>(); }
+
+// A launch attribute grouping blocks into thread-block clusters of `y` blocks along y.
+cudaLaunchAttribute cluster_y_attr(int y) {
+  cudaLaunchAttribute a = {};
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = 1;
+  a.val.clusterDim.y = static_cast<unsigned>(y);
+  a.val.clusterDim.z = 1;
+  return a;
 }
 
 // Dynamic shared memory of a block of `warps` warps: the weight ring of the staged kernel.
@@ -850,11 +871,7 @@ int resident_clusters(int warps, int split) {
   static std::atomic<int> cache[kMaxWarps + 1][kMaxClusterSplit + 1] = {};  // count + 1; 0 unknown
   const int hit = cache[warps][split].load(std::memory_order_relaxed);
   if (hit != 0) return hit - 1;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = static_cast<unsigned>(split);
-  attr[0].val.clusterDim.z = 1;
+  cudaLaunchAttribute attr[1] = {cluster_y_attr(split)};
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(1, static_cast<unsigned>(split));
   cfg.blockDim = dim3(32 * warps);
@@ -882,20 +899,6 @@ int gemv_stages(int mt) {
   return env_nb >= 0 ? env_nb : (mt == 1 ? 2 : 0);
 }
 
-// The current device's compute capability major (cached per device; 0 where it cannot be read).
-int device_major() {
-  constexpr int kMaxDevices = 64;
-  static int cache[kMaxDevices] = {};  // major + 1; 0 unknown
-  const int dev = c10::cuda::current_device();
-  if (dev < 0 || dev >= kMaxDevices) return 0;
-  if (cache[dev] == 0) {
-    int major = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    cache[dev] = major + 1;
-  }
-  return cache[dev] - 1;
-}
-
 // Programmatic dependent launch on devices of compute capability >= 9 unless AUTOGLM_PDL is 0 or
 // triton (read once per process; the switch autoglm_kernels/triton/__init__.py reads too).
 bool pdl_enabled() {
@@ -918,12 +921,7 @@ void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, int sm
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n++].val.programmaticStreamSerializationAllowed = 1;
   }
-  if (cluster_y > 1) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = 1;
-    attr[n].val.clusterDim.y = static_cast<unsigned>(cluster_y);
-    attr[n++].val.clusterDim.z = 1;
-  }
+  if (cluster_y > 1) attr[n++] = cluster_y_attr(cluster_y);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
