@@ -6,8 +6,11 @@ programs and 8.13 us in 264 (bench/results/..._1316_.../tune_da_c4.log). This ti
 graphs over rotated buffers (bench/common.GraphTimer), a kernel whose first `work` programs each
 stream `kib` KiB and whose others exit after reading the work count, at several grid sizes:
 a cost that grows with the grid past one program per SM with no work added is the hardware's.
+With --pdl the kernel starts with the package's pdl_prologue and launches as the ops do under
+programmatic dependent launch, so each replay's programs are placed on the SMs while the one
+before still runs (the decode attention's situation in the benchmarks and the engine's step).
 
-    python scripts/probe_grid_cost.py [--json out.json]
+    python scripts/probe_grid_cost.py [--pdl] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from common import GraphTimer  # noqa: E402
 
+from autoglm_kernels.triton import pdl_prologue  # noqa: E402
+
 
 @triton.jit
-def _stream_or_exit(WORK, X, OUT, n_elems, BLOCK: tl.constexpr):
+def _stream_or_exit(WORK, X, OUT, n_elems, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Programs below WORK[0] sum their n_elems-element slice of X; the others exit."""
+    pdl_prologue(PDL)
     pid = tl.program_id(0)
     if pid >= tl.load(WORK):
         return
@@ -45,10 +51,13 @@ def main() -> None:
     ap.add_argument("--work", type=int, default=128, help="working programs")
     ap.add_argument("--grids", default="128,132,133,192,264,384,512")
     ap.add_argument("--kib", default="0,32", help="KiB each working program streams (0: none)")
+    ap.add_argument("--pdl", action="store_true", help="launch under programmatic dependent launch")
+    ap.add_argument("--warps", type=int, default=4, help="warps per program")
     args = ap.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     work = torch.tensor([args.work], dtype=torch.int32, device="cuda")
     out = torch.empty(4096, dtype=torch.float32, device="cuda")
+    pdl = dict(PDL=True, launch_pdl=True) if args.pdl else dict(PDL=False)
     rows = []
     for kib in (int(k) for k in args.kib.split(",")):
         n_elems = max(kib * 512, 1024)  # bf16 elements per working program (>= one BLOCK)
@@ -59,8 +68,10 @@ def main() -> None:
         copies = max(2, min(64, (400 << 20) // (args.work * n_elems * 2)))
         bufs = [torch.randn(args.work * n_elems, device="cuda").to(torch.bfloat16) for _ in range(copies)]
         for grid in (int(g) for g in args.grids.split(",")):
-            timer = GraphTimer(lambda x, grid=grid: _stream_or_exit[(grid,)](work_now, x, out, n_elems, BLOCK=1024,
-                                                                        num_warps=4), [(b,) for b in bufs])
+            def call(x, grid=grid):
+                _stream_or_exit[(grid,)](work_now, x, out, n_elems, BLOCK=1024, num_warps=args.warps, **pdl)
+
+            timer = GraphTimer(call, [(b,) for b in bufs])
             us = min(timer.time_us() for _ in range(5))
             rows.append(dict(kib=kib, working=int(work_now.item()), grid=grid, sms=sms, us=round(us, 3)))
             print(f"kib={kib:3d} working={int(work_now.item()):4d} grid={grid:4d} ({grid / sms:.2f} per SM): "
@@ -69,7 +80,8 @@ def main() -> None:
         del bufs
         torch.cuda.empty_cache()
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(0), "rows": rows}, indent=1))
+        meta = {"device": torch.cuda.get_device_name(0), "pdl": args.pdl, "warps": args.warps}
+        Path(args.json).write_text(json.dumps({**meta, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
