@@ -319,8 +319,7 @@ def test_gpu_reference_shapes_decode(K, N, act, dtype):
 def test_gpu_cluster_split_k(M, K, N, act, dtype):
     """M = 9..16 where the tiles leave SMs idle or a short last wave of blocks: on a 132-SM GPU
     the blocks of a thread-block cluster share each tile's K (2, 2, 2, 3 and 4 blocks per tile
-    here, two tiles per warp in the first three but gated_silu; N and K tails in the first and
-    last) and merge through distributed shared memory.
+    here; N and K tails in the first and last) and merge through distributed shared memory.
     Right, bit-identical from call to call (the merge adds in a fixed order), and the same when
     replayed from a CUDA graph."""
     for bias in (True, False):
@@ -697,49 +696,6 @@ def test_gpu_three_batch_ring_with_the_norm_prologue():
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
 
 
-_TILES_PER_WARP_SCRIPT = """
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-import test_linear as t
-from autoglm_kernels import ops
-torch.manual_seed(0)
-shapes = ((1, 280, 130), (2, 48, 46), (3, 4104, 97), (5, 4104, 4600), (8, 4096, 4608), (9, 4104, 4600),
-          (13, 4096, 4608), (16, 4096, 5120), (16, 2048, 62))
-for M, K, N in shapes:
-    for dtype in (torch.bfloat16, torch.float16):
-        for act in t.ACTS:
-            if act == "gated_silu" and N % 2:
-                continue
-            for bias in (True, False):
-                x, w, b = t.make(M, K, N, dtype, "cuda", bias)
-                out = ops.fused_linear(x, w, b, act)
-                t.assert_within_2x_stock(out, x, w, b, act)
-                assert torch.equal(ops.fused_linear(x, w, b, act), out), (M, K, N, act, bias)
-x, w, b = t.make(12, 4096, 4608, torch.bfloat16, "cuda")
-out = ops.fused_linear(x, w, b)
-graph = torch.cuda.CUDAGraph()
-with torch.cuda.graph(graph):
-    static_out = ops.fused_linear(x, w, b)
-graph.replay()
-torch.cuda.synchronize()
-assert torch.equal(static_out, out)
-print("ok")
-"""
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("tiles", ["1", "2"])
-def test_gpu_tiles_per_warp(tiles):
-    """AUTOGLM_GEMV_TILES_PER_WARP (read once per process, so in a subprocess) forced to 1 and 2
-    over M = 1..16 on both kernels (the ring at M <= 8, registers above), with N tails inside a
-    32-row block, the cluster split on 4600..5120-row weights, every activation (gated_silu keeps
-    one tile per warp), bias or none, and a CUDA graph replay."""
-    env = dict(os.environ, AUTOGLM_GEMV_TILES_PER_WARP=tiles)
-    run = subprocess.run([sys.executable, "-c", _TILES_PER_WARP_SCRIPT, os.path.dirname(__file__)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
-
-
 _ERROR_SCRIPT = """
 import sys, torch
 from autoglm_kernels import ops
@@ -770,7 +726,6 @@ def _expect_error(env: dict, args: tuple, message: str) -> None:
     ("AUTOGLM_GEMV_ANY_WARPS", "2", "AUTOGLM_GEMV_ANY_WARPS must be an integer in 0..1, got '2'"),
     ("AUTOGLM_GEMV_PREFETCH_BYTES", "4k", "AUTOGLM_GEMV_PREFETCH_BYTES must be an integer in 0..1073741824, got '4k'"),
     ("AUTOGLM_GEMV_CLUSTER_SPLIT", "5", "AUTOGLM_GEMV_CLUSTER_SPLIT must be an integer in 0..4, got '5'"),
-    ("AUTOGLM_GEMV_TILES_PER_WARP", "3", "AUTOGLM_GEMV_TILES_PER_WARP must be an integer in 0..2, got '3'"),
 ])
 def test_gpu_tuning_knob_out_of_range_is_a_clear_error(name, value, message):
     """A GEMV tuning knob outside its range raises a ValueError naming the variable and what it

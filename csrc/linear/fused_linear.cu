@@ -104,23 +104,6 @@ int gemv_cluster_split_knob() {
   static const Knob split = read_knob("AUTOGLM_GEMV_CLUSTER_SPLIT", 0, 0, 4);
   return static_cast<int>(knob_value(split));
 }
-// Weight tiles per warp of the plain GEMV (see gemv_kernel's TW and tiles_per_warp): 0 (the
-// default rule), 1 or 2 (wherever the epilogue allows). AUTOGLM_GEMV_TILES_PER_WARP overrides it
-// (a tuning knob; read once).
-int gemv_tiles_per_warp_knob() {
-  static const Knob tw = read_knob("AUTOGLM_GEMV_TILES_PER_WARP", 0, 0, 2);
-  return static_cast<int>(knob_value(tw));
-}
-
-// Tiles per warp for M rows of x against N weight rows on `sms` SMs: 2 where x's L2 traffic
-// (M / 16 of the weight's bytes with one tile per warp) is worth halving, M >= kMinRowsTw2,
-// and the halved grid still gives every SM a block; else 1.
-constexpr int kMinRowsTw2 = 2;
-int tiles_per_warp(int64_t M, int64_t N, int sms) {
-  const int knob = gemv_tiles_per_warp_knob();
-  if (knob > 0) return knob;
-  return M >= kMinRowsTw2 && (N + 31) / 32 >= sms ? 2 : 1;
-}
 constexpr int kStepK = 32;        // k per warp step: 4 lanes x 8 elements (16 bytes) per row
 constexpr int kUnroll = 4;        // steps whose loads are in flight together (4 KB of weight per warp)
 constexpr int kMaxWarps = 16;     // split-K warps per block
@@ -380,13 +363,7 @@ __device__ __forceinline__ float activate(float v) {
 // into the first block's shared memory (distributed shared memory), and after the cluster
 // barrier that block adds them in rank order (deterministic) and runs the epilogue. It evens out
 // the blocks per SM where tiles / SMs leaves a short last wave (see cluster_split).
-//
-// TW = 2 (two tiles per warp; plain epilogue, no norm): each warp streams the weight rows of two
-// adjacent tiles (32 rows, half as many steps per batch) against the same x fragments, so x is
-// read from L2 once per 32 weight rows instead of once per 16: at M rows x costs M / (16 TW) of
-// the weight's bytes in L2 traffic (see tiles_per_warp).
-template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM, int EPI = kEpiPlain, bool CL = false,
-          int TW = 1>
+template <typename T, int MT, Act ACT, bool HAS_BIAS, int NB, bool NORM, int EPI = kEpiPlain, bool CL = false>
 __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, T* __restrict__ y,
                 int M, int N, int K, int n_out, int steps_per_warp, int prefetch_bytes, const T* __restrict__ norm_w,
@@ -396,48 +373,38 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   static_assert(!POSTNORM || (ACT == Act::kNone && !NORM), "the norm epilogue follows a plain projection");
   static_assert(!ROPE || ACT == Act::kNone, "the RoPE epilogue follows a plain projection");
   static_assert(!CL || (EPI == kEpiPlain && !NORM), "the cluster split has the plain epilogue only");
-  static_assert(TW == 1 || (TW == 2 && EPI == kEpiPlain && !NORM && !kGated), "two tiles per warp: plain epilogue only");
-  constexpr int kU = kUnroll / TW;  // steps per batch: TW * kU * 1 KB of weight per warp in flight
-  __shared__ float partial[kMaxWarps][TW * MT * 4 * 32];
+  __shared__ float partial[kMaxWarps][MT * 4 * 32];
   __shared__ float rstd_s[NORM ? kMaxGemvRows : 1];
   extern __shared__ uint4 ring_smem[];  // NB > 0: [warps][NB][kUnroll][lo 32 | hi 32]; NORM: then xs [M][K]
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int g = lane >> 2, t = lane & 3;
 
-  // Weight rows this lane loads in tile tw of the block: fragment row g (lo) and g + 8 (hi).
-  int row_lo[TW], row_hi[TW];
-  bool ok_lo[TW], ok_hi[TW];
+  // Weight rows this lane loads: fragment row g (lo) and g + 8 (hi).
+  int row_lo, row_hi;
+  bool ok_lo, ok_hi;
   if constexpr (kGated) {
     const int n = blockIdx.x * 8 + g;
-    ok_lo[0] = ok_hi[0] = n < n_out;
-    row_lo[0] = ok_lo[0] ? n : 0;
-    row_hi[0] = ok_hi[0] ? n + n_out : 0;
+    ok_lo = ok_hi = n < n_out;
+    row_lo = ok_lo ? n : 0;
+    row_hi = ok_hi ? n + n_out : 0;
   } else if constexpr (ROPE) {
     const int p = blockIdx.x * 8 + g;
     int head, lo, hi;
     bool rot;
     ra.pair(p, head, lo, hi, rot);
-    ok_lo[0] = ok_hi[0] = 2 * p < N;
-    row_lo[0] = ok_lo[0] ? head * ra.d + lo : 0;
-    row_hi[0] = ok_hi[0] ? head * ra.d + hi : 0;
+    ok_lo = ok_hi = 2 * p < N;
+    row_lo = ok_lo ? head * ra.d + lo : 0;
+    row_hi = ok_hi ? head * ra.d + hi : 0;
   } else {
-#pragma unroll
-    for (int tw = 0; tw < TW; ++tw) {
-      const int n = (blockIdx.x * TW + tw) * 16 + g;
-      ok_lo[tw] = n < N;
-      ok_hi[tw] = n + 8 < N;
-      row_lo[tw] = ok_lo[tw] ? n : 0;
-      row_hi[tw] = ok_hi[tw] ? n + 8 : 0;
-    }
+    const int n = blockIdx.x * 16 + g;
+    ok_lo = n < N;
+    ok_hi = n + 8 < N;
+    row_lo = ok_lo ? n : 0;
+    row_hi = ok_hi ? n + 8 : 0;
   }
-  const T* w_lo[TW];
-  const T* w_hi[TW];
-#pragma unroll
-  for (int tw = 0; tw < TW; ++tw) {
-    w_lo[tw] = w + static_cast<int64_t>(row_lo[tw]) * K + 8 * t;
-    w_hi[tw] = w + static_cast<int64_t>(row_hi[tw]) * K + 8 * t;
-  }
+  const T* w_lo = w + static_cast<int64_t>(row_lo) * K + 8 * t;
+  const T* w_hi = w + static_cast<int64_t>(row_hi) * K + 8 * t;
   const T* x_row[MT];
   bool ok_x[MT];
 #pragma unroll
@@ -461,30 +428,26 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   // autoglm_kernels/triton).
   constexpr int kRingSlots = NB > 0 ? NB : 1;
   uint4* const ring = ring_smem + warp * (NB * kUnroll * 64);
-  // Copies this lane's 16 bytes of rows lo and hi of each tile for the kU steps from s0 into
-  // `slot` (steps out of range: nothing; the consumer zeroes them by the same predicate).
+  // Copies this lane's 16 bytes of rows lo and hi for the kUnroll steps from s0 into `slot`
+  // (steps out of range: nothing; the consumer zeroes them by the same predicate).
   auto issue_batch = [&](uint4* slot, int s0) {
 #pragma unroll
-    for (int tw = 0; tw < TW; ++tw) {
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int k = (s0 + u) * kStepK;
-        if (s0 + u < step_end && k + 8 * t < K) {
-          if (ok_lo[tw]) cp_async16(slot + (tw * kU + u) * 64 + lane, w_lo[tw] + k);
-          if (ok_hi[tw]) cp_async16(slot + (tw * kU + u) * 64 + 32 + lane, w_hi[tw] + k);
-        }
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = (s0 + u) * kStepK;
+      if (s0 + u < step_end && k + 8 * t < K) {
+        if (ok_lo) cp_async16(slot + u * 64 + lane, w_lo + k);
+        if (ok_hi) cp_async16(slot + u * 64 + 32 + lane, w_hi + k);
       }
     }
   };
   if constexpr (NB > 0) {
 #pragma unroll
     for (int bb = 0; bb < NB; ++bb) {
-      issue_batch(ring + bb * kUnroll * 64, step_begin + bb * kU);
+      issue_batch(ring + bb * kUnroll * 64, step_begin + bb * kUnroll);
       cp_async_commit();
     }
   } else if (step_begin < step_end) {
-    constexpr int kRows = 16 * TW;  // weight rows of the block; lane -> row r, every (32 / kRows)-th line
-    const int r = lane % kRows;
+    const int r = lane & 15;
     bool ok_r;
     int row;
     if constexpr (kGated) {
@@ -499,7 +462,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       ok_r = 2 * p < N;
       row = head * ra.d + (r >= 8 ? hi : lo);
     } else {
-      row = blockIdx.x * kRows + r;
+      row = blockIdx.x * 16 + r;
       ok_r = row < N;
     }
     if (ok_r) {
@@ -508,12 +471,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       const int64_t k_end = static_cast<int64_t>(step_end) * kStepK < K ? static_cast<int64_t>(step_end) * kStepK : K;
       const int64_t end = k_end * static_cast<int64_t>(sizeof(T));
       const int64_t stop = end < begin + prefetch_bytes ? end : begin + prefetch_bytes;
-      // Lines of [begin, stop): this lane takes line starts begin_line + 128 * (L i + lane / kRows),
-      // L = 32 / kRows lanes per row.
+      // Lines of [begin, stop): this lane takes line starts begin_line + 128 * (2 i + lane / 16).
       const int64_t first = static_cast<int64_t>((reinterpret_cast<uintptr_t>(base + begin) & ~uintptr_t(127)) -
                                                  reinterpret_cast<uintptr_t>(base));
-      for (int64_t off = first + 128 * (lane / kRows); off < stop; off += 128 * (32 / kRows))
-        prefetch_l2(base + (off > begin ? off : begin));
+      for (int64_t off = first + 128 * (lane >> 4); off < stop; off += 256) prefetch_l2(base + (off > begin ? off : begin));
     }
   }
   pdl_wait();
@@ -543,49 +504,43 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
     for (int mt = 0; mt < MT; ++mt) x_row[mt] = xs + static_cast<int64_t>(ok_x[mt] ? mt * 8 + g : 0) * K + 8 * t;
   }
 
-  float acc[TW][MT][4];
+  float acc[MT][4];
 #pragma unroll
-  for (int tw = 0; tw < TW; ++tw) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) acc[tw][mt][0] = acc[tw][mt][1] = acc[tw][mt][2] = acc[tw][mt][3] = 0.0f;
-  }
+  for (int mt = 0; mt < MT; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
 
   int batch = 0;
-  for (int step = step_begin; step < step_end; step += kU, ++batch) {
-    uint32_t a_lo[TW][kU][4], a_hi[TW][kU][4], b[kU][MT][4];
+  for (int step = step_begin; step < step_end; step += kUnroll, ++batch) {
+    uint32_t a_lo[kUnroll][4], a_hi[kUnroll][4], b[kUnroll][MT][4];
     uint4* slot = ring + (batch % kRingSlots) * kUnroll * 64;  // NB = 0: unused
     if constexpr (NB > 0) cp_async_wait<NB - 1>();  // this batch's group (NB groups ago) has landed
 #pragma unroll
-    for (int tw = 0; tw < TW; ++tw) {
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int k = (step + u) * kStepK;
-        // K % 8 == 0, so a lane's 8 elements are all in range or all out of range.
-        const bool ok = (step + u < step_end) && (k + 8 * t < K);
-        if (ok && ok_lo[tw]) {
-          if constexpr (NB > 0) {
-            const uint4 v = slot[(tw * kU + u) * 64 + lane];
-            a_lo[tw][u][0] = v.x, a_lo[tw][u][1] = v.y, a_lo[tw][u][2] = v.z, a_lo[tw][u][3] = v.w;
-          } else {
-            load_weight(a_lo[tw][u], w_lo[tw] + k);
-          }
+    for (int u = 0; u < kUnroll; ++u) {
+      const int k = (step + u) * kStepK;
+      // K % 8 == 0, so a lane's 8 elements are all in range or all out of range.
+      const bool ok = (step + u < step_end) && (k + 8 * t < K);
+      if (ok && ok_lo) {
+        if constexpr (NB > 0) {
+          const uint4 v = slot[u * 64 + lane];
+          a_lo[u][0] = v.x, a_lo[u][1] = v.y, a_lo[u][2] = v.z, a_lo[u][3] = v.w;
         } else {
-          a_lo[tw][u][0] = a_lo[tw][u][1] = a_lo[tw][u][2] = a_lo[tw][u][3] = 0u;
+          load_weight(a_lo[u], w_lo + k);
         }
-        if (ok && ok_hi[tw]) {
-          if constexpr (NB > 0) {
-            const uint4 v = slot[(tw * kU + u) * 64 + 32 + lane];
-            a_hi[tw][u][0] = v.x, a_hi[tw][u][1] = v.y, a_hi[tw][u][2] = v.z, a_hi[tw][u][3] = v.w;
-          } else {
-            load_weight(a_hi[tw][u], w_hi[tw] + k);
-          }
+      } else {
+        a_lo[u][0] = a_lo[u][1] = a_lo[u][2] = a_lo[u][3] = 0u;
+      }
+      if (ok && ok_hi) {
+        if constexpr (NB > 0) {
+          const uint4 v = slot[u * 64 + 32 + lane];
+          a_hi[u][0] = v.x, a_hi[u][1] = v.y, a_hi[u][2] = v.z, a_hi[u][3] = v.w;
         } else {
-          a_hi[tw][u][0] = a_hi[tw][u][1] = a_hi[tw][u][2] = a_hi[tw][u][3] = 0u;
+          load_weight(a_hi[u], w_hi + k);
         }
+      } else {
+        a_hi[u][0] = a_hi[u][1] = a_hi[u][2] = a_hi[u][3] = 0u;
       }
     }
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       const int k = (step + u) * kStepK;
       const bool ok = (step + u < step_end) && (k + 8 * t < K);
 #pragma unroll
@@ -603,42 +558,36 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       }
     }
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
 #pragma unroll
-        for (int tw = 0; tw < TW; ++tw) {
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            mma_16816<Num<T>::kBf16>(acc[tw][mt], a_lo[tw][u][2 * h], a_hi[tw][u][2 * h], a_lo[tw][u][2 * h + 1],
-                                     a_hi[tw][u][2 * h + 1], b[u][mt][2 * h], b[u][mt][2 * h + 1]);
-          }
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_16816<Num<T>::kBf16>(acc[mt], a_lo[u][2 * h], a_hi[u][2 * h], a_lo[u][2 * h + 1], a_hi[u][2 * h + 1],
+                                   b[u][mt][2 * h], b[u][mt][2 * h + 1]);
         }
       }
     }
     if constexpr (NB > 0) {  // refill the slot just consumed, NB batches ahead
-      issue_batch(slot, step + NB * kU);
+      issue_batch(slot, step + NB * kUnroll);
       cp_async_commit();
     }
   }
 
   if constexpr (NB > 0) cp_async_wait<0>();  // nothing may land in shared memory after the block exits
 
-  // Split-K reduction. Accumulator j of lane l in column tile mt of tile tw is D[row][col] with
-  // row = 16 tw + g + 8 * (j / 2) and col (= row of x) = 8 * mt + 2 * t + j % 2.
+  // Split-K reduction. Accumulator j of lane l in column tile mt is D[row][col] with
+  // row = g + 8 * (j / 2) and col (= row of x) = 8 * mt + 2 * t + j % 2.
 #pragma unroll
-  for (int tw = 0; tw < TW; ++tw) {
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) partial[warp][((tw * MT + mt) * 4 + j) * 32 + lane] = acc[tw][mt][j];
-    }
+    for (int j = 0; j < 4; ++j) partial[warp][(mt * 4 + j) * 32 + lane] = acc[mt][j];
   }
   __syncthreads();
   int nsum = nwarps;  // rows of partial[] the epilogue adds up
   if constexpr (CL) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    constexpr int kAll = TW * MT * 4 * 32;
+    constexpr int kAll = MT * 4 * 32;
     __shared__ float cluster_sum[kMaxClusterSplit][kAll];
     namespace cg = cooperative_groups;
     const cg::cluster_group cluster = cg::this_cluster();
@@ -663,7 +612,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 #endif
   }
 
-  constexpr int kOutputs = kGated || ROPE ? MT * 2 * 32 : TW * MT * 4 * 32;
+  constexpr int kOutputs = kGated || ROPE ? MT * 2 * 32 : MT * 4 * 32;
   for (int i = threadIdx.x; i < kOutputs; i += blockDim.x) {
     const int l = i & 31, jj = i >> 5;
     const int lg = l >> 2, lt = l & 3;
@@ -734,11 +683,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
         y[o] = add_residual(Num<T>::from_float(s * rnd<T>(up)), res, o);
       }
     } else {
-      const int tw = jj / (MT * 4), mt = (jj >> 2) % MT, j = jj & 3;  // jj = (tw * MT + mt) * 4 + j
-      const int m = mt * 8 + 2 * lt + (j & 1), n = (blockIdx.x * TW + tw) * 16 + lg + 8 * (j >> 1);
+      const int mt = jj >> 2, j = jj & 3;
+      const int m = mt * 8 + 2 * lt + (j & 1), n = blockIdx.x * 16 + lg + 8 * (j >> 1);
       if (m < M && n < N) {
         float v = 0.0f;
-        for (int s = 0; s < nsum; ++s) v += partial[s][jj * 32 + l];
+        for (int s = 0; s < nsum; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
         if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
         const int64_t o = static_cast<int64_t>(m) * N + n;
         y[o] = add_residual(Num<T>::from_float(activate<ACT>(rnd<T>(v))), res, o);  // act of the rounded output
@@ -902,14 +851,14 @@ constexpr bool kClusterOk = MT == 2 && NB == 0 && !NORM && EPI == kEpiPlain;
 // model's norm prologue asks with the same M * K every step; a host-side query, safe during graph
 // capture). One 64-bit word per entry, so concurrent callers never pair a size with another's count.
 // 0: a block of that size does not fit (more shared memory than `smem_limit`, allow_ring's).
-template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI, int TW>
+template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI>
 int resident_blocks(int warps, int extra_smem, int smem_limit) {
   static std::atomic<int64_t> cache[kMaxWarps + 1] = {};
   const int64_t hit = cache[warps].load(std::memory_order_relaxed);
   if (hit != 0 && (hit >> 32) == int64_t(extra_smem) + 1) return static_cast<int>(hit & 0xffffffff);
   int n = 0;
   if (ring_bytes(NB, warps) + extra_smem <= smem_limit)
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, false, TW>,
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
                                                                  32 * warps, ring_bytes(NB, warps) + extra_smem));
   cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
   return n;
@@ -917,7 +866,7 @@ int resident_blocks(int warps, int extra_smem, int smem_limit) {
 
 // Clusters of `split` blocks of `warps` warps of the cluster-split kernel (no dynamic shared
 // memory: NB = 0, no norm) that are resident at once on the device, cached per (warps, split).
-template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI, int TW>
+template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI>
 int resident_clusters(int warps, int split) {
   static std::atomic<int> cache[kMaxWarps + 1][kMaxClusterSplit + 1] = {};  // count + 1; 0 unknown
   const int hit = cache[warps][split].load(std::memory_order_relaxed);
@@ -929,7 +878,7 @@ int resident_clusters(int warps, int split) {
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   int n = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, true, TW>, &cfg));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, true>, &cfg));
   cache[warps][split].store(n + 1, std::memory_order_relaxed);
   return n;
 }
@@ -1022,19 +971,17 @@ struct Extras {
   const PostNormArgs* post_norm = nullptr;  // the RMSNorm after it (linear_add_rms_norm)
 };
 
-// x: [M, K], w: [N, K], y: [M, n_out]; TW tiles per warp (see gemv_kernel).
-template <typename scalar_t, int MT, Act ACT, int NB, bool NORM, int EPI, int TW = 1>
+// x: [M, K], w: [N, K], y: [M, n_out].
+template <typename scalar_t, int MT, Act ACT, int NB, bool NORM, int EPI>
 void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   using T = typename CudaType<scalar_t>::type;
   static const int smem_limit = [] {  // before the occupancy query, which counts the ring
-    return std::min(allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, false, TW>, NB, NORM),
-                    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI, false, TW>, NB, NORM));
+    return std::min(allow_ring(gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>, NB, NORM),
+                    allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI>, NB, NORM));
   }();
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(w.size(1)), N = static_cast<int>(w.size(0));
-  // Blocks' tiles: 8 gated columns, or TW 16-row tiles.
-  const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 16 * TW - 1) / (16 * TW);
-  constexpr int kU = kUnroll / TW;  // steps per warp batch
+  const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
   const int sms = sm_count();
   // Blocks per tile (cluster split-K, sm_90+): 1 unless it evens out the blocks per SM.
@@ -1042,7 +989,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
     if (device_major() >= 9) {
       split = cluster_split(tiles, num_steps, sms, [&](int S) {
-        return tiles <= int64_t(resident_clusters<T, MT, ACT, NB, NORM, EPI, TW>(1, S));
+        return tiles <= int64_t(resident_clusters<T, MT, ACT, NB, NORM, EPI>(1, S));
       });
     }
   }
@@ -1055,11 +1002,11 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int norm_smem = NORM ? M * K * static_cast<int>(sizeof(T)) : 0;  // <= kMaxNormSmemBytes
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
   auto fits = [&](int w) {  // every warp gets a batch, and all blocks are resident at once
-    if (w * kU > block_steps) return false;
+    if (w * kUnroll > block_steps) return false;
     if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
-      if (split > 1) return tiles <= int64_t(resident_clusters<T, MT, ACT, NB, NORM, EPI, TW>(w, split));
+      if (split > 1) return tiles <= int64_t(resident_clusters<T, MT, ACT, NB, NORM, EPI>(w, split));
     }
-    return blocks <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI, TW>(w, norm_smem, smem_limit)) * sms;
+    return blocks <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(w, norm_smem, smem_limit)) * sms;
   };
   int warps = 1;
   while (warps < kMaxWarps && blocks * warps < target_warps && fits(2 * warps)) warps *= 2;
@@ -1093,30 +1040,19 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   };
   constexpr bool kCl = kClusterOk<MT, NB, NORM, EPI>;
   if (kCl && split > 1) {
-    go(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI, kCl, TW>, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, kCl, TW>);
+    go(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI, kCl>, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, kCl>);
   } else {
-    go(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI, false, TW>, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, false, TW>);
+    go(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI>, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>);
   }
-}
-
-// launch_gemv_nb with two tiles per warp where tiles_per_warp says so (plain epilogue, no norm).
-template <typename scalar_t, int MT, Act ACT, int NB, bool NORM, int EPI>
-void launch_gemv_tw(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
-                    int64_t n_out, const Extras& ex) {
-  if constexpr (EPI == kEpiPlain && !NORM && ACT != Act::kGatedSilu) {
-    if (tiles_per_warp(x.size(0), w.size(0), sm_count()) == 2)
-      return launch_gemv_nb<scalar_t, MT, ACT, NB, NORM, EPI, 2>(x, w, bias, y, n_out, ex);
-  }
-  launch_gemv_nb<scalar_t, MT, ACT, NB, NORM, EPI>(x, w, bias, y, n_out, ex);
 }
 
 template <typename scalar_t, int MT, Act ACT, bool NORM, int EPI = kEpiPlain>
 void launch_gemv_in(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
   switch (gemv_stages(MT)) {
-    case 0: return launch_gemv_tw<scalar_t, MT, ACT, 0, NORM, EPI>(x, w, bias, y, n_out, ex);
-    case 3: return launch_gemv_tw<scalar_t, MT, ACT, 3, NORM, EPI>(x, w, bias, y, n_out, ex);
-    default: return launch_gemv_tw<scalar_t, MT, ACT, 2, NORM, EPI>(x, w, bias, y, n_out, ex);
+    case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, NORM, EPI>(x, w, bias, y, n_out, ex);
+    case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, NORM, EPI>(x, w, bias, y, n_out, ex);
+    default: return launch_gemv_nb<scalar_t, MT, ACT, 2, NORM, EPI>(x, w, bias, y, n_out, ex);
   }
 }
 
