@@ -68,22 +68,8 @@ def pdl_prologue(PDL: tl.constexpr):
     kernel deep: a kernel that let its successor launch before its own wait let a whole chain of
     kernels launch ahead, the GEMVs among them pulling their weights into L2 long before use (OPT's
     layers, with no cuBLAS call to break the chain, ran 10% slower that way). No code unless PDL."""
-    pdl_wait(PDL)
-    pdl_trigger(PDL)
-
-
-@triton.jit
-def pdl_wait(PDL: tl.constexpr):
-    """The first half of pdl_prologue: wait for the previous kernel and its writes."""
     if PDL:
         tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def pdl_trigger(PDL: tl.constexpr):
-    """The second half of pdl_prologue: let the next kernel begin launching (a program that exits
-    without it counts as having triggered). Only after pdl_wait."""
-    if PDL:
         tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
                                   is_pure=False, pack=1)
 

@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import cdiv, env_int, launch, next_power_of_2, pdl_prologue, pdl_trigger, pdl_wait, triton_can_run, triton_op
+from . import cdiv, env_int, launch, next_power_of_2, pdl_prologue, triton_can_run, triton_op
 
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity" for the running max: exp2(_NEG - _NEG) = 1, never NaN
 _LOG2E = 1.4426950408889634
@@ -92,11 +92,6 @@ def _sm_count(device_index: int) -> int:
 # (..._0642_...); isolated calls unchanged to 8k tokens and 2-3% slower at 32k. Too little to
 # change the default that every GPU test and token check ran with.
 PREFETCH_TILES = env_int("AUTOGLM_DECODE_PREFETCH_TILES", 0, range(0, 9))
-# Where a split program lets the next kernel begin launching under PDL: 0 at the start (with its
-# wait, as every kernel's pdl_prologue does), 1 after its K/V loop. A tuning knob (read at import)
-# for the static cache's grid cost: the next call's programs are placed on the SMs while this
-# one's still run, and wait there holding their slots.
-LATE_TRIGGER = env_int("AUTOGLM_DECODE_LATE_TRIGGER", 0, (0, 1)) == 1
 
 # Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
 # (AUTOGLM_DECODE_TILE_BYTES / _WARPS / _STAGES override them; tuning knobs read at import).
@@ -185,7 +180,7 @@ def _split_kernel(
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr, MERGE: tl.constexpr,
-    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, LATE: tl.constexpr = False, PDL: tl.constexpr = False,
+    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, PDL: tl.constexpr = False,
 ):
     """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial,
     and with MERGE the split that finishes last merges them all into OUT (COUNTERS: one zeroed
@@ -204,10 +199,7 @@ def _split_kernel(
             if split < p_used:
                 _prefetch_rows_l2(k_base, p_lo, p_hi, sk_n, HEAD_DIM, PREFETCH * BLOCK_N)
                 _prefetch_rows_l2(v_base, p_lo, p_hi, sv_n, HEAD_DIM, PREFETCH * BLOCK_N)
-    if LATE:
-        pdl_wait(PDL)
-    else:
-        pdl_prologue(PDL)
+    pdl_prologue(PDL)
 
     kv_len = _valid_len(KV_LENS, b, s_lens, C)
     lo, hi, n_used = _split_range(kv_len, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, MERGE, WALK)
@@ -245,8 +237,6 @@ def _split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
-    if LATE:
-        pdl_trigger(PDL)
 
     # Partials are indexed by the output row (b, i, h) so the reduce kernel reads them contiguously.
     row = (b * Sq + i).to(tl.int64) * (Hk * G) + h
@@ -405,7 +395,7 @@ def decode_attention(
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass, MERGE=merge,
-        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES, LATE=LATE_TRIGGER,
+        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES,
         num_warps=SPLIT_WARPS, num_stages=SPLIT_STAGES,
     )
     if one_pass or merge:
