@@ -428,6 +428,26 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   // autoglm_kernels/triton).
   constexpr int kRingSlots = NB > 0 ? NB : 1;
   uint4* const ring = ring_smem + warp * (NB * kUnroll * 64);
+  // Row r (0..15) of the tile (rows g and g + 8 of the fragments above: gated, the 8 gate rows and
+  // then their up rows; RoPE, the 8 pairs' first and second rows) and whether it exists.
+  auto tile_row = [&](int r, bool& ok) {
+    if constexpr (kGated) {
+      const int n = blockIdx.x * 8 + (r & 7);
+      ok = n < n_out;
+      return n + (r >= 8 ? n_out : 0);
+    } else if constexpr (ROPE) {
+      const int p = blockIdx.x * 8 + (r & 7);
+      int head, lo, hi;
+      bool rot;
+      ra.pair(p, head, lo, hi, rot);
+      ok = 2 * p < N;
+      return head * ra.d + (r >= 8 ? hi : lo);
+    } else {
+      const int n = blockIdx.x * 16 + r;
+      ok = n < N;
+      return n;
+    }
+  };
   // Copies this lane's 16 bytes of rows lo and hi for the kUnroll steps from s0 into `slot`
   // (steps out of range: nothing; the consumer zeroes them by the same predicate).
   auto issue_batch = [&](uint4* slot, int s0) {
@@ -447,24 +467,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       cp_async_commit();
     }
   } else if (step_begin < step_end) {
-    const int r = lane & 15;
     bool ok_r;
-    int row;
-    if constexpr (kGated) {
-      const int n = blockIdx.x * 8 + (r & 7);
-      ok_r = n < n_out;
-      row = n + (r >= 8 ? n_out : 0);
-    } else if constexpr (ROPE) {
-      const int p = blockIdx.x * 8 + (r & 7);
-      int head, lo, hi;
-      bool rot;
-      ra.pair(p, head, lo, hi, rot);
-      ok_r = 2 * p < N;
-      row = head * ra.d + (r >= 8 ? hi : lo);
-    } else {
-      row = blockIdx.x * 16 + r;
-      ok_r = row < N;
-    }
+    const int row = tile_row(lane & 15, ok_r);
     if (ok_r) {
       const char* base = reinterpret_cast<const char*>(w + static_cast<int64_t>(row) * K);
       const int64_t begin = static_cast<int64_t>(step_begin) * kStepK * sizeof(T);
@@ -479,6 +483,15 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   }
   pdl_wait();
   pdl_launch_dependents();
+  // The bias of tile row threadIdx.x (< 16): loaded here, after the wait (the previous kernel may
+  // have written it), and only used after the main loop, so its latency hides behind the weight
+  // stream instead of sitting between the split-K reduction and the stores (bias_s below).
+  T bias_raw = Num<T>::from_float(0.0f);
+  if constexpr (HAS_BIAS) {
+    bool ok_b = false;
+    const int row_b = threadIdx.x < 16 ? tile_row(threadIdx.x, ok_b) : 0;
+    if (threadIdx.x < 16 && ok_b) bias_raw = bias[row_b];
+  }
   // ROPE: the cache slot of this step, read by every thread before its block takes a ticket.
   int64_t slot = 0;
   if constexpr (ROPE) {
@@ -576,6 +589,10 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
 
   if constexpr (NB > 0) cp_async_wait<0>();  // nothing may land in shared memory after the block exits
 
+  __shared__ float bias_s[16];  // the tile rows' bias (HAS_BIAS), visible after the barrier below
+  if constexpr (HAS_BIAS) {
+    if (threadIdx.x < 16) bias_s[threadIdx.x] = Num<T>::to_float(bias_raw);
+  }
   // Split-K reduction. Accumulator j of lane l in column tile mt is D[row][col] with
   // row = g + 8 * (j / 2) and col (= row of x) = 8 * mt + 2 * t + j % 2.
 #pragma unroll
@@ -631,8 +648,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           x2 += partial[s][(mt * 4 + j + 2) * 32 + l];
         }
         if constexpr (HAS_BIAS) {
-          x1 += Num<T>::to_float(bias[n_lo]);
-          x2 += Num<T>::to_float(bias[n_hi]);
+          x1 += bias_s[lg];  // bias[n_lo]
+          x2 += bias_s[8 + lg];  // bias[n_hi]
         }
         // the projection's output as the stock linear rounds it, then the rotation with stock's
         // roundings (what the RoPE kernel computes from that output)
@@ -674,8 +691,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
           up += partial[s][(mt * 4 + j + 2) * 32 + l];
         }
         if constexpr (HAS_BIAS) {
-          gate += Num<T>::to_float(bias[n]);
-          up += Num<T>::to_float(bias[n + n_out]);
+          gate += bias_s[lg];  // bias[n]
+          up += bias_s[8 + lg];  // bias[n + n_out]
         }
         // stock's roundings: the projection's outputs, silu(gate), then the product
         const float s = rnd<T>(silu_f(rnd<T>(gate)));
@@ -688,7 +705,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
       if (m < M && n < N) {
         float v = 0.0f;
         for (int s = 0; s < nsum; ++s) v += partial[s][(mt * 4 + j) * 32 + l];
-        if constexpr (HAS_BIAS) v += Num<T>::to_float(bias[n]);
+        if constexpr (HAS_BIAS) v += bias_s[lg + 8 * (j >> 1)];  // bias[n]
         const int64_t o = static_cast<int64_t>(m) * N + n;
         y[o] = add_residual(Num<T>::from_float(activate<ACT>(rnd<T>(v))), res, o);  // act of the rounded output
       }
