@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     ap.add_argument("--kn", default="", help="more shapes as comma-separated KxN (activation none), e.g. 4096x4224")
     ap.add_argument("--M", default="1")
+    ap.add_argument("--bias", action="store_true", help="with a bias (rotated with the weights), as GLM-4's qkv has")
     args = ap.parse_args()
     for kn in filter(None, args.kn.split(",")):
         K, N = (int(v) for v in kn.split("x"))
@@ -54,21 +55,23 @@ def main() -> None:
         K, N, act = SHAPES[name]
         copies = copies_for(N * K * 2)
         ws = [torch.empty(N, K, device="cuda", dtype=torch.bfloat16).normal_(std=K**-0.5) for _ in range(copies)]
+        bs = [torch.randn(N, device="cuda", dtype=torch.bfloat16) if args.bias else None for _ in ws]
         for M in (int(m) for m in args.M.split(",")):
-            sets = [(torch.randn(M, K, device="cuda", dtype=torch.bfloat16), w) for w in ws]
+            sets = [(torch.randn(M, K, device="cuda", dtype=torch.bfloat16), w, b) for w, b in zip(ws, bs)]
             us = {}
             for impl, fn in (("stock", stock_linear), ("fused", ops.fused_linear)):
-                timer = GraphTimer(lambda x, w, fn=fn: fn(x, w, None, act), sets)
+                timer = GraphTimer(lambda x, w, b, fn=fn: fn(x, w, b, act), sets)
                 us[impl] = min(timer.time_us() for _ in range(3))
                 del timer
             gbs = N * K * 2 / (us["fused"] * 1e-6) / 1e9
-            row = dict(label=args.label, knobs=knobs, shape=name, M=M, stock_us=round(us["stock"], 2),
+            row = dict(label=args.label, knobs=knobs, shape=name, bias=args.bias, M=M, stock_us=round(us["stock"], 2),
                        fused_us=round(us["fused"], 2), ratio=round(us["stock"] / us["fused"], 3),
                        fused_pct_bw=round(100 * gbs * 1e9 / bw, 1), bandwidth_gbs=round(bw / 1e9))
             rows.append(row)
-            print(f"{args.label:14s} {name:32s} M={M:<2d} stock {us['stock']:7.2f} us  fused {us['fused']:7.2f} us  "
+            shown = name + (" +bias" if args.bias else "")
+            print(f"{args.label:14s} {shown:32s} M={M:<2d} stock {us['stock']:7.2f} us  fused {us['fused']:7.2f} us  "
                   f"{row['ratio']:.3f}x  {row['fused_pct_bw']:.1f}% of {row['bandwidth_gbs']} GB/s", flush=True)
-        del ws
+        del ws, bs
         torch.cuda.empty_cache()
     with open(args.json, "a") as f:
         for row in rows:

@@ -868,14 +868,15 @@ constexpr bool kClusterOk = MT == 2 && NB == 0 && !NORM && EPI == kEpiPlain;
 // model's norm prologue asks with the same M * K every step; a host-side query, safe during graph
 // capture). One 64-bit word per entry, so concurrent callers never pair a size with another's count.
 // 0: a block of that size does not fit (more shared memory than `smem_limit`, allow_ring's).
-template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI>
+// HB: the kernel with a bias, which may take a few more registers than the one without.
+template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI, bool HB>
 int resident_blocks(int warps, int extra_smem, int smem_limit) {
   static std::atomic<int64_t> cache[kMaxWarps + 1] = {};
   const int64_t hit = cache[warps].load(std::memory_order_relaxed);
   if (hit != 0 && (hit >> 32) == int64_t(extra_smem) + 1) return static_cast<int>(hit & 0xffffffff);
   int n = 0;
   if (ring_bytes(NB, warps) + extra_smem <= smem_limit)
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI>,
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<T, MT, ACT, HB, NB, NORM, EPI>,
                                                                  32 * warps, ring_bytes(NB, warps) + extra_smem));
   cache[warps].store(((int64_t(extra_smem) + 1) << 32) | n, std::memory_order_relaxed);
   return n;
@@ -883,7 +884,8 @@ int resident_blocks(int warps, int extra_smem, int smem_limit) {
 
 // Clusters of `split` blocks of `warps` warps of the cluster-split kernel (no dynamic shared
 // memory: NB = 0, no norm) that are resident at once on the device, cached per (warps, split).
-template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI>
+// HB as for resident_blocks.
+template <typename T, int MT, Act ACT, int NB, bool NORM, int EPI, bool HB>
 int resident_clusters(int warps, int split) {
   static std::atomic<int> cache[kMaxWarps + 1][kMaxClusterSplit + 1] = {};  // count + 1; 0 unknown
   const int hit = cache[warps][split].load(std::memory_order_relaxed);
@@ -895,7 +897,7 @@ int resident_clusters(int warps, int split) {
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   int n = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, gemv_kernel<T, MT, ACT, false, NB, NORM, EPI, true>, &cfg));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, gemv_kernel<T, MT, ACT, HB, NB, NORM, EPI, true>, &cfg));
   cache[warps][split].store(n + 1, std::memory_order_relaxed);
   return n;
 }
@@ -1001,12 +1003,21 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
   const int sms = sm_count();
+  // Clusters of `S` blocks of `w` warps resident at once, for the kernel this call launches.
+  auto clusters = [&](int w, int S) {
+    if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
+      return bias.has_value() ? resident_clusters<T, MT, ACT, NB, NORM, EPI, true>(w, S)
+                              : resident_clusters<T, MT, ACT, NB, NORM, EPI, false>(w, S);
+    } else {
+      return 0;  // no cluster kernel here
+    }
+  };
   // Blocks per tile (cluster split-K, sm_90+): 1 unless it evens out the blocks per SM.
   int split = 1;
   if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
     if (device_major() >= 9) {
       split = cluster_split(tiles, num_steps, sms, [&](int S) {
-        return tiles <= int64_t(resident_clusters<T, MT, ACT, NB, NORM, EPI>(1, S));
+        return tiles <= int64_t(clusters(1, S));
       });
     }
   }
@@ -1021,9 +1032,11 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   auto fits = [&](int w) {  // every warp gets a batch, and all blocks are resident at once
     if (w * kUnroll > block_steps) return false;
     if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
-      if (split > 1) return tiles <= int64_t(resident_clusters<T, MT, ACT, NB, NORM, EPI>(w, split));
+      if (split > 1) return tiles <= int64_t(clusters(w, split));
     }
-    return blocks <= int64_t(resident_blocks<T, MT, ACT, NB, NORM, EPI>(w, norm_smem, smem_limit)) * sms;
+    const int per_sm = bias.has_value() ? resident_blocks<T, MT, ACT, NB, NORM, EPI, true>(w, norm_smem, smem_limit)
+                                        : resident_blocks<T, MT, ACT, NB, NORM, EPI, false>(w, norm_smem, smem_limit);
+    return blocks <= int64_t(per_sm) * sms;
   };
   int warps = 1;
   while (warps < kMaxWarps && blocks * warps < target_warps && fits(2 * warps)) warps *= 2;
