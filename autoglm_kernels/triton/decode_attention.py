@@ -92,6 +92,10 @@ def _sm_count(device_index: int) -> int:
 # (..._0642_...); isolated calls unchanged to 8k tokens and 2-3% slower at 32k. Too little to
 # change the default that every GPU test and token check ran with.
 PREFETCH_TILES = env_int("AUTOGLM_DECODE_PREFETCH_TILES", 0, range(0, 9))
+# Split-kernel grid order: 0 (split fastest: (splits, B * Hk, row blocks)) or 1 (KV head and row
+# block fastest: (B * Hk * row blocks, splits), so the first splits of every head come first in
+# launch order). AUTOGLM_DECODE_HEAD_MAJOR (a tuning knob, read at import).
+HEAD_MAJOR = env_int("AUTOGLM_DECODE_HEAD_MAJOR", 0, (0, 1)) == 1
 
 # Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
 # (AUTOGLM_DECODE_TILE_BYTES / _WARPS / _STAGES override them; tuning knobs read at import).
@@ -180,14 +184,22 @@ def _split_kernel(
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr, MERGE: tl.constexpr,
-    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, PDL: tl.constexpr = False,
+    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, HEAD_MAJOR: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial,
     and with MERGE the split that finishes last merges them all into OUT (COUNTERS: one zeroed
     int32 ticket counter per (batch x KV head, row block), left zeroed)."""
-    split = tl.program_id(0)
-    bh = tl.program_id(1)  # b * Hk + hk
-    rb = tl.program_id(2)  # block of query rows
+    if HEAD_MAJOR:
+        n_rb = (G * Sq + BLOCK_M - 1) // BLOCK_M
+        pid = tl.program_id(0)  # (b * Hk + hk) * row blocks + rb
+        split = tl.program_id(1)
+        bh = pid // n_rb  # b * Hk + hk
+        rb = pid % n_rb  # block of query rows
+    else:
+        split = tl.program_id(0)
+        bh = tl.program_id(1)  # b * Hk + hk
+        rb = tl.program_id(2)  # block of query rows
+        n_rb = tl.num_programs(2)
     b = bh // Hk
     hk = bh % Hk
     k_base = K + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h
@@ -255,7 +267,7 @@ def _split_kernel(
         # release at GPU scope); the last ticket's acquire makes all splits' partials visible, and
         # its loads bypass L1 (.cg), which is not coherent across SMs.
         tl.debug_barrier()
-        counter = COUNTERS + bh * tl.num_programs(2) + rb
+        counter = COUNTERS + bh * n_rb + rb
         ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if ticket == n_used - 1:
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # every split has taken its ticket
@@ -386,7 +398,7 @@ def decode_attention(
     else:
         mask, sm_b, mask_len = kv_lens, 0, 0  # unused pointer (HAS_MASK=False)
 
-    launch(_split_kernel, (max_splits, B * Hk, n_rb),
+    launch(_split_kernel, (B * Hk * n_rb, max_splits) if HEAD_MAJOR else (max_splits, B * Hk, n_rb),
         q, k_cache, v_cache, kv_lens, mask, part_o, part_m, part_l, out, counters,
         q.stride(0), q.stride(1), q.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -395,7 +407,7 @@ def decode_attention(
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass, MERGE=merge,
-        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES,
+        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES, HEAD_MAJOR=HEAD_MAJOR,
         num_warps=SPLIT_WARPS, num_stages=SPLIT_STAGES,
     )
     if one_pass or merge:
