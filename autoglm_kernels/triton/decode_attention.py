@@ -10,7 +10,7 @@ torch op `autoglm::decode_attention(q, k_cache, v_cache, kv_lens, kv_mask, scale
   out      [B, Sq, Hq, D]   contiguous, q's dtype
 Query i sees keys j < kv_len - Sq + i + 1 (bottom-right causal) that kv_mask does not exclude.
 
-`_split_kernel` runs one program per (KV split, batch x KV head, block of query rows):
+`_split_kernel` runs one program per (batch x KV head x block of query rows, KV split):
 all G = Hq/Hk query heads and all Sq rows of a KV head are rows of one [G*Sq, D] x [D, BLOCK_N]
 tl.dot, so each K/V tile is read from HBM once for all of them (once per 64 rows when G*Sq > 64,
 e.g. GLM-4's G=16 with Sq > 4). It writes the split's partial
@@ -92,10 +92,14 @@ def _sm_count(device_index: int) -> int:
 # (..._0642_...); isolated calls unchanged to 8k tokens and 2-3% slower at 32k. Too little to
 # change the default that every GPU test and token check ran with.
 PREFETCH_TILES = env_int("AUTOGLM_DECODE_PREFETCH_TILES", 0, range(0, 9))
-# Split-kernel grid order: 0 (split fastest: (splits, B * Hk, row blocks)) or 1 (KV head and row
-# block fastest: (B * Hk * row blocks, splits), so the first splits of every head come first in
-# launch order). AUTOGLM_DECODE_HEAD_MAJOR (a tuning knob, read at import).
-HEAD_MAJOR = env_int("AUTOGLM_DECODE_HEAD_MAJOR", 0, (0, 1)) == 1
+# Split-kernel grid order: 1 (the default: KV head and row block fastest, (B * Hk * row blocks,
+# splits), so the programs running side by side read every head's K/V) or 0 (split fastest,
+# (splits, B * Hk, row blocks): one head's splits side by side). AUTOGLM_DECODE_HEAD_MAJOR (a
+# tuning knob, read at import). Three alternating runs on the H100 (bench/results/..._1523_...,
+# ab_*.log): GLM-4 1.5-2.5% faster at every length (8k 9.72-9.79 vs 9.97-10.02 us, 32k 18.42-18.67
+# vs 18.79-18.92, 8k of a 32k cache 9.69-9.84 vs 9.96-10.21), Llama-3.1-8B within noise (1k
+# 7.88-7.94 vs 7.86-7.87, 32k 52.84-53.61 vs 52.85-53.68).
+HEAD_MAJOR = env_int("AUTOGLM_DECODE_HEAD_MAJOR", 1, (0, 1)) == 1
 
 # Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
 # (AUTOGLM_DECODE_TILE_BYTES / _WARPS / _STAGES override them; tuning knobs read at import).
@@ -379,7 +383,8 @@ def decode_attention(
     BLOCK_M = rows_block(G * Sq)
     BLOCK_N = block_n(D)
     n_rb = cdiv(G * Sq, BLOCK_M)
-    max_splits = num_splits if num_splits > 0 else default_num_splits(q, k_cache)
+    # More splits than tiles would only exit; the cap also keeps the grid's split axis in range.
+    max_splits = min(num_splits, cdiv(max(C, 1), BLOCK_N), 65535) if num_splits > 0 else default_num_splits(q, k_cache)
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     rows = B * Sq * Hq
