@@ -15,6 +15,9 @@ from references import assert_within_stock_error, random_qkv, sdpa_reference
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
+# The unmarked tests run on DEV: in fp32 through the Triton interpreter on CPU, in fp16 on a GPU
+# (the op takes only 16-bit tensors there).
+FLOAT = torch.float32 if DEV == "cpu" else torch.float16
 
 
 def _allowed(B, S, L, causal, kv_mask):
@@ -60,7 +63,7 @@ CPU_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16] if DEV == "cpu" else [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "B{}_S{}_L{}_H{}-{}_D{}_causal{}".format(*c[:7]))
 def test_matches_reference(case, dtype):
     B, S, L, Hq, Hk, D, causal, pads = case
@@ -77,10 +80,10 @@ def test_views_bool_mask_scale():
     """q as a slice of a fused qkv output, K/V as [B, L, Hk, D] buffers viewed [B, Hk, L, D],
     a bool mask wider than L, custom scale."""
     B, S, L, Hq, Hk, D = 2, 19, 40, 4, 2, 64
-    qkv = torch.randn(B, S, (Hq + 2 * Hk) * D, device=DEV)
+    qkv = torch.randn(B, S, (Hq + 2 * Hk) * D, device=DEV, dtype=FLOAT)
     q = qkv[..., : Hq * D].view(B, S, Hq, D)
-    k = torch.randn(B, L, Hk, D, device=DEV).transpose(1, 2)
-    v = torch.randn(B, L, Hk, D, device=DEV).transpose(1, 2)
+    k = torch.randn(B, L, Hk, D, device=DEV, dtype=FLOAT).transpose(1, 2)
+    v = torch.randn(B, L, Hk, D, device=DEV, dtype=FLOAT).transpose(1, 2)
     kv_mask = torch.ones(B, L + 9, dtype=torch.bool, device=DEV)
     kv_mask[1, :7] = False
     _check(q, k, v, kv_mask, scale=0.2)
@@ -88,10 +91,10 @@ def test_views_bool_mask_scale():
 
 @pytest.mark.parametrize("impl", ["sdpa", "auto"])
 def test_dispatch_paths_agree(impl):
-    q, k, v = _inputs(2, 24, 24, 4, 2, 64, torch.float32)
+    q, k, v = _inputs(2, 24, 24, 4, 2, 64, FLOAT)
     for causal in (True, False):
         _check(q, k, v, causal=causal, impl=impl)
-    _check(*_inputs(1, 5, 9, 4, 2, 64, torch.float32), impl="auto")  # KV prefix: auto takes the kernel
+    _check(*_inputs(1, 5, 9, 4, 2, 64, FLOAT), impl="auto")  # KV prefix: auto takes the kernel
 
 
 def test_cpu_fallback_without_interpreter(monkeypatch):
