@@ -164,6 +164,24 @@ def test_in_kernel_merge_matches_reduce_kernel(case, monkeypatch):
     torch.testing.assert_close(merged[0], reduced, **TOL)
 
 
+@pytest.mark.parametrize("case", [(2, 2, 8, 2, 64, 700, [700, 301]), (1, 16, 16, 1, 64, 390, [390])],
+                         ids=["B2_Sq2_H8-2", "B1_Sq16_H16-1_four_row_blocks"])
+def test_grid_order_does_not_change_result(case, monkeypatch):
+    """Both split-kernel grid orders (AUTOGLM_DECODE_HEAD_MAJOR: KV heads fastest, the default, or
+    splits fastest) give the same output bit for bit, merged in the kernel (whose counters are
+    indexed by head and row block) or by the reduce kernel."""
+    B, Sq, Hq, Hk, D, C, lens = case
+    q, k, v = _inputs(B, Sq, Hq, Hk, D, C, FLOAT)
+    kv_lens = torch.tensor(lens, device=DEV)
+    for splits in (3, 8):
+        assert dattn.merges_in_kernel(3) and not dattn.merges_in_kernel(8)
+        outs = []
+        for head_major in (True, False):
+            monkeypatch.setattr(dattn, "HEAD_MAJOR", head_major)
+            outs.append(_check(q, k, v, kv_lens, num_splits=splits))
+        torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+
+
 def test_merge_policy_by_split_count():
     """2..MERGE_MAX_SPLITS splits merge in the kernel (the engine's short caches); more go to the
     reduce kernel, one split needs no merge."""
