@@ -7,6 +7,7 @@
 #   the fused-linear GPU tests)  SKIP_BUILD=1  SKIP_TESTS=1  SKIP_BENCH=1  EXTRA="cmd" (run after,
 #   with $RESULTS_DIR naming the results folder; EXTRA_TIMEOUT=<s> cuts it)  TESTS_GPU=<index> (tests in the background on
 #   that GPU, beside the rest)  TEST_TIMEOUT=<s per file>  TEST_JOBS=<files at once, default 1>
+#   TEST_MARK=<pytest -m expr, default gpu; empty: every test, as `make test` runs them on a GPU box>
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -50,7 +51,8 @@ PYEOF
 
 test_file() {  # one file's GPU tests; its exit code goes to tests_<name>.rc
   local log="$res/tests_$(basename "$1" .py)"
-  timeout "${TEST_TIMEOUT:-300}" $PY -m pytest "$1" -m gpu -q -p no:cacheprovider -rfE --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} \
+  [ -n "${TEST_MARK-gpu}" ] && set -- "$1" -m "${TEST_MARK-gpu}"
+  timeout "${TEST_TIMEOUT:-300}" $PY -m pytest "$@" -q -p no:cacheprovider -rfE --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} \
     >"$log.log" 2>&1
   echo $? >"$log.rc"
 }
@@ -59,7 +61,7 @@ run_tests() {
   # One pytest process per test file: a kernel fault (sticky CUDA error) in one file cannot
   # turn every later test red, and each file's summary line is kept. TEST_JOBS=<n> runs n files
   # at once (correctness only: no test times anything; the counters they read are per process).
-  echo "== pytest -m gpu (one process per file, ${TEST_JOBS:-1} at a time)"
+  echo "== pytest ${TEST_MARK-"-m gpu"} (one process per file, ${TEST_JOBS:-1} at a time)"
   : >"$res/tests.log"
   local files=(${TEST_FILES:-tests/test_*.py})
   for f in "${files[@]}"; do
