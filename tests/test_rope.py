@@ -41,13 +41,14 @@ def rope_params(partial=1.0, mrope=None):
     return p
 
 
-def positions(B, S, streams=None, device=DEV):
-    """Random increasing positions [B, S] (or [3, B, S] with distinct t/h/w streams)."""
+def positions(B, S, streams=None, device=None):
+    """Random increasing positions [B, S] (or [3, B, S] with distinct t/h/w streams), on `device`
+    or DEV as it is at call time (test_plain_torch_fallback sets it to the CPU)."""
     start = torch.randint(0, 3000, (B, 1))
     pos = start + torch.arange(S)
     if streams:
         pos = torch.stack([pos, pos + torch.randint(0, 50, (B, S)), pos + torch.randint(0, 50, (B, S))])
-    return pos.to(device)
+    return pos.to(device or DEV)
 
 
 def llama_cos_sin(B, S, Hq, D, dtype):
