@@ -1,5 +1,6 @@
 """Tuning sweep for decode_attention's split count: GPU time per num_splits against SDPA over the
-valid tokens, batch 1, one query, at the reference GQA shapes (GLM-4 32/2, Llama-8B 32/8, d 128).
+valid tokens, batch 1, one query, at the reference GQA shapes (GLM-4 32/2, Llama-8B 32/8, d 128;
+Llama-3.2-1B 32/8, d 64).
 
 Not a pytest benchmark: it prints a table (and writes JSON with --json) that says which split
 count is fastest per context length, to check or retune `default_num_splits`.
@@ -22,7 +23,7 @@ from common import GraphTimer, StockAttnModule, copies_for, read_bandwidth  # no
 from autoglm_kernels import ops  # noqa: E402
 from autoglm_kernels.triton.decode_attention import default_num_splits  # noqa: E402
 
-SHAPES = {"glm4-9b": (32, 2, 128), "llama3.1-8b": (32, 8, 128)}
+SHAPES = {"glm4-9b": (32, 2, 128), "llama3.1-8b": (32, 8, 128), "llama3.2-1b": (32, 8, 64)}
 CONTEXTS = (256, 1024, 8192, 32768)
 SPLITS = (0, 2, 4, 8, 16, 32, 64, 128, 256)  # 0 = the default
 
