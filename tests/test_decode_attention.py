@@ -143,22 +143,16 @@ MERGE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("elems", [None, 512], ids=["one_chunk", "chunks_of_1-2_splits"])
 @pytest.mark.parametrize("case", MERGE_CASES, ids=lambda c: "B{}_Sq{}_H{}-{}_D{}_C{}".format(*c[:6]))
-def test_in_kernel_merge_matches_reduce_kernel(case, elems, monkeypatch):
+def test_in_kernel_merge_matches_reduce_kernel(case, monkeypatch):
     """The last split's merge gives the reduce kernel's result, with counters passed or not, and
-    leaves the counters zeroed for the next call (which then merges correctly again); in one
-    chunk, and (elems=512) in chunks of 1 or 2 splits, the last chunk partly past n_used."""
+    leaves the counters zeroed for the next call (which then merges correctly again)."""
     B, Sq, Hq, Hk, D, C, lens, splits = case
-    if elems is not None:
-        monkeypatch.setattr(dattn, "MERGE_ELEMS", elems)
-        monkeypatch.setattr(dattn, "MERGE_MAX_CHUNKS", 64)
-        assert dattn.merge_chunk(Hq // Hk * Sq, D) <= 2
     q, k, v = _inputs(B, Sq, Hq, Hk, D, C, FLOAT)
     kv_mask = torch.ones(B, C, dtype=torch.int32, device=DEV)
     kv_mask[0, : C // 3] = 0
     kv_lens = torch.tensor(lens, device=DEV)
-    assert dattn.merges_in_kernel(splits, Hq // Hk * Sq, D)
+    assert dattn.merges_in_kernel(splits)
     counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device=DEV)
     merged = [_check(q, k, v, kv_lens, kv_mask, num_splits=splits, counters=counters) for _ in range(2)]
     assert counters.abs().sum().item() == 0
@@ -179,38 +173,20 @@ def test_grid_order_does_not_change_result(case, monkeypatch):
     B, Sq, Hq, Hk, D, C, lens = case
     q, k, v = _inputs(B, Sq, Hq, Hk, D, C, FLOAT)
     kv_lens = torch.tensor(lens, device=DEV)
-    for merge_on in (True, False):
-        monkeypatch.setattr(dattn, "MERGE_ON", merge_on)
-        assert dattn.merges_in_kernel(3, Hq // Hk * Sq, D) == merge_on
+    assert dattn.merges_in_kernel(3) and not dattn.merges_in_kernel(8)
+    for splits in (3, 8):
         outs = []
         for head_major in (True, False):
             monkeypatch.setattr(dattn, "HEAD_MAJOR", head_major)
-            outs.append(_check(q, k, v, kv_lens, num_splits=3))
+            outs.append(_check(q, k, v, kv_lens, num_splits=splits))
         torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("rows,head_dim", [(1, 64), (4, 128), (16, 128), (64, 64), (256, 128)])
-def test_merge_policy_by_split_count(rows, head_dim):
-    """Splits merge in the kernel while their partials fit in MERGE_MAX_CHUNKS chunks of
-    merge_chunk() splits; more go to the reduce kernel, one split needs no merge, nor does
-    anything with AUTOGLM_DECODE_MERGE=0."""
-    most = dattn.merge_chunk(rows, head_dim) * dattn.MERGE_MAX_CHUNKS
-    assert dattn.merge_rows(rows) == min(dattn.rows_block(rows), 1 << (rows - 1).bit_length())
-    assert dattn.merge_chunk(rows, head_dim) * dattn.merge_rows(rows) * head_dim <= max(
-        dattn.MERGE_ELEMS, dattn.merge_rows(rows) * head_dim)
-    on = dattn.MERGE_ON and most >= 2
-    assert [dattn.merges_in_kernel(n, rows, head_dim) for n in (1, 2, most, most + 1)] == [False, on, on, False]
-
-
-@pytest.mark.skipif(dattn.MERGE_ELEMS != 16384 or dattn.MERGE_MAX_CHUNKS != 2 or not dattn.MERGE_ON,
-                    reason="the AUTOGLM_DECODE_MERGE* knobs change the policy")
-def test_merge_policy_defaults_at_the_reference_shapes():
-    """Under the default knobs: Llama-3.1-8B's full-cache split count (33 on 132 SMs) merges in the
-    kernel, as do GLM-4's (16 query rows a program) up to 16 splits; GLM-4's 66 go to the reduce
-    kernel."""
-    assert dattn.merges_in_kernel(33, 4, 128) and dattn.merges_in_kernel(64, 4, 128)
-    assert dattn.merges_in_kernel(16, 16, 128) and not dattn.merges_in_kernel(17, 16, 128)
-    assert not dattn.merges_in_kernel(66, 16, 128)
+def test_merge_policy_by_split_count():
+    """2..MERGE_MAX_SPLITS splits merge in the kernel (the engine's short caches); more go to the
+    reduce kernel, one split needs no merge."""
+    assert [dattn.merges_in_kernel(n) for n in (1, 2, dattn.MERGE_MAX_SPLITS, dattn.MERGE_MAX_SPLITS + 1)] == [
+        False, True, True, False]
 
 
 def test_cpu_fallback_without_interpreter(monkeypatch):
@@ -381,7 +357,7 @@ def test_gpu_cuda_graph_follows_kv_lens(Hk, C, own_counters, merges):
     q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
     kv_lens = torch.tensor([100, C], dtype=torch.int32, device="cuda")
     counters = torch.zeros(ops.decode_attention_counters(q, k), dtype=torch.int32, device="cuda") if own_counters else None
-    assert dattn.merges_in_kernel(dattn.default_num_splits(q, k), Hq // Hk * Sq, D) == merges
+    assert dattn.merges_in_kernel(dattn.default_num_splits(q, k)) == merges
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -15,14 +15,12 @@ all G = Hq/Hk query heads and all Sq rows of a KV head are rows of one [G*Sq, D]
 tl.dot, so each K/V tile is read from HBM once for all of them (once per 64 rows when G*Sq > 64,
 e.g. GLM-4's G=16 with Sq > 4). It writes the split's partial
 (running max, sum, unnormalized output) in fp32, and the splits are merged in one of two ways:
-  - in the same kernel (MERGE, where the partials of a program's rows fit in MERGE_MAX_CHUNKS
-    chunks of MERGE_ELEMS fp32 values: every split count of Llama-like heads (G*Sq <= 4), short
-    caches of GLM-4's 16-row programs): each split then takes a ticket from an atomic counter of
-    its (batch x KV head, row block), and the split that takes the last one merges every split's
-    partial (all splits' max and sum at once, then the partial outputs a chunk of splits at a
-    time) and writes the output, then puts the counter back to 0. One launch instead of two.
+  - in the same kernel (MERGE, up to MERGE_MAX_SPLITS splits: the engine's short cache buckets):
+    each split then takes a ticket from an atomic counter of its (batch x KV head, row block),
+    and the split that takes the last one merges every split's partial and writes the output,
+    then puts the counter back to 0. One launch instead of two.
   - by `_reduce_kernel`, a second launch that spreads the merge over (row, 32-dim) programs:
-    where one program would read more partials than that (GLM-4's long caches).
+    more splits (longer caches), where one program's loop over them would cost more.
 Where the whole capacity is one tile (C <= ONE_PASS_MAX_TILES * BLOCK_N), or a kv_len uses only
 one of the splits, that split writes the normalized output itself (no partials, no ticket).
 
@@ -58,16 +56,13 @@ PROGRAMS_PER_SM = env_int("AUTOGLM_DECODE_PROGRAMS_PER_SM", 0, range(0, 17))  # 
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many BLOCK_N-key tiles; 1: short contexts get
 # the most parallel, shortest programs (2 measured 0.89-0.91x SDPA at 1k tokens on the H100)
 MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more programs per KV tile
-# The last split merges the partials in the kernel (one launch) where they fit in MERGE_MAX_CHUNKS
-# chunks of MERGE_ELEMS fp32 values (a chunk: [splits, rows, head_dim], loaded at once, 128
-# registers a thread at 4 warps); more, or AUTOGLM_DECODE_MERGE=0, go to the reduce kernel.
-# AUTOGLM_DECODE_MERGE_ELEMS / _MERGE_CHUNKS override them (tuning knobs, read at import). A merge
-# that loaded one split at a time cost more than the second launch beyond 4 splits: on the H100,
-# Llama-3.1-8B at 1k-8k tokens (16-33 splits) took 10.0-24.9 us against 7.9-18.8 with the reduce
-# kernel (bench/results/..._1558_...).
+# The last split merges the partials in the kernel (one launch) up to this many splits; more, or
+# AUTOGLM_DECODE_MERGE=0 (a tuning knob, read at import), go to the reduce kernel. Its merge is
+# one program's loop over the splits, which costs more than the second launch beyond a few: on
+# the H100, Llama-3.1-8B at 1k-8k tokens (16-33 splits) took 10.0-24.9 us against 7.9-18.8 with
+# the reduce kernel (bench/results/..._1558_...).
 MERGE_ON = env_int("AUTOGLM_DECODE_MERGE", 1, (0, 1)) == 1
-MERGE_ELEMS = env_int("AUTOGLM_DECODE_MERGE_ELEMS", 16384, (2048, 4096, 8192, 16384, 32768))
-MERGE_MAX_CHUNKS = env_int("AUTOGLM_DECODE_MERGE_CHUNKS", 2, range(0, 65))
+MERGE_MAX_SPLITS = 4
 # Under the merge, a kv_len of at most this many tiles is read by one split walking them (no
 # partials, no ticket): Llama-3.1-8B's step with 2 tiles valid took 150 us longer split and
 # merged than walked, with 3-4 tiles 20-80 us shorter (bench/results/..._1553_... and ..._1558_...).
@@ -182,38 +177,6 @@ def _prefetch_rows_l2(base, lo, hi, stride_n, HEAD_DIM: tl.constexpr, ROWS: tl.c
                               dtype=tl.int32, is_pure=False, pack=1)
 
 
-@triton.jit
-def _merge_splits(PART_O, PART_M, PART_L, OUT, b, hk, rb, Sq, Hk, n_used, MAX_SPLITS,
-                  G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                  MERGE_R: tl.constexpr, MERGE_S: tl.constexpr, MERGE_CH: tl.constexpr):
-    """OUT for the first MERGE_R rows of row block rb = the n_used splits' partials merged, as the
-    reduce kernel merges them: every split's max and sum first ([MERGE_S, MERGE_R], MERGE_S >=
-    n_used), then the partial outputs MERGE_CH splits at a time ([MERGE_CH, MERGE_R, HEAD_DIM],
-    each chunk's loads issued together). Loads bypass L1 (.cg): other SMs wrote the partials."""
-    r = rb * BLOCK_M + tl.arange(0, MERGE_R)
-    row_ok = r < G * Sq
-    row = (b * Sq + r // G).to(tl.int64) * (Hk * G) + hk * G + r % G
-    d = tl.arange(0, HEAD_DIM)
-    s_all = tl.arange(0, MERGE_S)
-    ok_all = (s_all < n_used)[:, None] & row_ok[None, :]
-    ml_all = row[None, :] * MAX_SPLITS + s_all[:, None]
-    m_all = tl.load(PART_M + ml_all, mask=ok_all, other=_NEG, cache_modifier=".cg")
-    l_all = tl.load(PART_L + ml_all, mask=ok_all, other=0.0, cache_modifier=".cg")
-    m_max = tl.max(m_all, 0)
-    l_tot = tl.sum(tl.math.exp2(m_all - m_max[None, :]) * l_all, 0)
-    o = tl.zeros([MERGE_R, HEAD_DIM], tl.float32)
-    for s0 in range(0, n_used, MERGE_CH):
-        s = s0 + tl.arange(0, MERGE_CH)
-        ok = (s < n_used)[:, None] & row_ok[None, :]
-        ml = row[None, :] * MAX_SPLITS + s[:, None]
-        w = tl.where(ok, tl.math.exp2(tl.load(PART_M + ml, mask=ok, other=_NEG, cache_modifier=".cg") - m_max[None, :]), 0.0)
-        part = tl.load(PART_O + ml[:, :, None] * HEAD_DIM + d[None, None, :], mask=ok[:, :, None], other=0.0,
-                       cache_modifier=".cg")
-        o += tl.sum(w[:, :, None] * part, 0)
-    o = o / tl.where(l_tot > 0, l_tot, 1.0)[:, None]  # a row with no visible key gives zeros
-    tl.store(OUT + row[:, None] * HEAD_DIM + d[None, :], o.to(OUT.dtype.element_ty), mask=row_ok[:, None])
-
-
 # Lengths/capacities change as a cache grows: no per-value specialization (avoids recompiles).
 @triton.jit(do_not_specialize=["sm_b", "mask_len", "C", "MAX_SPLITS"])
 def _split_kernel(
@@ -225,8 +188,7 @@ def _split_kernel(
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr, MERGE: tl.constexpr,
-    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, HEAD_MAJOR: tl.constexpr = False,
-    MERGE_R: tl.constexpr = 1, MERGE_S: tl.constexpr = 1, MERGE_CH: tl.constexpr = 1, PDL: tl.constexpr = False,
+    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, HEAD_MAJOR: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial,
     and with MERGE the split that finishes last merges them all into OUT (COUNTERS: one zeroed
@@ -313,8 +275,22 @@ def _split_kernel(
         ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if ticket == n_used - 1:
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # every split has taken its ticket
-            _merge_splits(PART_O, PART_M, PART_L, OUT, b, hk, rb, Sq, Hk, n_used, MAX_SPLITS,
-                          G, HEAD_DIM, BLOCK_M, MERGE_R, MERGE_S, MERGE_CH)
+            m_run = tl.full([BLOCK_M], _NEG, tl.float32)
+            l_run = tl.zeros([BLOCK_M], tl.float32)
+            o_run = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+            for s in range(0, n_used):
+                m_s = tl.load(PART_M + row * MAX_SPLITS + s, mask=row_ok, other=_NEG, cache_modifier=".cg")
+                l_s = tl.load(PART_L + row * MAX_SPLITS + s, mask=row_ok, other=0.0, cache_modifier=".cg")
+                o_s = tl.load(PART_O + (row * MAX_SPLITS + s)[:, None] * HEAD_DIM + d[None, :],
+                              mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+                m_new = tl.maximum(m_run, m_s)
+                a = tl.math.exp2(m_run - m_new)
+                c = tl.math.exp2(m_s - m_new)
+                l_run = l_run * a + l_s * c
+                o_run = o_run * a[:, None] + o_s * c[:, None]
+                m_run = m_new
+            o = o_run / tl.where(l_run > 0, l_run, 1.0)[:, None]  # no visible key: zeros, as below
+            tl.store(OUT + row[:, None] * HEAD_DIM + d[None, :], o.to(OUT.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["C", "MAX_SPLITS"])
@@ -377,21 +353,10 @@ def decode_attention_reference(q, k_cache, v_cache, kv_lens, kv_mask=None, scale
     return out.to(q.dtype).contiguous()
 
 
-def merge_rows(rows: int) -> int:
-    """Query rows one program merges: its row block, or fewer where G*Sq is smaller (a power of 2)."""
-    return min(rows_block(rows), next_power_of_2(rows))
-
-
-def merge_chunk(rows: int, head_dim: int) -> int:
-    """Splits per chunk of the in-kernel merge: MERGE_ELEMS fp32 values of merge_rows(rows) rows."""
-    return max(1, MERGE_ELEMS // (merge_rows(rows) * head_dim))
-
-
-def merges_in_kernel(max_splits: int, rows: int, head_dim: int) -> bool:
-    """Whether the last split merges (MERGE) rather than the reduce kernel, for up to max_splits
-    splits of programs with `rows` (G*Sq) query rows: 2 or more splits, in at most MERGE_MAX_CHUNKS
-    chunks."""
-    return MERGE_ON and 1 < max_splits and cdiv(max_splits, merge_chunk(rows, head_dim)) <= MERGE_MAX_CHUNKS
+def merges_in_kernel(max_splits: int) -> bool:
+    """Whether the last split merges (MERGE) rather than the reduce kernel: for 2..MERGE_MAX_SPLITS
+    splits (the engine's short cache buckets)."""
+    return MERGE_ON and 1 < max_splits <= MERGE_MAX_SPLITS
 
 
 @triton_op("autoglm::decode_attention", mutates_args=("counters",))
@@ -424,9 +389,7 @@ def decode_attention(
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     rows = B * Sq * Hq
     one_pass = max_splits == 1
-    merge = merges_in_kernel(max_splits, G * Sq, D)
-    merge_shape = (dict(MERGE_R=merge_rows(G * Sq), MERGE_S=next_power_of_2(max_splits), MERGE_CH=merge_chunk(G * Sq, D))
-                   if merge else dict(MERGE_R=1, MERGE_S=1, MERGE_CH=1))  # explicit: see launch()
+    merge = merges_in_kernel(max_splits)
     if one_pass:  # unused pointers
         part_o = part_m = part_l = out
     else:
@@ -449,7 +412,7 @@ def decode_attention(
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass, MERGE=merge,
-        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES, HEAD_MAJOR=HEAD_MAJOR, **merge_shape,
+        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES, HEAD_MAJOR=HEAD_MAJOR,
         num_warps=SPLIT_WARPS, num_stages=SPLIT_STAGES,
     )
     if one_pass or merge:
