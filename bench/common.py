@@ -9,7 +9,9 @@ reduction, so "% of bandwidth" compares against this GPU as it is now.
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -112,6 +114,14 @@ def paired_case(key, build: Callable[[], tuple[dict[str, GraphTimer], object]]):
         timers, extra = build()
         _CASE[key] = (timers, paired_us(timers), extra)
     return _CASE[key]
+
+
+def write_rows_json(path: str | None, bandwidth: float, rows: list[dict]) -> None:
+    """A tuning script's rows as JSON at `path` (None: nothing), with the device and the read
+    bandwidth measured in the same run."""
+    if path:
+        payload = {"device": torch.cuda.get_device_name(0), "read_bw_gb_per_s": bandwidth / 1e9, "rows": rows}
+        Path(path).write_text(json.dumps(payload, indent=1))
 
 
 def record(benchmark, timer: GraphTimer, *, impl: str, bandwidth: float, bytes_moved: int = 0,

@@ -11,14 +11,13 @@ count is fastest per context length, to check or retune `default_num_splits`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import GraphTimer, StockAttnModule, copies_for, read_bandwidth  # noqa: E402
+from common import GraphTimer, StockAttnModule, copies_for, read_bandwidth, write_rows_json  # noqa: E402
 
 from autoglm_kernels import ops  # noqa: E402
 from autoglm_kernels.triton.decode_attention import default_num_splits  # noqa: E402
@@ -73,9 +72,7 @@ def main() -> int:
                   + " ".join(f"{k}:{v}" for k, v in row["fused_us"].items()), flush=True)
             del sets
             torch.cuda.empty_cache()
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(0), "read_bw_gb_per_s": bw / 1e9,
-                                               "rows": rows}, indent=1))
+    write_rows_json(args.json, bw, rows)
     return 0
 
 

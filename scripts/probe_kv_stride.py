@@ -13,7 +13,6 @@ replays over rotated copies, as bench/tune_decode_attention.py) over caches whos
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from common import GraphTimer, copies_for, read_bandwidth  # noqa: E402
+from common import GraphTimer, copies_for, read_bandwidth, write_rows_json  # noqa: E402
 
 from autoglm_kernels import ops  # noqa: E402
 
@@ -53,9 +52,7 @@ def main() -> int:
             print(f"{name:16s} pad {pad:5d} rows  {t:7.2f} us  {row['pct_of_bw']:5.1f}% of {bw / 1e9:.0f} GB/s", flush=True)
             del sets
             torch.cuda.empty_cache()
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(0), "read_bw_gb_per_s": bw / 1e9,
-                                               "rows": rows}, indent=1))
+    write_rows_json(args.json, bw, rows)
     return 0
 
 
