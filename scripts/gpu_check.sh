@@ -49,7 +49,7 @@ json.dump({"device": p.name, "capability": f"{p.major}.{p.minor}", "sms": p.mult
            "git_commit": sys.argv[2], "tree_dirty": dirty}, open(sys.argv[1], "w"), indent=2)
 PYEOF
 
-test_file() {  # one file's GPU tests; its exit code goes to tests_<name>.rc
+test_file() {  # one file's tests (-m gpu, or TEST_MARK's); its exit code goes to tests_<name>.rc
   local log="$res/tests_$(basename "$1" .py)"
   [ -n "${TEST_MARK-gpu}" ] && set -- "$1" -m "${TEST_MARK-gpu}"
   timeout "${TEST_TIMEOUT:-300}" $PY -m pytest "$@" -q -p no:cacheprovider -rfE --tb=short ${TEST_FILTER:+-k "$TEST_FILTER"} \
@@ -61,7 +61,9 @@ run_tests() {
   # One pytest process per test file: a kernel fault (sticky CUDA error) in one file cannot
   # turn every later test red, and each file's summary line is kept. TEST_JOBS=<n> runs n files
   # at once (correctness only: no test times anything; the counters they read are per process).
-  echo "== pytest ${TEST_MARK-"-m gpu"} (one process per file, ${TEST_JOBS:-1} at a time)"
+  local which="every test"
+  [ -n "${TEST_MARK-gpu}" ] && which="-m \"${TEST_MARK-gpu}\""
+  echo "== pytest, $which (one process per file, ${TEST_JOBS:-1} at a time)"
   : >"$res/tests.log"
   local files=(${TEST_FILES:-tests/test_*.py})
   for f in "${files[@]}"; do
