@@ -45,13 +45,14 @@ def main() -> None:
     ap.add_argument("--M", default="1")
     ap.add_argument("--bias", action="store_true", help="with a bias (rotated with the weights), as GLM-4's qkv has")
     args = ap.parse_args()
-    for kn in filter(None, args.kn.split(",")):
+    extra = [kn for kn in args.kn.split(",") if kn]
+    for kn in extra:
         K, N = (int(v) for v in kn.split("x"))
         SHAPES[kn] = (K, N, "none")
     knobs = {k: v for k, v in os.environ.items() if k.startswith("AUTOGLM_")}
     bw = read_bandwidth()
     rows = []
-    for name in [n for n in args.shapes.split(",") if n] + [kn for kn in args.kn.split(",") if kn]:
+    for name in [n for n in args.shapes.split(",") if n] + extra:
         K, N, act = SHAPES[name]
         copies = copies_for(N * K * 2)
         ws = [torch.empty(N, K, device="cuda", dtype=torch.bfloat16).normal_(std=K**-0.5) for _ in range(copies)]
