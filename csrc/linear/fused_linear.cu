@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "linear/fused_linear.h"
 
@@ -488,9 +489,11 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 2 : 1)
   // stream instead of sitting between the split-K reduction and the stores (bias_s below).
   T bias_raw = Num<T>::from_float(0.0f);
   if constexpr (HAS_BIAS) {
-    bool ok_b = false;
-    const int row_b = threadIdx.x < 16 ? tile_row(threadIdx.x, ok_b) : 0;
-    if (threadIdx.x < 16 && ok_b) bias_raw = bias[row_b];
+    if (threadIdx.x < 16) {
+      bool ok_b = false;
+      const int row_b = tile_row(threadIdx.x, ok_b);
+      if (ok_b) bias_raw = bias[row_b];
+    }
   }
   // ROPE: the cache slot of this step, read by every thread before its block takes a ticket.
   int64_t slot = 0;
@@ -1003,11 +1006,12 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
   const int num_steps = (K + kStepK - 1) / kStepK;
   const int sms = sm_count();
+  // f(std::true_type) with a bias, f(std::false_type) without: the kernel instance this call launches.
+  auto with_bias = [&](auto f) { return bias.has_value() ? f(std::true_type{}) : f(std::false_type{}); };
   // Clusters of `S` blocks of `w` warps resident at once, for the kernel this call launches.
   auto clusters = [&](int w, int S) {
     if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
-      return bias.has_value() ? resident_clusters<T, MT, ACT, NB, NORM, EPI, true>(w, S)
-                              : resident_clusters<T, MT, ACT, NB, NORM, EPI, false>(w, S);
+      return with_bias([&](auto hb) { return resident_clusters<T, MT, ACT, NB, NORM, EPI, decltype(hb)::value>(w, S); });
     } else {
       return 0;  // no cluster kernel here
     }
@@ -1034,8 +1038,8 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
     if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
       if (split > 1) return tiles <= int64_t(clusters(w, split));
     }
-    const int per_sm = bias.has_value() ? resident_blocks<T, MT, ACT, NB, NORM, EPI, true>(w, norm_smem, smem_limit)
-                                        : resident_blocks<T, MT, ACT, NB, NORM, EPI, false>(w, norm_smem, smem_limit);
+    const int per_sm =
+        with_bias([&](auto hb) { return resident_blocks<T, MT, ACT, NB, NORM, EPI, decltype(hb)::value>(w, norm_smem, smem_limit); });
     return blocks <= int64_t(per_sm) * sms;
   };
   int warps = 1;
