@@ -135,6 +135,16 @@ def test_query_without_visible_key_is_zero(num_splits):
     assert out[0, :2].abs().max() == 0 and out[1].abs().max() == 0
 
 
+@pytest.mark.parametrize("num_splits", [None, 1, 2, 4, 8, 64], ids=lambda n: f"splits{n}")
+def test_empty_and_short_lengths_in_a_long_cache(num_splits):
+    """kv_len 0 gives zeros, and lengths of one split (1 key, 2 tiles walked by one split) give the
+    reference in every split layout: the split writes the output itself and the merge or the
+    reduce kernel leaves it (kv_len 0 once left the output unwritten under the in-kernel merge)."""
+    q, k, v = _inputs(4, 1, 4, 2, 64, 700, FLOAT)
+    out = _check(q, k, v, torch.tensor([0, 1, 256, 700], device=DEV), num_splits=num_splits)
+    assert out[0].abs().max() == 0
+
+
 # (B, Sq, Hq, Hk, D, C, kv_lens, num_splits): the in-kernel merge against the reduce kernel
 MERGE_CASES = [
     (2, 2, 8, 2, 64, 700, [700, 301], 3),

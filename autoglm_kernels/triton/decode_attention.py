@@ -63,9 +63,13 @@ MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more pr
 # the reduce kernel (bench/results/..._1558_...).
 MERGE_ON = env_int("AUTOGLM_DECODE_MERGE", 1, (0, 1)) == 1
 MERGE_MAX_SPLITS = 4
-# Under the merge, a kv_len of at most this many tiles is read by one split walking them (no
-# partials, no ticket): Llama-3.1-8B's step with 2 tiles valid took 150 us longer split and
-# merged than walked, with 3-4 tiles 20-80 us shorter (bench/results/..._1553_... and ..._1558_...).
+# A kv_len of at most this many tiles is read by one split walking them, which writes the output
+# itself (no partials, no ticket; the reduce kernel, where launched, exits): Llama-3.1-8B's step
+# with 2 tiles valid took 150 us longer split and merged than walked, with 3-4 tiles 20-80 us
+# shorter (bench/results/..._1553_... and ..._1558_..., in-kernel merge). The reduce-kernel path
+# (more than MERGE_MAX_SPLITS splits) walks them too since the twenty-fifth session: Llama-3.2-1B
+# at 256 valid tokens of a 1024-token cache took 6.47 us split and reduced against 4.78 us
+# walked over a 256-token cache (bench/results/..._1737_.../d64_default*.json).
 WALK_MAX_TILES = 2
 # Capacities of at most this many BLOCK_N tiles run in one pass (no split, no merge);
 # AUTOGLM_DECODE_ONE_PASS_TILES overrides it (0: always split; a tuning knob, read at import).
@@ -150,16 +154,15 @@ def _valid_len(KV_LENS, b, s_lens, C):
 
 
 @triton.jit
-def _split_range(kv_len, split, MAX_SPLITS, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr, MERGE: tl.constexpr,
-                 WALK: tl.constexpr):
+def _split_range(kv_len, split, MAX_SPLITS, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr, WALK: tl.constexpr):
     """(lo, hi, n_used): keys [lo, hi) of split `split` and the splits in use for this kv_len
-    (blocks of BLOCK_N keys divided evenly over at most MAX_SPLITS; with MERGE, up to WALK tiles
-    walked by one split). The reduce kernel derives the same n_used."""
+    (blocks of BLOCK_N keys divided evenly over at most MAX_SPLITS; up to WALK tiles walked by one
+    split). At least one split is in use, so a kv_len of 0 still writes its (zero) output. The
+    reduce kernel derives the same n_used."""
     n_blocks = (kv_len + BLOCK_N - 1) // BLOCK_N
     bps = tl.maximum((n_blocks + MAX_SPLITS - 1) // MAX_SPLITS, MIN_BLOCKS)
-    if MERGE:
-        bps = tl.where(n_blocks <= WALK, tl.maximum(n_blocks, 1), bps)
-    n_used = (n_blocks + bps - 1) // bps
+    bps = tl.where(n_blocks <= WALK, tl.maximum(n_blocks, 1), bps)
+    n_used = tl.maximum((n_blocks + bps - 1) // bps, 1)
     lo = split * bps * BLOCK_N
     hi = tl.minimum(lo + bps * BLOCK_N, kv_len)
     return lo, hi, n_used
@@ -211,14 +214,14 @@ def _split_kernel(
     if PDL and PREFETCH > 0:  # before the wait: see PREFETCH_TILES (rb 0 only: one copy per KV head)
         if rb == 0:
             hint = _valid_len(KV_LENS, b, s_lens, C)
-            p_lo, p_hi, p_used = _split_range(hint, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, MERGE, WALK)
+            p_lo, p_hi, p_used = _split_range(hint, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, WALK)
             if split < p_used:
                 _prefetch_rows_l2(k_base, p_lo, p_hi, sk_n, HEAD_DIM, PREFETCH * BLOCK_N)
                 _prefetch_rows_l2(v_base, p_lo, p_hi, sv_n, HEAD_DIM, PREFETCH * BLOCK_N)
     pdl_prologue(PDL)
 
     kv_len = _valid_len(KV_LENS, b, s_lens, C)
-    lo, hi, n_used = _split_range(kv_len, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, MERGE, WALK)
+    lo, hi, n_used = _split_range(kv_len, split, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, WALK)
     if not ONE_PASS:
         if split >= n_used:
             return
@@ -256,9 +259,9 @@ def _split_kernel(
 
     # Partials are indexed by the output row (b, i, h) so the reduce kernel reads them contiguously.
     row = (b * Sq + i).to(tl.int64) * (Hk * G) + h
-    # One pass, or (MERGE) the only split this kv_len uses: the output straight away, no partials
-    # and no ticket. As the reduce kernel does, a row with no visible key gives zeros.
-    if ONE_PASS or (MERGE and n_used == 1):
+    # One pass, or the only split this kv_len uses: the output straight away, no partials, no
+    # ticket (and the reduce kernel, if launched, exits). A row with no visible key gives zeros.
+    if ONE_PASS or n_used == 1:
         o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(OUT + row[:, None] * HEAD_DIM + d[None, :], o.to(OUT.dtype.element_ty), mask=row_ok[:, None])
         return
@@ -296,7 +299,7 @@ def _split_kernel(
 @triton.jit(do_not_specialize=["C", "MAX_SPLITS"])
 def _reduce_kernel(
     PART_O, PART_M, PART_L, OUT, KV_LENS, s_lens, C, SqHq, MAX_SPLITS,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr, WALK: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
@@ -306,7 +309,9 @@ def _reduce_kernel(
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     b = row // SqHq
     kv_len = _valid_len(KV_LENS, b, s_lens, C)
-    _, _, n_used = _split_range(kv_len, 0, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, False, 0)
+    _, _, n_used = _split_range(kv_len, 0, MAX_SPLITS, BLOCK_N, MIN_BLOCKS, WALK)
+    if n_used == 1:  # that split wrote the output itself
+        return
 
     m_run = tl.full([BLOCK_S], _NEG, tl.float32)
     for s0 in range(0, n_used, BLOCK_S):
@@ -421,7 +426,7 @@ def decode_attention(
     # [64 splits x 128 B] per step, so the merge costs about one memory latency.
     launch(_reduce_kernel, (rows, D // 32),
         part_o, part_m, part_l, out, kv_lens, s_lens, C, Sq * Hq, max_splits,
-        HEAD_DIM=D, BLOCK_N=BLOCK_N, MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT,
+        HEAD_DIM=D, BLOCK_N=BLOCK_N, MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, WALK=WALK_MAX_TILES,
         BLOCK_S=64, BLOCK_D=32, num_warps=2,
     )
     return out
