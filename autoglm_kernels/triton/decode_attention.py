@@ -67,9 +67,11 @@ MERGE_MAX_SPLITS = 4
 # itself (no partials, no ticket; the reduce kernel, where launched, exits): Llama-3.1-8B's step
 # with 2 tiles valid took 150 us longer split and merged than walked, with 3-4 tiles 20-80 us
 # shorter (bench/results/..._1553_... and ..._1558_..., in-kernel merge). The reduce-kernel path
-# (more than MERGE_MAX_SPLITS splits) walks them too since the twenty-fifth session: Llama-3.2-1B
-# at 256 valid tokens of a 1024-token cache took 6.47 us split and reduced against 4.78 us
-# walked over a 256-token cache (bench/results/..._1737_.../d64_default*.json).
+# (more than MERGE_MAX_SPLITS splits) walks them the same way, which saves the partials' traffic
+# but not the time: Llama-3.2-1B at 256 valid tokens of a 1024-token cache 6.38 us walked (the
+# reduce kernel launched and exiting) against 6.47 split and reduced, and 4.78 over a 256-token
+# cache (one launch): the cost there is the second launch (bench/results/..._1737_.../d64_default*,
+# ..._1813_.../tune_x4.json).
 WALK_MAX_TILES = 2
 # Capacities of at most this many BLOCK_N tiles run in one pass (no split, no merge);
 # AUTOGLM_DECODE_ONE_PASS_TILES overrides it (0: always split; a tuning knob, read at import).
