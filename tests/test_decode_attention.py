@@ -105,6 +105,20 @@ def test_split_count_aims_at_one_program_per_sm_for_full_row_tiles(Hq, Hk, Sq, p
     assert dattn.default_num_splits(q, k) == -(-per_sm * 4 // programs)
 
 
+@pytest.mark.skipif(dattn.PROGRAMS_PER_SM != 0 or not dattn.MERGE_ON, reason="a tuning knob changes the policy")
+def test_small_capacities_merge_in_the_kernel():
+    """Capacities of at most MERGE_CAPACITY_TILES tiles take at most MERGE_MAX_SPLITS splits (the
+    in-kernel merge, one launch) where the SM count would ask for more; one tile more splits as
+    before (here 8 programs wanted: 4 SMs off CUDA, 2 per SM, one KV head)."""
+    q = torch.empty(1, 1, 2, 128, device="meta")
+    tiles = dattn.MERGE_CAPACITY_TILES
+    small = torch.empty(1, 1, tiles * dattn.block_n(128), 128, device="meta")
+    large = torch.empty(1, 1, (tiles + 1) * dattn.block_n(128), 128, device="meta")
+    assert dattn.default_num_splits(q, small) == dattn.MERGE_MAX_SPLITS
+    assert dattn.merges_in_kernel(dattn.default_num_splits(q, small))
+    assert dattn.default_num_splits(q, large) == 8 and not dattn.merges_in_kernel(8)
+
+
 def test_views_broadcast_lens_bool_mask_scale():
     """q as a slice of a fused qkv output, cache as a [B, C, Hk, D] buffer viewed [B, Hk, C, D],
     kv_lens int64 of shape [1] (broadcast), bool mask narrower than kv_len, custom scale."""

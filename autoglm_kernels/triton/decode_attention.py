@@ -63,6 +63,14 @@ MAX_ROWS_PER_PROGRAM = 64  # query rows (G*Sq) per program; more rows -> more pr
 # the reduce kernel (bench/results/..._1558_...).
 MERGE_ON = env_int("AUTOGLM_DECODE_MERGE", 1, (0, 1)) == 1
 MERGE_MAX_SPLITS = 4
+# Capacities of at most this many tiles (512 keys at head_dim 128, 1024 at 64: the engine's second
+# cache bucket) take at most MERGE_MAX_SPLITS splits, merged in the kernel, instead of a split per
+# tile and the reduce kernel: on the H100 (bench/results/..._1837_...) 0.4-0.9 us faster at half
+# the capacity valid (Llama-3.1-8B 256 of 512 tokens 5.82 vs 6.75 us, Llama-3.2-1B 512 of 1024
+# 5.88 vs 6.78), 1.6 us at a quarter (GLM-4 128 of 512 4.14 vs 5.72), and at the full capacity
+# within 0.05 us but GLM-4 (512 tokens 6.78-6.81 vs 6.54-6.56). 16 tiles lost at the full
+# capacity (Llama-3.1-8B 1024 tokens 8.85-8.87 vs 7.75-7.76).
+MERGE_CAPACITY_TILES = 8
 # A kv_len of at most this many tiles is read by one split walking them, which writes the output
 # itself (no partials, no ticket; the reduce kernel, where launched, exits): Llama-3.1-8B's step
 # with 2 tiles valid took 150 us longer split and merged than walked, with 3-4 tiles 20-80 us
@@ -146,7 +154,10 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     per_sm = PROGRAMS_PER_SM or (1 if (Hq // Hk) * Sq >= 16 else 2)
     want = cdiv(per_sm * sms, programs_per_split(q, k_cache))
     cap = cdiv(max(C, 1), block_n(D) * MIN_BLOCKS_PER_SPLIT)
-    return max(1, min(want, cap))
+    splits = max(1, min(want, cap))
+    if MERGE_ON and cdiv(max(C, 1), block_n(D)) <= MERGE_CAPACITY_TILES:
+        splits = min(splits, MERGE_MAX_SPLITS)  # merged in the kernel: one launch
+    return splits
 
 
 @triton.jit
