@@ -105,7 +105,8 @@ def test_split_count_aims_at_one_program_per_sm_for_full_row_tiles(Hq, Hk, Sq, p
     assert dattn.default_num_splits(q, k) == -(-per_sm * 4 // programs)
 
 
-@pytest.mark.skipif(dattn.PROGRAMS_PER_SM != 0 or not dattn.MERGE_ON, reason="a tuning knob changes the policy")
+@pytest.mark.skipif(dattn.PROGRAMS_PER_SM != 0 or not dattn.MERGE_ON or dattn.MERGE_CAPACITY_TILES != 8,
+                    reason="a tuning knob changes the policy")
 def test_small_capacities_merge_in_the_kernel():
     """Capacities of at most MERGE_CAPACITY_TILES tiles take at most MERGE_MAX_SPLITS splits (the
     in-kernel merge, one launch) where the SM count would ask for more; one tile more splits as

@@ -69,8 +69,9 @@ MERGE_MAX_SPLITS = 4
 # the capacity valid (Llama-3.1-8B 256 of 512 tokens 5.82 vs 6.75 us, Llama-3.2-1B 512 of 1024
 # 5.88 vs 6.78), 1.6 us at a quarter (GLM-4 128 of 512 4.14 vs 5.72), and at the full capacity
 # within 0.05 us but GLM-4 (512 tokens 6.78-6.81 vs 6.54-6.56). 16 tiles lost at the full
-# capacity (Llama-3.1-8B 1024 tokens 8.85-8.87 vs 7.75-7.76).
-MERGE_CAPACITY_TILES = 8
+# capacity (Llama-3.1-8B 1024 tokens 8.85-8.87 vs 7.75-7.76). AUTOGLM_DECODE_MERGE_CAPACITY_TILES
+# overrides it (0: off; a tuning knob, read at import).
+MERGE_CAPACITY_TILES = env_int("AUTOGLM_DECODE_MERGE_CAPACITY_TILES", 8, range(0, 65))
 # A kv_len of at most this many tiles is read by one split walking them, which writes the output
 # itself (no partials, no ticket; the reduce kernel, where launched, exits): Llama-3.1-8B's step
 # with 2 tiles valid took 150 us longer split and merged than walked, with 3-4 tiles 20-80 us
