@@ -145,7 +145,8 @@ def programs_per_split(q: torch.Tensor, k_cache: torch.Tensor) -> int:
 def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     """Most KV splits per (batch, KV head, row block): enough programs to fill the GPU at full
     capacity C, each still reading >= MIN_BLOCKS_PER_SPLIT tiles; 1 (one pass) for capacities of
-    at most ONE_PASS_MAX_TILES tiles. Depends on shapes only."""
+    at most ONE_PASS_MAX_TILES tiles, at most MERGE_MAX_SPLITS (merged in the kernel) for those of
+    at most MERGE_CAPACITY_TILES. Depends on shapes only."""
     B, Sq, Hq, D = q.shape
     Hk, C = k_cache.shape[1], k_cache.shape[2]
     if C <= ONE_PASS_MAX_TILES * block_n(D):
