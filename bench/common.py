@@ -116,6 +116,11 @@ def paired_case(key, build: Callable[[], tuple[dict[str, GraphTimer], object]]):
     return _CASE[key]
 
 
+def pct_of_read_bw(nbytes: int, us: float, bandwidth: float) -> float:
+    """`nbytes` moved in `us` microseconds, as a percentage (one decimal) of the read bandwidth."""
+    return round(100 * nbytes / (us * 1e-6) / bandwidth, 1)
+
+
 def write_rows_json(path: str | None, bandwidth: float, rows: list[dict]) -> None:
     """A tuning script's rows as JSON at `path` (None: nothing), with the device and the read
     bandwidth measured in the same run."""
@@ -134,7 +139,7 @@ def record(benchmark, timer: GraphTimer, *, impl: str, bandwidth: float, bytes_m
     if bytes_moved:
         gbs = bytes_moved / (us * 1e-6) / 1e9
         benchmark.extra_info.update(bytes=bytes_moved, gb_per_s=round(gbs, 1),
-                                    pct_of_read_bw=round(100 * gbs * 1e9 / bandwidth, 1),
+                                    pct_of_read_bw=pct_of_read_bw(bytes_moved, us, bandwidth),
                                     read_bw_gb_per_s=round(bandwidth / 1e9, 1))
     if flops:
         benchmark.extra_info.update(tflop_per_s=round(flops / (us * 1e-6) / 1e12, 1))

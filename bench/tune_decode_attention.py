@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import GraphTimer, StockAttnModule, copies_for, read_bandwidth, write_rows_json  # noqa: E402
+from common import (GraphTimer, StockAttnModule, copies_for, pct_of_read_bw, read_bandwidth,  # noqa: E402
+                    write_rows_json)
 
 from autoglm_kernels import ops  # noqa: E402
 from autoglm_kernels.triton.decode_attention import default_num_splits  # noqa: E402
@@ -63,7 +64,7 @@ def main() -> int:
                 del t
             best = min(row["fused_us"], key=row["fused_us"].get)
             row["best_splits"], row["best_us"] = best, row["fused_us"][best]
-            row["default_pct_of_bw"] = round(100 * useful / (row["fused_us"][0] * 1e-6) / bw, 1)
+            row["default_pct_of_bw"] = pct_of_read_bw(useful, row["fused_us"][0], bw)
             rows.append(row)
             print(f"{name:12s} L={L:6d} C={C:6d} sdpa {row['sdpa_us']:7.2f} us | "
                   f"default ({row['default_splits']:3d} splits) "

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from common import GraphTimer, copies_for, read_bandwidth, write_rows_json  # noqa: E402
+from common import GraphTimer, copies_for, pct_of_read_bw, read_bandwidth, write_rows_json  # noqa: E402
 
 from autoglm_kernels import ops  # noqa: E402
 
@@ -47,7 +47,7 @@ def main() -> int:
             counters = torch.zeros(ops.decode_attention_counters(q, sets[0][1]), dtype=torch.int32, device="cuda")
             t = GraphTimer(lambda q, k, v: ops.decode_attention(q, k, v, lens, counters=counters), sets).time_us()
             row = {"case": name, "pad_rows": pad, "head_stride_bytes": (L + pad) * D * 2, "us": round(t, 2),
-                   "pct_of_bw": round(100 * useful / (t * 1e-6) / bw, 1)}
+                   "pct_of_bw": pct_of_read_bw(useful, t, bw)}
             rows.append(row)
             print(f"{name:16s} pad {pad:5d} rows  {t:7.2f} us  {row['pct_of_bw']:5.1f}% of {bw / 1e9:.0f} GB/s", flush=True)
             del sets
