@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
-from common import GraphTimer, copies_for, read_bandwidth, stock_linear  # noqa: E402
+from common import GraphTimer, copies_for, pct_of_read_bw, read_bandwidth, stock_linear  # noqa: E402
 
 from autoglm_kernels import ops  # noqa: E402
 
@@ -64,10 +64,9 @@ def main() -> None:
                 timer = GraphTimer(lambda x, w, b, fn=fn: fn(x, w, b, act), sets)
                 us[impl] = min(timer.time_us() for _ in range(3))
                 del timer
-            gbs = N * K * 2 / (us["fused"] * 1e-6) / 1e9
             row = dict(label=args.label, knobs=knobs, shape=name, bias=args.bias, M=M, stock_us=round(us["stock"], 2),
                        fused_us=round(us["fused"], 2), ratio=round(us["stock"] / us["fused"], 3),
-                       fused_pct_bw=round(100 * gbs * 1e9 / bw, 1), bandwidth_gbs=round(bw / 1e9))
+                       fused_pct_bw=pct_of_read_bw(N * K * 2, us["fused"], bw), bandwidth_gbs=round(bw / 1e9))
             rows.append(row)
             shown = name + (" +bias" if args.bias else "")
             print(f"{args.label:14s} {shown:32s} M={M:<2d} stock {us['stock']:7.2f} us  fused {us['fused']:7.2f} us  "
