@@ -723,7 +723,7 @@ def _expect_error(env: dict, args: tuple, message: str) -> None:
     ("AUTOGLM_GEMV_STAGES", "1", "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1"),
     ("AUTOGLM_GEMV_MAX_WEIGHT_MIB", "-1", "AUTOGLM_GEMV_MAX_WEIGHT_MIB must be an integer in 0..1073741824, got '-1'"),
     ("AUTOGLM_GEMV_WARPS_PER_SM", "many", "AUTOGLM_GEMV_WARPS_PER_SM must be an integer in 1..64, got 'many'"),
-    ("AUTOGLM_GEMV_ANY_WARPS", "2", "AUTOGLM_GEMV_ANY_WARPS must be an integer in 0..1, got '2'"),
+    ("AUTOGLM_GEMV_ANY_WARPS", "3", "AUTOGLM_GEMV_ANY_WARPS must be an integer in 0..2, got '3'"),
     ("AUTOGLM_GEMV_PREFETCH_BYTES", "4k", "AUTOGLM_GEMV_PREFETCH_BYTES must be an integer in 0..1073741824, got '4k'"),
     ("AUTOGLM_GEMV_CLUSTER_SPLIT", "5", "AUTOGLM_GEMV_CLUSTER_SPLIT must be an integer in 0..4, got '5'"),
 ])

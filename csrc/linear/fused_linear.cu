@@ -92,11 +92,12 @@ int gemv_warps_per_sm() {
   return static_cast<int>(knob_value(warps));
 }
 // Whether the split-K warp count may stop between two powers of two (see launch_gemv_nb): 1 (the
-// default: any count) or 0 (powers of two only). AUTOGLM_GEMV_ANY_WARPS overrides it (a tuning
-// knob for benchmarks; read once per process).
-bool gemv_any_warps() {
-  static const Knob any = read_knob("AUTOGLM_GEMV_ANY_WARPS", 1, 0, 1);
-  return knob_value(any) == 1;
+// default: any count, but for the staged kernel only one that leaves the next kernel room),
+// 0 (powers of two only) or 2 (any count that fits, the rule before the room check).
+// AUTOGLM_GEMV_ANY_WARPS overrides it (a tuning knob for benchmarks; read once per process).
+int gemv_any_warps() {
+  static const Knob any = read_knob("AUTOGLM_GEMV_ANY_WARPS", 1, 0, 2);
+  return static_cast<int>(knob_value(any));
 }
 // Cluster split-K of the GEMV (see gemv_kernel's CL and cluster_split): 0 (the default: where it
 // evens out the blocks per SM), 1 (never) or 2..kMaxClusterSplit (that many blocks per tile
@@ -1033,23 +1034,35 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   // measured M = 16 on 4096->4608 at 0.82x cuBLAS with 288 blocks on 264 resident slots).
   const int norm_smem = NORM ? M * K * static_cast<int>(sizeof(T)) : 0;  // <= kMaxNormSmemBytes
   const int64_t target_warps = int64_t(gemv_warps_per_sm()) * sms;
+  auto slots = [&](int w) {  // blocks of w warps resident at once on the device
+    const int per_sm =
+        with_bias([&](auto hb) { return resident_blocks<T, MT, ACT, NB, NORM, EPI, decltype(hb)::value>(w, norm_smem, smem_limit); });
+    return int64_t(per_sm) * sms;
+  };
   auto fits = [&](int w) {  // every warp gets a batch, and all blocks are resident at once
     if (w * kUnroll > block_steps) return false;
     if constexpr (kClusterOk<MT, NB, NORM, EPI>) {
       if (split > 1) return tiles <= int64_t(clusters(w, split));
     }
-    const int per_sm =
-        with_bias([&](auto hb) { return resident_blocks<T, MT, ACT, NB, NORM, EPI, decltype(hb)::value>(w, norm_smem, smem_limit); });
-    return blocks <= int64_t(per_sm) * sms;
+    return blocks <= slots(w);
   };
   int warps = 1;
   while (warps < kMaxWarps && blocks * warps < target_warps && fits(2 * warps)) warps *= 2;
   // Where doubling stopped on residency, not on the target, take the most warps in between that
   // still fit: e.g. GLM-4's qkv at M = 9..16 (288 tiles, register-bound 4-warp blocks, 8-warp
   // blocks fit only 264 at once) gets 6-warp blocks, 1.5x the warps streaming its weights.
-  if (gemv_any_warps() && warps < kMaxWarps && blocks * warps < target_warps) {
+  // The staged kernel (M <= 8) takes such a count only where that leaves free block slots for at
+  // least half as many blocks as there are SMs: under PDL the next kernel's blocks become resident
+  // in those slots and start their loads while this one runs. Measured on the H100 at M = 1
+  // (bench/results/..._2106_.../gemv_nb_*.log, powers of two / any count): 2048 -> 4096 (256
+  // blocks) 7.10 / 7.97 us, 2048 -> 8192 (512) 13.49 / 13.85, 4096 -> 4096 (256) 13.71 / 13.82;
+  // the any count won on the smaller grids: 2048 -> 3072 (192) 5.94 / 5.80, 2048 -> 2560 (160)
+  // 5.12 / 5.08.
+  const int any_warps = gemv_any_warps();
+  auto leaves_room = [&](int w) { return any_warps == 2 || NB == 0 || slots(w) - blocks >= sms / 2; };
+  if (any_warps > 0 && warps < kMaxWarps && blocks * warps < target_warps) {
     for (int w = std::min(2 * warps - 1, kMaxWarps); w > warps; --w) {
-      if (fits(w)) {
+      if (fits(w) && leaves_room(w)) {
         warps = w;
         break;
       }
