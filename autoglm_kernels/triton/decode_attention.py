@@ -155,9 +155,9 @@ def default_num_splits(q: torch.Tensor, k_cache: torch.Tensor) -> int:
         if q.device.type == "cuda" else 4  # interpreter: a few splits, to exercise the reduction
     per_sm = PROGRAMS_PER_SM or (1 if (Hq // Hk) * Sq >= 16 else 2)
     want = cdiv(per_sm * sms, programs_per_split(q, k_cache))
-    cap = cdiv(max(C, 1), block_n(D) * MIN_BLOCKS_PER_SPLIT)
-    splits = max(1, min(want, cap))
-    if MERGE_ON and cdiv(max(C, 1), block_n(D)) <= MERGE_CAPACITY_TILES:
+    tiles = cdiv(max(C, 1), block_n(D))
+    splits = max(1, min(want, cdiv(tiles, MIN_BLOCKS_PER_SPLIT)))
+    if MERGE_ON and tiles <= MERGE_CAPACITY_TILES:
         splits = min(splits, MERGE_MAX_SPLITS)  # merged in the kernel: one launch
     return splits
 
