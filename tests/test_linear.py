@@ -314,6 +314,23 @@ def test_gpu_reference_shapes_decode(K, N, act, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("K", [2048, 2052])
+def test_gpu_three_batch_grids(K, act, dtype):
+    """M <= 8 over grids of more tiles than SMs but at most 1.5x as many, where the staged kernel
+    takes a 3-batch ring by default (Llama-3.2-1B's qkv: 192 tiles on 132 SMs); sized from this
+    GPU's SM count, with and without a bias, K a multiple of the vector width and not."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    tiles = sms + sms // 4
+    N = 16 * tiles if act != "gated_silu" else 2 * 8 * tiles
+    for M in (1, 3, 8):
+        for bias in (True, False):
+            x, w, b = make(M, K, N, dtype, "cuda", bias)
+            assert_within_2x_stock(ops.fused_linear(x, w, b, act), x, w, b, act)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("M,K,N", [(9, 4104, 4600), (16, 4096, 5120), (13, 4096, 4608), (12, 8192, 544),
                                    (16, 8192, 520)])
 def test_gpu_cluster_split_k(M, K, N, act, dtype):

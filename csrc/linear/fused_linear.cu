@@ -906,20 +906,35 @@ int resident_clusters(int warps, int split) {
   return n;
 }
 
+// Output tiles (blocks before any cluster split) of a GEMV writing n_out columns from an N-row
+// weight: 16 weight rows a tile, 8 output columns (16 rows: gate and up) for gated_silu.
+inline int64_t gemv_tiles(Act act, int64_t N, int64_t n_out) {
+  return act == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
+}
+
 // Batches of weights each warp keeps in flight through shared memory (0: the register-only
 // kernel). Measured on the H100 (bench_linear, M = 1 / 16): the ring (2 batches) took the 1-2B
 // models' GEMVs from 46-80% to 62-81% of read bandwidth at M = 1 (bench/results/..._1023_...) (GLM-4 qkv 18.4 -> 15.6 us,
 // below cuBLAS's 16.3), but made most M = 16 cases slower (its 512-thread blocks then hold 128 KB
-// of ring, one per SM), so M > 8 keeps the register kernel. AUTOGLM_GEMV_STAGES (0, 2 or 3)
-// overrides both (a tuning knob; read once per process).
-int gemv_stages(int mt) {
+// of ring, one per SM), so M > 8 keeps the register kernel. M <= 8 takes 3 batches where the
+// grid has more tiles than SMs but at most 1.5x as many (some SMs stream two blocks, most one):
+// there the deeper ring lets the busier SMs keep more bytes in flight. At M = 1 on the H100
+// (bench/results/..._2106_.../gemv_nb_*.log, 2 / 3 batches) 2048 -> 2560 (160 tiles) 5.06-5.10 /
+// 4.87-4.88 us, 2048 -> 3072 (192) 5.79-5.81 / 5.26-5.27; the other grids lost 1-7% with 3
+// (2048 -> 8192 13.84 / 14.08, 8192 -> 2048 13.73-13.94 / 14.27-14.36, 4096 -> 4608 15.0-15.2 /
+// 16.1), and so did the models when every grid took 3 (Llama-3.2-1B 812-814 / 796-798 tok/s).
+// AUTOGLM_GEMV_STAGES (0, 2 or 3) overrides both (a tuning knob; read once per process).
+int gemv_stages(int mt, int64_t tiles) {
   static const Knob stages = [] {
     Knob k = read_knob("AUTOGLM_GEMV_STAGES", -1, 0, 3);
     if (k.error.empty() && k.value == 1) k.error = "AUTOGLM_GEMV_STAGES must be 0, 2 or 3, got 1";
     return k;
   }();
   const int env_nb = static_cast<int>(knob_value(stages));
-  return env_nb >= 0 ? env_nb : (mt == 1 ? 2 : 0);
+  if (env_nb >= 0) return env_nb;
+  if (mt != 1) return 0;
+  const int64_t sms = sm_count();
+  return tiles > sms && 2 * tiles <= 3 * sms ? 3 : 2;
 }
 
 // Programmatic dependent launch on devices of compute capability >= 9 unless AUTOGLM_PDL is 0 or
@@ -1004,7 +1019,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
                     allow_ring(gemv_kernel<T, MT, ACT, true, NB, NORM, EPI>, NB, NORM));
   }();
   const int M = static_cast<int>(x.size(0)), K = static_cast<int>(w.size(1)), N = static_cast<int>(w.size(0));
-  const int64_t tiles = ACT == Act::kGatedSilu ? (n_out + 7) / 8 : (N + 15) / 16;
+  const int64_t tiles = gemv_tiles(ACT, N, n_out);
   const int num_steps = (K + kStepK - 1) / kStepK;
   const int sms = sm_count();
   // f(std::true_type) with a bias, f(std::false_type) without: the kernel instance this call launches.
@@ -1096,7 +1111,7 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
 template <typename scalar_t, int MT, Act ACT, bool NORM, int EPI = kEpiPlain>
 void launch_gemv_in(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias, at::Tensor& y,
                     int64_t n_out, const Extras& ex) {
-  switch (gemv_stages(MT)) {
+  switch (gemv_stages(MT, gemv_tiles(ACT, w.size(0), n_out))) {
     case 0: return launch_gemv_nb<scalar_t, MT, ACT, 0, NORM, EPI>(x, w, bias, y, n_out, ex);
     case 3: return launch_gemv_nb<scalar_t, MT, ACT, 3, NORM, EPI>(x, w, bias, y, n_out, ex);
     default: return launch_gemv_nb<scalar_t, MT, ACT, 2, NORM, EPI>(x, w, bias, y, n_out, ex);
