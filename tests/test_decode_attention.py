@@ -84,6 +84,16 @@ def test_split_count_does_not_change_result():
         torch.testing.assert_close(outs[0], out, **TOL)
 
 
+def test_reduce_in_chunks_matches_one_chunk(monkeypatch):
+    """The reduce kernel over more splits than it loads at once (REDUCE_CHUNK) rescales its running
+    sums chunk by chunk: the same output as one chunk within TOL, and within stock's error."""
+    q, k, v = _inputs(2, 1, 4, 2, 64, 40 * dattn.block_n(64), FLOAT)
+    kv_lens = torch.tensor([40 * dattn.block_n(64) - 5, 9 * dattn.block_n(64) + 3], device=DEV)  # 40 and 10 splits
+    whole = _check(q, k, v, kv_lens, num_splits=40)
+    monkeypatch.setattr(dattn, "REDUCE_CHUNK", 16)
+    torch.testing.assert_close(_check(q, k, v, kv_lens, num_splits=40), whole, **TOL)
+
+
 def test_short_capacity_runs_one_pass_long_splits():
     """The split count policy: capacities of ONE_PASS_MAX_TILES tiles (one with the in-kernel
     merge, the default) take the one-pass kernel; larger ones split."""
@@ -317,6 +327,26 @@ def test_gpu_matches_reference(case, dtype):
         for b in range(B):
             kv_mask[b, : (7 * b) % max(1, lens[b])] = 0
     _check(q, k, v, kv_lens, kv_mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("trigger_first", [False, True])
+def test_gpu_reduce_trigger_order_changes_no_result(trigger_first, monkeypatch):
+    """Whether the reduce kernel lets the next kernel launch before or after its PDL wait changes
+    no result: each case (16 splits: the reduce kernel where the cache has more than four tiles)
+    gives the same output both ways, bit for bit, also when a second call (the next kernel) reads
+    the first one's output straight away."""
+    monkeypatch.setattr(dattn, "REDUCE_TRIGGER_FIRST", False)
+    for B, Sq, Hq, Hk, D, C, lens, masked in GPU_CASES:
+        q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
+        kv_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        want = ops.decode_attention(q, k, v, kv_lens, None, None, num_splits=16)
+        chained = ops.decode_attention(want.clone(), k, v, kv_lens, None, None, num_splits=16)
+        monkeypatch.setattr(dattn, "REDUCE_TRIGGER_FIRST", trigger_first)
+        got = ops.decode_attention(q, k, v, kv_lens, None, None, num_splits=16)
+        assert torch.equal(got, want)
+        assert torch.equal(ops.decode_attention(got, k, v, kv_lens, None, None, num_splits=16), chained)
+        monkeypatch.setattr(dattn, "REDUCE_TRIGGER_FIRST", False)
 
 
 @pytest.mark.gpu

@@ -116,6 +116,16 @@ PREFETCH_TILES = env_int("AUTOGLM_DECODE_PREFETCH_TILES", 0, range(0, 9))
 # 7.88-7.94 vs 7.86-7.87, 32k 52.84-53.61 vs 52.85-53.68).
 HEAD_MAJOR = env_int("AUTOGLM_DECODE_HEAD_MAJOR", 1, (0, 1)) == 1
 
+# Splits the reduce kernel loads at once: the defaults take at most 66 (GLM-4 at 132 SMs), so
+# one chunk, one round trip to L2; longer caches with a num_splits above it loop over chunks.
+REDUCE_CHUNK = 128
+# The reduce kernel lets the next kernel (the o_proj GEMV in a layer; the next split kernel in a
+# chain of calls) launch before it waits for the split kernel, so that kernel's blocks become
+# resident, and the GEMV pulls its first weights into L2, while the split kernel's last programs
+# still run. The chain stays short: the kernel after it waits before it lets another launch.
+# AUTOGLM_DECODE_REDUCE_TRIGGER_FIRST (0 / 1; a tuning knob, read at import).
+REDUCE_TRIGGER_FIRST = env_int("AUTOGLM_DECODE_REDUCE_TRIGGER_FIRST", 0, (0, 1)) == 1
+
 # Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
 # (AUTOGLM_DECODE_TILE_BYTES / _WARPS / _STAGES override them; tuning knobs read at import).
 TILE_BYTES = env_int("AUTOGLM_DECODE_TILE_BYTES", 16384, (4096, 8192, 16384, 32768))
@@ -315,11 +325,20 @@ def _split_kernel(
 def _reduce_kernel(
     PART_O, PART_M, PART_L, OUT, KV_LENS, s_lens, C, SqHq, MAX_SPLITS,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr, WALK: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, TRIGGER_FIRST: tl.constexpr = False,
     PDL: tl.constexpr = False,
 ):
-    """out[row, dims of this program] = sum_s w_s * o_s / sum_s w_s * l_s, w_s = 2^(m_s - max m)."""
-    pdl_prologue(PDL)
+    """out[row, dims of this program] = sum_s w_s * o_s / sum_s w_s * l_s, w_s = 2^(m_s - max m),
+    in one pass over chunks of BLOCK_S splits (each chunk's m, l and o loaded together, the running
+    sums rescaled by a new maximum as in the split kernel): with BLOCK_S >= the splits in use, the
+    merge waits on one round trip to L2. TRIGGER_FIRST: let the next kernel launch before waiting
+    for the split kernel (see REDUCE_TRIGGER_FIRST)."""
+    if PDL and TRIGGER_FIRST:
+        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)  # (b * Sq + i) * Hq + h
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     b = row // SqHq
@@ -328,24 +347,22 @@ def _reduce_kernel(
     if n_used == 1:  # that split wrote the output itself
         return
 
-    m_run = tl.full([BLOCK_S], _NEG, tl.float32)
-    for s0 in range(0, n_used, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        m_run = tl.maximum(m_run, tl.load(PART_M + row * MAX_SPLITS + s, mask=s < n_used, other=_NEG))
-    m_max = tl.max(m_run, 0)
-
-    l_run = tl.zeros([BLOCK_S], tl.float32)
+    m_run = tl.full([1], _NEG, tl.float32)
+    l_run = tl.zeros([1], tl.float32)
     o = tl.zeros([BLOCK_D], tl.float32)
     for s0 in range(0, n_used, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         ok = s < n_used
-        w = tl.math.exp2(tl.load(PART_M + row * MAX_SPLITS + s, mask=ok, other=_NEG) - m_max)
-        w = tl.where(ok, w, 0.0)
-        l_run += w * tl.load(PART_L + row * MAX_SPLITS + s, mask=ok, other=0.0)
+        m_s = tl.load(PART_M + row * MAX_SPLITS + s, mask=ok, other=_NEG)
+        l_s = tl.load(PART_L + row * MAX_SPLITS + s, mask=ok, other=0.0)
         part = tl.load(PART_O + (row * MAX_SPLITS + s)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        o += tl.sum(w[:, None] * part, 0)
-    l_tot = tl.sum(l_run, 0)
-    o = o / tl.where(l_tot > 0, l_tot, 1.0)  # a row with no visible key gives zeros (its o is 0)
+        m_new = tl.maximum(m_run, tl.max(m_s, 0))
+        a = tl.math.exp2(m_run - m_new)
+        w = tl.where(ok, tl.math.exp2(m_s - m_new), 0.0)
+        l_run = l_run * a + tl.sum(w * l_s, 0)
+        o = o * a + tl.sum(w[:, None] * part, 0)
+        m_run = m_new
+    o = o / tl.where(l_run > 0, l_run, 1.0)  # a row with no visible key gives zeros (its o is 0)
     tl.store(OUT + row * HEAD_DIM + d, o.to(OUT.dtype.element_ty))
 
 
@@ -437,11 +454,13 @@ def decode_attention(
     )
     if one_pass or merge:
         return out
-    # (row, 32-dim slice) programs: 4x the parallelism of one program per row, each loading
-    # [64 splits x 128 B] per step, so the merge costs about one memory latency.
+    # (row, 32-dim slice) programs: 4x the parallelism of one program per row, each loading all
+    # its splits' [splits x 128 B] at once (up to REDUCE_CHUNK), so the merge costs about one
+    # memory latency.
     launch(_reduce_kernel, (rows, D // 32),
         part_o, part_m, part_l, out, kv_lens, s_lens, C, Sq * Hq, max_splits,
         HEAD_DIM=D, BLOCK_N=BLOCK_N, MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, WALK=WALK_MAX_TILES,
-        BLOCK_S=64, BLOCK_D=32, num_warps=2,
+        BLOCK_S=min(REDUCE_CHUNK, max(16, next_power_of_2(max_splits))), BLOCK_D=32,
+        TRIGGER_FIRST=REDUCE_TRIGGER_FIRST, num_warps=2,
     )
     return out
