@@ -330,26 +330,6 @@ def test_gpu_matches_reference(case, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("trigger_first", [False, True])
-def test_gpu_reduce_trigger_order_changes_no_result(trigger_first, monkeypatch):
-    """Whether the reduce kernel lets the next kernel launch before or after its PDL wait changes
-    no result: each case (16 splits: the reduce kernel where the cache has more than four tiles)
-    gives the same output both ways, bit for bit, also when a second call (the next kernel) reads
-    the first one's output straight away."""
-    monkeypatch.setattr(dattn, "REDUCE_TRIGGER_FIRST", False)
-    for B, Sq, Hq, Hk, D, C, lens, masked in GPU_CASES:
-        q, k, v = _inputs(B, Sq, Hq, Hk, D, C, torch.bfloat16, "cuda")
-        kv_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
-        want = ops.decode_attention(q, k, v, kv_lens, None, None, num_splits=16)
-        chained = ops.decode_attention(want.clone(), k, v, kv_lens, None, None, num_splits=16)
-        monkeypatch.setattr(dattn, "REDUCE_TRIGGER_FIRST", trigger_first)
-        got = ops.decode_attention(q, k, v, kv_lens, None, None, num_splits=16)
-        assert torch.equal(got, want)
-        assert torch.equal(ops.decode_attention(got, k, v, kv_lens, None, None, num_splits=16), chained)
-        monkeypatch.setattr(dattn, "REDUCE_TRIGGER_FIRST", False)
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("tiles", [1, 2, 8])
 def test_gpu_kv_prefetch_changes_no_result(tiles, monkeypatch):
     """AUTOGLM_DECODE_PREFETCH_TILES > 0 (each split's first tiles pulled into L2 before the PDL

@@ -117,14 +117,14 @@ PREFETCH_TILES = env_int("AUTOGLM_DECODE_PREFETCH_TILES", 0, range(0, 9))
 HEAD_MAJOR = env_int("AUTOGLM_DECODE_HEAD_MAJOR", 1, (0, 1)) == 1
 
 # Splits the reduce kernel loads at once: the defaults take at most 66 (GLM-4 at 132 SMs), so
-# one chunk, one round trip to L2; longer caches with a num_splits above it loop over chunks.
+# one chunk, one round trip to L2; a num_splits above it loops over chunks. One pass against the
+# two before (the maximum first, then the weighted sums) on the H100, two alternations
+# (bench/results/..._2241_.../tune_*.log): Llama-3.1-8B 1k 7.24-7.36 vs 7.79-7.88 us, 8k 18.28 vs
+# 18.86-18.90, 32k 52.84-53.30 vs 53.88-54.09; GLM-4 1k 6.56-6.64 vs 7.15-7.16, 8k 9.99-10.10 vs
+# 10.13-10.24. Letting the next kernel launch before the reduce kernel's PDL wait (so its blocks,
+# and a split kernel's K/V prefetch, start during the split kernel's tail) gained nothing on top
+# (Llama-3.1-8B 8k 18.58-18.64 us).
 REDUCE_CHUNK = 128
-# The reduce kernel lets the next kernel (the o_proj GEMV in a layer; the next split kernel in a
-# chain of calls) launch before it waits for the split kernel, so that kernel's blocks become
-# resident, and the GEMV pulls its first weights into L2, while the split kernel's last programs
-# still run. The chain stays short: the kernel after it waits before it lets another launch.
-# AUTOGLM_DECODE_REDUCE_TRIGGER_FIRST (0 / 1; a tuning knob, read at import).
-REDUCE_TRIGGER_FIRST = env_int("AUTOGLM_DECODE_REDUCE_TRIGGER_FIRST", 0, (0, 1)) == 1
 
 # Split-kernel launch shape: bytes of bf16 K (or V) per tile, warps, pipeline stages
 # (AUTOGLM_DECODE_TILE_BYTES / _WARPS / _STAGES override them; tuning knobs read at import).
@@ -325,20 +325,14 @@ def _split_kernel(
 def _reduce_kernel(
     PART_O, PART_M, PART_L, OUT, KV_LENS, s_lens, C, SqHq, MAX_SPLITS,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MIN_BLOCKS: tl.constexpr, WALK: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, TRIGGER_FIRST: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
     """out[row, dims of this program] = sum_s w_s * o_s / sum_s w_s * l_s, w_s = 2^(m_s - max m),
     in one pass over chunks of BLOCK_S splits (each chunk's m, l and o loaded together, the running
     sums rescaled by a new maximum as in the split kernel): with BLOCK_S >= the splits in use, the
-    merge waits on one round trip to L2. TRIGGER_FIRST: let the next kernel launch before waiting
-    for the split kernel (see REDUCE_TRIGGER_FIRST)."""
-    if PDL and TRIGGER_FIRST:
-        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
-                                  is_pure=False, pack=1)
-        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
-    else:
-        pdl_prologue(PDL)
+    merge waits on one round trip to L2 (see REDUCE_CHUNK)."""
+    pdl_prologue(PDL)
     row = tl.program_id(0).to(tl.int64)  # (b * Sq + i) * Hq + h
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     b = row // SqHq
@@ -460,7 +454,6 @@ def decode_attention(
     launch(_reduce_kernel, (rows, D // 32),
         part_o, part_m, part_l, out, kv_lens, s_lens, C, Sq * Hq, max_splits,
         HEAD_DIM=D, BLOCK_N=BLOCK_N, MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, WALK=WALK_MAX_TILES,
-        BLOCK_S=min(REDUCE_CHUNK, max(16, next_power_of_2(max_splits))), BLOCK_D=32,
-        TRIGGER_FIRST=REDUCE_TRIGGER_FIRST, num_warps=2,
+        BLOCK_S=min(REDUCE_CHUNK, max(16, next_power_of_2(max_splits))), BLOCK_D=32, num_warps=2,
     )
     return out
