@@ -216,12 +216,11 @@ def _split_kernel(
     C, Hk, Sq, qk_scale, MAX_SPLITS,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_BLOCKS: tl.constexpr, HAS_MASK: tl.constexpr, ONE_PASS: tl.constexpr, MERGE: tl.constexpr,
-    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, HEAD_MAJOR: tl.constexpr = False,
-    MERGE_SPLITS: tl.constexpr = 4, PDL: tl.constexpr = False,
+    WALK: tl.constexpr, PREFETCH: tl.constexpr = 0, HEAD_MAJOR: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """ONE_PASS (MAX_SPLITS == 1): write the normalized output to OUT; else the split's partial,
-    and with MERGE (MAX_SPLITS <= MERGE_SPLITS) the split that finishes last merges them all into
-    OUT (COUNTERS: one zeroed int32 ticket counter per (batch x KV head, row block), left zeroed)."""
+    and with MERGE the split that finishes last merges them all into OUT (COUNTERS: one zeroed
+    int32 ticket counter per (batch x KV head, row block), left zeroed)."""
     if HEAD_MAJOR:
         n_rb = (G * Sq + BLOCK_M - 1) // BLOCK_M
         pid = tl.program_id(0)  # (b * Hk + hk) * row blocks + rb
@@ -304,17 +303,18 @@ def _split_kernel(
         ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         if ticket == n_used - 1:
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # every split has taken its ticket
-            # Unrolled over MERGE_SPLITS, the splits past n_used masked off (they add nothing, bit
-            # for bit): no load waits on an earlier split's, so all of them take one trip to L2.
+            # A loop over the splits in use. Unrolled over MERGE_MAX_SPLITS (masked past n_used, all
+            # loads in one trip to L2) it was 0.4-0.7 us faster alone at 4 splits but slowed the
+            # captured steps: Llama-3.1-8B 6.03-6.04 vs 5.95-5.96 ms, Llama-3.2-1B 1.118-1.122 vs
+            # 1.105-1.117 (H100, bench/results/..._2259_...), even at lengths that merge nothing.
             m_run = tl.full([BLOCK_M], _NEG, tl.float32)
             l_run = tl.zeros([BLOCK_M], tl.float32)
             o_run = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-            for s in tl.static_range(MERGE_SPLITS):
-                ok_s = row_ok & (s < n_used)
-                m_s = tl.load(PART_M + row * MAX_SPLITS + s, mask=ok_s, other=_NEG, cache_modifier=".cg")
-                l_s = tl.load(PART_L + row * MAX_SPLITS + s, mask=ok_s, other=0.0, cache_modifier=".cg")
+            for s in range(0, n_used):
+                m_s = tl.load(PART_M + row * MAX_SPLITS + s, mask=row_ok, other=_NEG, cache_modifier=".cg")
+                l_s = tl.load(PART_L + row * MAX_SPLITS + s, mask=row_ok, other=0.0, cache_modifier=".cg")
                 o_s = tl.load(PART_O + (row * MAX_SPLITS + s)[:, None] * HEAD_DIM + d[None, :],
-                              mask=ok_s[:, None], other=0.0, cache_modifier=".cg")
+                              mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
                 m_new = tl.maximum(m_run, m_s)
                 a = tl.math.exp2(m_run - m_new)
                 c = tl.math.exp2(m_s - m_new)
@@ -447,7 +447,7 @@ def decode_attention(
         C, Hk, Sq, scale * _LOG2E, max_splits,
         G=G, HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
         MIN_BLOCKS=MIN_BLOCKS_PER_SPLIT, HAS_MASK=kv_mask is not None, ONE_PASS=one_pass, MERGE=merge,
-        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES, HEAD_MAJOR=HEAD_MAJOR, MERGE_SPLITS=MERGE_MAX_SPLITS,
+        WALK=WALK_MAX_TILES, PREFETCH=PREFETCH_TILES, HEAD_MAJOR=HEAD_MAJOR,
         num_warps=SPLIT_WARPS, num_stages=SPLIT_STAGES,
     )
     if one_pass or merge:
