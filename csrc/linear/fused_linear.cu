@@ -918,11 +918,14 @@ inline int64_t gemv_tiles(Act act, int64_t N, int64_t n_out) {
 // below cuBLAS's 16.3), but made most M = 16 cases slower (its 512-thread blocks then hold 128 KB
 // of ring, one per SM), so M > 8 keeps the register kernel. M <= 8 takes 3 batches where the
 // grid has more tiles than SMs but at most 1.5x as many (some SMs stream two blocks, most one):
-// there the deeper ring lets the busier SMs keep more bytes in flight. At M = 1 on the H100
-// (bench/results/..._2106_.../gemv_nb_*.log, 2 / 3 batches) 2048 -> 2560 (160 tiles) 5.06-5.10 /
-// 4.87-4.88 us, 2048 -> 3072 (192) 5.79-5.81 / 5.26-5.27; the other grids lost 1-7% with 3
-// (2048 -> 8192 13.84 / 14.08, 8192 -> 2048 13.73-13.94 / 14.27-14.36, 4096 -> 4608 15.0-15.2 /
-// 16.1), and so did the models when every grid took 3 (Llama-3.2-1B 812-814 / 796-798 tok/s).
+// there the deeper ring lets the busier SMs keep more bytes in flight. On the H100, this rule
+// against 2 batches everywhere (bench/results/..._2225_.../gemv_depth_*.log), M = 1: 2048 -> 3072
+// (192 tiles) 5.27 / 5.80 us, 2048 -> 2560 (160) 4.91 / 5.12, 4096 -> 3072 9.83 / 9.98; M = 8:
+// 2048 -> 3072 5.76 / 5.93, 2048 -> 2560 5.19 / 5.03. The other grids lost 1-7% with 3 batches
+// (..._2106_.../gemv_nb_*.log: 2048 -> 8192 13.84 / 14.08 us, 8192 -> 2048 13.73-13.94 /
+// 14.27-14.36, 4096 -> 4608 15.0-15.2 / 16.1), and so did the models when every grid took 3
+// (Llama-3.2-1B 812-814 / 796-798 tok/s); with this rule the 1B's captured step is unchanged
+// (1.106-1.118 vs 1.111-1.118 ms, ..._2231_...).
 // AUTOGLM_GEMV_STAGES (0, 2 or 3) overrides both (a tuning knob; read once per process).
 int gemv_stages(int mt, int64_t tiles) {
   static const Knob stages = [] {
@@ -1071,8 +1074,8 @@ void launch_gemv_nb(const at::Tensor& x, const at::Tensor& w, const std::optiona
   // in those slots and start their loads while this one runs. Measured on the H100 at M = 1
   // (bench/results/..._2106_.../gemv_nb_*.log, powers of two / any count): 2048 -> 4096 (256
   // blocks) 7.10 / 7.97 us, 2048 -> 8192 (512) 13.49 / 13.85, 4096 -> 4096 (256) 13.71 / 13.82;
-  // the any count won on the smaller grids: 2048 -> 3072 (192) 5.94 / 5.80, 2048 -> 2560 (160)
-  // 5.12 / 5.08.
+  // the any count won on the smaller grids (2 batches; they take 3 now, see gemv_stages):
+  // 2048 -> 3072 (192) 5.94 / 5.80, 2048 -> 2560 (160) 5.12 / 5.08.
   const int any_warps = gemv_any_warps();
   auto leaves_room = [&](int w) { return any_warps == 2 || NB == 0 || slots(w) - blocks >= sms / 2; };
   if (any_warps > 0 && warps < kMaxWarps && blocks * warps < target_warps) {
