@@ -13,23 +13,25 @@ the cases: L valid tokens of a static cache of capacity C, `splits` KV splits (0
 SDPA then runs over the valid L tokens only.
 """
 import os
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from autoglm_kernels import ops
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from tune_decode_attention import SHAPES  # noqa: E402  (name -> Hq, Hk, D: the tune script's shapes)
 
-HEADS = {"glm4-9b": (32, 2), "llama3.1-8b": (32, 8)}  # Hq, Hk
+from autoglm_kernels import ops  # noqa: E402
 CASES = [("glm4-9b", 8192, 8192, 0), ("llama3.1-8b", 8192, 8192, 0), ("glm4-9b", 32768, 32768, 0),
          ("llama3.1-8b", 32768, 32768, 0)]  # name, valid tokens, capacity, splits (0: default)
 if os.environ.get("NCU_DA_CASES"):
     CASES = [(n, int(L), int(C), int(s)) for n, L, C, s in
              (c.split(":") for c in os.environ["NCU_DA_CASES"].split(","))]
-D = 128
 flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
 runs = []
 for name, L, C, splits in CASES:
-    hq, hk = HEADS[name]
+    hq, hk, D = SHAPES[name]
     q = torch.randn(1, 1, hq, D, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, hk, C, D, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, hk, C, D, device="cuda", dtype=torch.bfloat16)

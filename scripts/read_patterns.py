@@ -26,7 +26,7 @@ from torch.utils.cpp_extension import load_inline
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "bench"))
 
-from common import GraphTimer, copies_for, read_bandwidth  # noqa: E402
+from common import GraphTimer, copies_for, pct_of_read_bw, read_bandwidth  # noqa: E402
 
 SHAPES = {  # name -> (K, N)
     "8b down 14336->4096": (14336, 4096),
@@ -88,7 +88,7 @@ def main() -> None:
             def timed(label, fn, **extra):
                 us = min(GraphTimer(fn, [(w,) for w in ws]).time_us() for _ in range(3))
                 row = {"shape": name, "impl": label, "us": round(us, 2), "gbs": round(nbytes / us / 1e3, 1),
-                       "pct_bw": round(100 * nbytes / (us * 1e-6) / bw, 1), **extra}
+                       "pct_bw": pct_of_read_bw(nbytes, us, bw), **extra}
                 rows.append(row)
                 f.write(json.dumps(row) + "\n")
 
