@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from tune_decode_attention import SHAPES  # noqa: E402  (name -> Hq, Hk, D: the tune script's shapes)
 
 from autoglm_kernels import ops  # noqa: E402
+
 CASES = [("glm4-9b", 8192, 8192, 0), ("llama3.1-8b", 8192, 8192, 0), ("glm4-9b", 32768, 32768, 0),
          ("llama3.1-8b", 32768, 32768, 0)]  # name, valid tokens, capacity, splits (0: default)
 if os.environ.get("NCU_DA_CASES"):
