@@ -32,14 +32,15 @@ def launch_config(head_dim: int, device: torch.device) -> dict:
     """Tile sizes and launch options. GPU: 128x64 tiles (FA2 / Triton-tutorial choice for Hopper);
     the interpreter uses small tiles so small test shapes still cover several tiles."""
     if device.type != "cuda":
-        return dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1)
-    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8 if head_dim == 128 else 4, num_stages=3)
+        return dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1, HEADS_FIRST=False, DOT_ACC=False)
+    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8 if head_dim == 128 else 4, num_stages=3, HEADS_FIRST=False,
+                DOT_ACC=False)
 
 
 @triton.jit
 def _tile(acc, l_i, m_i, q, k_base, v_base, MASK_B, start, offs_m, mask_len, L, causal_off, sk_n, sv_n,
           qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr,
-          EDGE: tl.constexpr, CAUSAL: tl.constexpr):
+          EDGE: tl.constexpr, CAUSAL: tl.constexpr, DOT_ACC: tl.constexpr):
     """One BLOCK_N-key tile of online softmax. EDGE: apply the causal and key-bounds masks."""
     n = start + tl.arange(0, BLOCK_N)
     d = tl.arange(0, HEAD_DIM)
@@ -63,7 +64,10 @@ def _tile(acc, l_i, m_i, q, k_base, v_base, MASK_B, start, offs_m, mask_len, L, 
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    if DOT_ACC:
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, l_i, m_new
 
 
@@ -76,12 +80,16 @@ def _prefill_kernel(
     sm_b, so_b, so_s, so_h,
     S, L, Hq, qk_scale,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HEADS_FIRST: tl.constexpr = False, DOT_ACC: tl.constexpr = False,
     PDL: tl.constexpr = False,
 ):
     pdl_prologue(PDL)
-    mb = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last, causal) query blocks start first
-    bh = tl.program_id(1)  # b * Hq + h
+    if HEADS_FIRST:  # grid (B * Hq, query blocks): every head's heaviest block before any lighter one
+        mb = tl.num_programs(1) - 1 - tl.program_id(1)
+        bh = tl.program_id(0)
+    else:
+        mb = tl.num_programs(0) - 1 - tl.program_id(0)  # heaviest (last, causal) query blocks start first
+        bh = tl.program_id(1)  # b * Hq + h
     b = bh // Hq
     h = bh % Hq
     hk = h // G
@@ -110,10 +118,10 @@ def _prefill_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for start in range(0, full_end, BLOCK_N):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_base, v_base, MASK_B, start, offs_m, L, L, causal_off,
-                              sk_n, sv_n, qk_scale, HEAD_DIM, BLOCK_N, HAS_MASK, False, CAUSAL)
+                              sk_n, sv_n, qk_scale, HEAD_DIM, BLOCK_N, HAS_MASK, False, CAUSAL, DOT_ACC)
     for start in range(full_end, hi, BLOCK_N):
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, k_base, v_base, MASK_B, start, offs_m, L, L, causal_off,
-                              sk_n, sv_n, qk_scale, HEAD_DIM, BLOCK_N, HAS_MASK, True, CAUSAL)
+                              sk_n, sv_n, qk_scale, HEAD_DIM, BLOCK_N, HAS_MASK, True, CAUSAL, DOT_ACC)
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # rows with no visible key: acc is 0 -> 0
     o_ptrs = O + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h + offs_m[:, None] * so_s + d[None, :]
@@ -161,7 +169,8 @@ def prefill_attention(
         sm_b = mask.stride(0)
     else:
         mask, sm_b = q, 0  # unused pointer (HAS_MASK=False)
-    grid = (cdiv(S, cfg["BLOCK_M"]), B * Hq)
+    blocks = cdiv(S, cfg["BLOCK_M"])
+    grid = (B * Hq, blocks) if cfg["HEADS_FIRST"] else (blocks, B * Hq)
     launch(_prefill_kernel, grid,
         q, k, v, mask, out,
         q.stride(0), q.stride(1), q.stride(2),

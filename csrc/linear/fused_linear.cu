@@ -12,7 +12,7 @@
 // runs on the fp32 sums before the single store.
 //
 // Prefill (M > 16) and anything the GEMV does not take (fp32, K % 8 != 0, misaligned weight):
-// the best stock path, with the epilogue fused where cuBLASLt can (relu/gelu + bias) and one
+// the best stock path, with the epilogue fused where cuBLASLt can (relu + bias) and one
 // fused silu(g)*u kernel for gated_silu instead of chunk + silu + mul.
 //
 // autoglm::gated_mlp (the whole gated MLP, down(silu(gate) * up)) runs the same kernels, and
@@ -1182,10 +1182,11 @@ at::Tensor gemm_path(const at::Tensor& x2, const at::Tensor& weight, const std::
   const bool reduced = x2.scalar_type() == at::kHalf || x2.scalar_type() == at::kBFloat16;
   switch (act) {
     case Act::kRelu:
-    case Act::kGelu:
-      // cuBLASLt RELU_BIAS / GELU_BIAS epilogue (GELU there is the tanh approximation, as here).
+      // cuBLASLt RELU_BIAS epilogue: relu commutes with rounding, so this equals stock's
+      // linear-then-relu. (Its GELU_BIAS epilogue works on the fp32 sums, before stock's rounding
+      // of the linear's output: gelu takes the default path, as stock does.)
       if (bias.has_value() && x2.size(0) > 0 && x2.size(1) > 0)
-        return at::_addmm_activation(*bias, x2, weight.t(), 1, 1, act == Act::kGelu);
+        return at::_addmm_activation(*bias, x2, weight.t(), 1, 1, false);
       return apply_activation_(at::linear(x2, weight, bias), act);
     case Act::kGatedSilu:
       if (reduced) return silu_mul(at::linear(x2, weight, bias));
