@@ -147,6 +147,8 @@ GPU_CASES = [  # (B, S, L, Hq, Hk, D, causal, left pads or None)
     (1, 1025, 1025, 32, 8, 128, True, None),
     (1, 2048, 2048, 32, 2, 128, True, None),
     (1, 300, 1337, 32, 2, 128, True, None),  # chunked prefill over a cache prefix
+    (1, 1100, 2000, 32, 8, 128, True, None),  # the same with 128 x 128 tiles (launch_config)
+    (2, 1100, 1100, 32, 2, 128, True, [0, 300]),  # left-padded batch, 128 x 128 tiles
     (3, 513, 513, 32, 8, 64, True, [0, 100, 512]),  # left-padded batch, d 64
     (2, 129, 200, 16, 2, 128, False, [0, 199]),
 ]
