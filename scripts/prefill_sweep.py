@@ -1,8 +1,8 @@
 """The Triton prefill kernel's launch shapes against torch SDPA, in one process (GPU).
 
 Each variant replaces `triton.prefill_attention.launch_config` (tiles, warps, stages) or keeps
-it ("default"), and is timed with SDPA over the same inputs in
-alternating CUDA-graph replays (bench/common.paired_us). Cases: causal bf16 prompts of the GLM-4
+it ("default"), and is timed with SDPA over the same inputs in alternating CUDA-graph replays
+(bench/common.paired_us). Cases: causal bf16 prompts of the GLM-4
 (32 / 2 heads) and Llama-3.1-8B (32 / 8) shapes, d 128, batch 1, plus GLM-4 at batch 2 with one
 row left-padded by 300 (Triton against SDPA with transformers' 4-D mask, as bench_prefill_attention).
 
@@ -100,11 +100,12 @@ def main() -> None:
             for name in variants:
                 if name not in us:
                     continue
-                row = dict(case=case, variant=name, cfg=VARIANTS[name] or pa.launch_config(128, S, torch.device("cuda")), us=us[name], sdpa_us=us["sdpa"],
+                cfg = VARIANTS[name] or pa.launch_config(128, S, torch.device("cuda"))
+                row = dict(case=case, variant=name, cfg=cfg, us=us[name], sdpa_us=us["sdpa"],
                            tflops=flops / us[name] / 1e6, sdpa_tflops=flops / us["sdpa"] / 1e6,
                            ratio_to_sdpa=us["sdpa"] / us[name], max_err_vs_fp32=errors[name])
                 f.write(json.dumps(row) + "\n")
-                print(f"  {name:3s} {us[name]:9.1f} us {row['tflops']:6.0f} TFLOP/s {row['ratio_to_sdpa']:.3f}x SDPA "
+                print(f"  {name:11s} {us[name]:9.1f} us {row['tflops']:6.0f} TFLOP/s {row['ratio_to_sdpa']:.3f}x SDPA "
                       f"err {errors[name]:.4f}  {row['cfg']}")
             del timers
             torch.cuda.empty_cache()
